@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Internal interfaces of libclonefs-chunkstore: the store object and the
+ * modules it is built from.  Never installed, never included outside
+ * chunkstore/ (the tests excepted).
+ *
+ *   chunk.c   keyed hashing, compression, pack record encoding
+ *   config.c  the store's config file
+ *   index.c   the SQLite catalog: schema, statements, transactions
+ *   pack.c    pack files: create, append, read, recover
+ *   store.c   the cs_store object: open, put, commit, get, roots
+ *   gc.c      mark-and-sweep and compaction
+ *   verify.c  consistency checks and statistics
+ */
+#ifndef CS_INTERNAL_H
+#define CS_INTERNAL_H
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+#include "util/macro.h"
+
+/* --- chunk.c ------------------------------------------------------------ */
+
+#define CS_SECRET_SIZE 32          /* the store's key, as kept in the config */
+#define CS_HASH_SECRET_SIZE 192    /* XXH3's secret, derived from the key */
+
+typedef struct cs_hasher {
+        uint8_t secret[_CS_KIND_MAX][CS_HASH_SECRET_SIZE];
+} cs_hasher;
+
+void cs_hasher_init(cs_hasher *h, const uint8_t key[CS_SECRET_SIZE]);
+void cs_hasher_hash(const cs_hasher *h, cs_chunk_kind kind, const void *data, size_t size,
+                    cs_chunk_id *ret_id);
+bool cs_is_zero(const void *data, size_t size);
+
+typedef enum cs_codec {
+        CS_CODEC_RAW = 0,
+        CS_CODEC_LZ4 = 1,
+        _CS_CODEC_MAX,
+} cs_codec;
+
+/*
+ * A pack record: a fixed header, then stored_size bytes of payload.
+ *
+ *     le32 magic "CSRC" | u8 kind | u8 codec | le16 reserved (0)
+ *     le32 size | le32 stored_size | 16-byte id
+ */
+#define CS_RECORD_MAGIC 0x43525343u /* "CSRC" */
+#define CS_RECORD_HEADER_SIZE 32
+
+typedef struct cs_record_header {
+        cs_chunk_kind kind;
+        cs_codec codec;
+        uint32_t size;
+        uint32_t stored_size;
+        cs_chunk_id id;
+} cs_record_header;
+
+void cs_record_header_encode(const cs_record_header *h, uint8_t out[CS_RECORD_HEADER_SIZE]);
+int cs_record_header_decode(const uint8_t in[CS_RECORD_HEADER_SIZE], cs_record_header *ret);
+
+/* Builds a whole record (header + payload) in a new buffer of
+ * *ret_record_size bytes: LZ4 (HC at lz4hc_level if > 0) when that
+ * shrinks the data, raw otherwise. */
+int cs_record_build(cs_chunk_kind kind, const cs_chunk_id *id, const void *data, size_t size,
+                    int lz4hc_level, uint8_t **ret_record, size_t *ret_record_size);
+
+/* Decodes a payload into out (exactly h->size bytes) and checks it hashes
+ * to h->id: -EBADMSG on any mismatch. */
+int cs_record_decode_payload(const cs_hasher *hasher, const cs_record_header *h,
+                             const void *payload, void *out);
+
+/* --- config.c ----------------------------------------------------------- */
+
+typedef struct cs_config {
+        unsigned format;
+        uint32_t block_size;
+        int lz4hc_level;
+        uint8_t secret[CS_SECRET_SIZE];
+} cs_config;
+
+#define CS_CONFIG_FILE "config"
+#define CS_CATALOG_FILE "catalog.db"
+#define CS_LOCK_FILE "lock"
+#define CS_PACK_DIR "packs"
+
+int cs_config_write(int dir_fd, const cs_config *config);
+int cs_config_read(int dir_fd, cs_config *ret_config);
+
+/* --- index.c ------------------------------------------------------------ */
+
+typedef struct cs_index cs_index;
+
+typedef struct cs_location {
+        cs_chunk_kind kind;
+        uint64_t pack;
+        uint64_t offset; /* of the record header */
+        uint32_t size;
+        uint32_t stored_size;
+} cs_location;
+
+/* Maps a SQLite result code to a negative errno. */
+int cs_sqlite_errno(int rc);
+
+int cs_index_create(int dir_fd);
+int cs_index_open(int dir_fd, bool writable, cs_index **ret_index);
+cs_index *cs_index_free(cs_index *index);
+
+/* Thread-safe; readers use a pool of connections and never wait for a
+ * writer (WAL). */
+int cs_index_lookup(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc);
+
+/* The writer connection, for the store's writer (callers serialize). */
+sqlite3 *cs_index_writer(cs_index *index);
+/* Takes a reader connection from the pool; give it back with
+ * cs_index_reader_release(). */
+int cs_index_reader_acquire(cs_index *index, sqlite3 **ret_db);
+void cs_index_reader_release(cs_index *index, sqlite3 *db);
+
+int cs_index_begin(sqlite3 *db);   /* BEGIN IMMEDIATE, waiting for other writers */
+int cs_index_commit(sqlite3 *db);
+void cs_index_rollback(sqlite3 *db);
+int cs_index_exec(sqlite3 *db, const char *sql);
+int cs_index_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret_stmt);
+/* Runs a query returning one integer; *ret is 0 when it returns no row. */
+int cs_index_query_int(sqlite3 *db, const char *sql, int64_t arg, int64_t *ret);
+
+static inline void sqlite3_finalizep(sqlite3_stmt **stmt)
+{
+        sqlite3_finalize(*stmt);
+}
+
+/* --- pack.c ------------------------------------------------------------- */
+
+#define CS_PACK_MAGIC "CSPACK\r\n"
+#define CS_PACK_HEADER_SIZE 32
+#define CS_PACK_TARGET_SIZE (64ull * 1024 * 1024)
+
+enum {
+        CS_PACK_OPEN = 0,   /* a writer appends to it */
+        CS_PACK_SEALED = 1, /* immutable */
+};
+
+typedef struct cs_pack_writer {
+        uint64_t id;
+        int fd;
+        uint64_t size; /* bytes written so far, header included */
+} cs_pack_writer;
+
+/* Formats "packs/<16 hex digits>.pack" into buf. */
+void cs_pack_path(uint64_t id, char buf[static 64]);
+/* Registers a new open pack in the catalog, creates and locks its file. */
+int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer);
+int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset);
+/* fdatasync()s the pack, records its size and, if seal, marks it sealed. */
+int cs_pack_sync(cs_pack_writer *w);
+int cs_pack_seal(cs_pack_writer *w, sqlite3 *db);
+void cs_pack_writer_close(cs_pack_writer *w);
+/* Finds open packs whose writer died, truncates their uncommitted tails
+ * and seals them. */
+int cs_pack_recover(int dir_fd, sqlite3 *db);
+/* Checks a pack file's header. */
+int cs_pack_check_header(int fd, uint64_t id);
+
+/* A small cache of read-only pack descriptors shared by reader threads. */
+typedef struct cs_pack_cache cs_pack_cache;
+int cs_pack_cache_new(int dir_fd, cs_pack_cache **ret);
+cs_pack_cache *cs_pack_cache_free(cs_pack_cache *c);
+/* Reads a record at loc into buf (CS_RECORD_HEADER_SIZE + stored_size
+ * bytes).  -ENOENT if the pack is gone (moved by compaction). */
+int cs_pack_cache_read(cs_pack_cache *c, const cs_location *loc, void *buf);
+/* Forgets a pack's descriptor (after compaction removed it). */
+void cs_pack_cache_drop(cs_pack_cache *c, uint64_t id);
+
+/* --- store.c ------------------------------------------------------------ */
+
+typedef struct cs_pending cs_pending;
+
+struct cs_store {
+        char *path;
+        int dir_fd;
+        int lock_fd;
+        unsigned flags;
+        cs_config config;
+        cs_hasher hasher;
+        cs_index *index;
+        cs_pack_cache *packs;
+
+        cs_log_fn log_fn;
+        void *log_userdata;
+
+        /* Everything below is the writer's state, under write_lock. */
+        pthread_mutex_t write_lock;
+        cs_pack_writer pack;
+        cs_pending *pending;
+        uint64_t pending_logical_bytes;
+};
+
+void cs_store_log(cs_store *store, int error, const char *format, ...) _printf_(3, 4);
+
+/* Reads and verifies the chunk at loc into buf (loc->size bytes). */
+int cs_store_read_location(cs_store *store, const cs_location *loc, const cs_chunk_id *id,
+                           void *buf);
+/* Looks a chunk up among this handle's uncommitted puts, then the catalog. */
+int cs_store_locate(cs_store *store, const cs_chunk_id *id, cs_location *ret_loc);
+/* Appends a ready record to the current pack as an uncommitted chunk
+ * (callers hold write_lock). */
+int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uint8_t *record,
+                           size_t record_size);
+/* Commits pending puts; with seal, also seals the open pack (callers hold
+ * write_lock). */
+int cs_store_commit_locked(cs_store *store, bool seal);
+
+/* Lock modes on the store's lock file. */
+int cs_store_lock(cs_store *store, int operation, bool nowait);
+
+/* The mark phase shared by gc and verify: fills a set of every id reachable
+ * from a root.  Missing or damaged tree chunks are reported through
+ * cs_store_log and counted. */
+typedef struct cs_idset cs_idset;
+cs_idset *cs_idset_new(void);
+cs_idset *cs_idset_free(cs_idset *s);
+int cs_idset_add(cs_idset *s, const cs_chunk_id *id); /* 1 if added, 0 if present */
+bool cs_idset_contains(const cs_idset *s, const cs_chunk_id *id);
+size_t cs_idset_size(const cs_idset *s);
+
+typedef struct cs_mark_result {
+        uint64_t missing;
+        uint64_t damaged;
+} cs_mark_result;
+
+typedef void (*cs_mark_problem_fn)(void *userdata, int error, const cs_chunk_id *id,
+                                   const cs_chunk_id *parent);
+int cs_store_mark(cs_store *store, sqlite3 *db, cs_idset *marked, cs_mark_problem_fn problem,
+                  void *userdata, cs_mark_result *ret);
+
+#endif

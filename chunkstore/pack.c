@@ -1,0 +1,346 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Pack files: append-only containers of chunk records.
+ *
+ * Design notes
+ *
+ *  1. Layout: packs/<16 hex digits>.pack, the digits being the pack's
+ *     catalog id.  A 32-byte header ("CSPACK\r\n", le32 version 1, le32 0,
+ *     le64 pack id, 8 zero bytes) then records back to back (chunk.c).
+ *  2. Ownership: one writer per pack.  A writer registers the pack in the
+ *     catalog (state OPEN), creates the file under a temporary name, takes
+ *     flock(LOCK_EX) on it and only then renames it into place, so a file
+ *     under its final name is either locked by its live writer or
+ *     abandoned.  Nobody else ever writes to it.
+ *  3. Durability order: record bytes are written, the file is
+ *     fdatasync()ed, and only then are the catalog rows pointing into it
+ *     committed (store.c).  So every catalog row points at durable bytes;
+ *     bytes past the last committed row are garbage from an unfinished batch.
+ *  4. Recovery: an OPEN pack whose lock can be taken lost its writer.  Its
+ *     file is truncated after the last committed record and it is SEALED.
+ *     Sealed packs never change again, except that compaction may delete
+ *     them once no row points into them.
+ *
+ *     state:  (none) --create--> OPEN --seal / recover--> SEALED --compact--> (none)
+ */
+#include <dirent.h>
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cs-internal.h"
+
+void cs_pack_path(uint64_t id, char buf[static 64])
+{
+        snprintf(buf, 64, CS_PACK_DIR "/%016" PRIx64 ".pack", id);
+}
+
+static void pack_header(uint64_t id, uint8_t out[CS_PACK_HEADER_SIZE])
+{
+        uint32_t version = htole32(1);
+        uint64_t le_id = htole64(id);
+
+        memset(out, 0, CS_PACK_HEADER_SIZE);
+        memcpy(out, CS_PACK_MAGIC, 8);
+        memcpy(out + 8, &version, 4);
+        memcpy(out + 16, &le_id, 8);
+}
+
+int cs_pack_check_header(int fd, uint64_t id)
+{
+        uint8_t expected[CS_PACK_HEADER_SIZE], actual[CS_PACK_HEADER_SIZE];
+        ssize_t n;
+
+        pack_header(id, expected);
+        n = pread(fd, actual, sizeof(actual), 0);
+        if (n < 0)
+                return negative_errno();
+        if (n != sizeof(actual) || memcmp(expected, actual, sizeof(actual)) != 0)
+                return -EBADMSG;
+        return 0;
+}
+
+int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_close_ int fd = -1;
+        uint8_t header[CS_PACK_HEADER_SIZE];
+        char path[64], tmp[80];
+        uint64_t id;
+        int r;
+
+        r = cs_index_prepare(db, "INSERT INTO packs(state, size, created) VALUES(?, ?, ?)", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int(stmt, 1, CS_PACK_OPEN);
+        sqlite3_bind_int64(stmt, 2, CS_PACK_HEADER_SIZE);
+        sqlite3_bind_int64(stmt, 3, (int64_t) time(NULL));
+        r = cs_sqlite_errno(sqlite3_step(stmt));
+        if (r < 0)
+                return r;
+        id = (uint64_t) sqlite3_last_insert_rowid(db);
+
+        cs_pack_path(id, path);
+        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+        fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return negative_errno();
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+                return negative_errno();
+        pack_header(id, header);
+        if (pwrite(fd, header, sizeof(header), 0) != sizeof(header))
+                return errno ? negative_errno() : -ENOSPC;
+        if (renameat(dir_fd, tmp, dir_fd, path) < 0)
+                return negative_errno();
+
+        *ret_writer = (cs_pack_writer) { .id = id, .fd = TAKE_FD(fd), .size = CS_PACK_HEADER_SIZE };
+        return 0;
+}
+
+int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset)
+{
+        const uint8_t *p = record;
+        uint64_t offset = w->size;
+        size_t done = 0;
+
+        while (done < size) {
+                ssize_t n = pwrite(w->fd, p + done, size - done, (off_t) (offset + done));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                if (n == 0)
+                        return -ENOSPC;
+                done += (size_t) n;
+        }
+        w->size += size;
+        *ret_offset = offset;
+        return 0;
+}
+
+int cs_pack_sync(cs_pack_writer *w)
+{
+        return fdatasync(w->fd) < 0 ? negative_errno() : 0;
+}
+
+static int pack_set_state(sqlite3 *db, uint64_t id, int state, uint64_t size)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r;
+
+        r = cs_index_prepare(db, "UPDATE packs SET state = ?, size = ? WHERE id = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int(stmt, 1, state);
+        sqlite3_bind_int64(stmt, 2, (int64_t) size);
+        sqlite3_bind_int64(stmt, 3, (int64_t) id);
+        return cs_sqlite_errno(sqlite3_step(stmt));
+}
+
+int cs_pack_seal(cs_pack_writer *w, sqlite3 *db)
+{
+        return pack_set_state(db, w->id, CS_PACK_SEALED, w->size);
+}
+
+void cs_pack_writer_close(cs_pack_writer *w)
+{
+        w->fd = safe_close(w->fd);
+        w->id = 0;
+        w->size = 0;
+}
+
+/* End of the last committed record in pack id. */
+static int committed_end(sqlite3 *db, uint64_t id, uint64_t *ret_end)
+{
+        int64_t end = 0;
+        int r;
+
+        r = cs_index_query_int(db, "SELECT MAX(offset + 32 + stored_size) FROM chunks WHERE pack = ?",
+                               (int64_t) id, &end);
+        if (r < 0)
+                return r;
+        *ret_end = MAX((uint64_t) end, (uint64_t) CS_PACK_HEADER_SIZE);
+        return 0;
+}
+
+static int recover_one(int dir_fd, sqlite3 *db, uint64_t id)
+{
+        _cleanup_close_ int fd = -1;
+        uint64_t end;
+        char path[64];
+        int r;
+
+        cs_pack_path(id, path);
+        fd = openat(dir_fd, path, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+                /* A writer that died before renaming its file into place left
+                 * only the catalog row (and a .tmp file, removed below). */
+                if (errno != ENOENT)
+                        return negative_errno();
+                return pack_set_state(db, id, CS_PACK_SEALED, 0);
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+                return errno == EWOULDBLOCK ? 0 : negative_errno(); /* its writer lives */
+
+        r = committed_end(db, id, &end);
+        if (r < 0)
+                return r;
+        if (ftruncate(fd, (off_t) end) < 0 || fsync(fd) < 0)
+                return negative_errno();
+        return pack_set_state(db, id, CS_PACK_SEALED, end);
+}
+
+/* Removes pack files left under their temporary name by writers that died
+ * between creating and renaming them; a live writer holds the lock. */
+static void remove_stale_tmp_files(int dir_fd)
+{
+        _cleanup_close_ int packs_fd = -1;
+        struct dirent *de;
+        DIR *d;
+
+        packs_fd = openat(dir_fd, CS_PACK_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (packs_fd < 0)
+                return;
+        d = fdopendir(TAKE_FD(packs_fd));
+        if (!d)
+                return;
+        while ((de = readdir(d))) {
+                size_t len = strlen(de->d_name);
+                _cleanup_close_ int fd = -1;
+
+                if (len < 4 || strcmp(de->d_name + len - 4, ".tmp") != 0)
+                        continue;
+                fd = openat(dirfd(d), de->d_name, O_RDONLY | O_CLOEXEC);
+                if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+                        (void) unlinkat(dirfd(d), de->d_name, 0);
+        }
+        closedir(d);
+}
+
+int cs_pack_recover(int dir_fd, sqlite3 *db)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        uint64_t ids[256];
+        size_t n = 0;
+        int rc, r;
+
+        r = cs_index_prepare(db, "SELECT id FROM packs WHERE state = 0 LIMIT 256", &stmt);
+        if (r < 0)
+                return r;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+                ids[n++] = (uint64_t) sqlite3_column_int64(stmt, 0);
+        if (rc != SQLITE_DONE)
+                return cs_sqlite_errno(rc);
+        sqlite3_finalize(TAKE_PTR(stmt));
+
+        remove_stale_tmp_files(dir_fd);
+        if (n == 0)
+                return 0;
+        r = cs_index_begin(db);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                r = recover_one(dir_fd, db, ids[i]);
+                if (r < 0) {
+                        cs_index_rollback(db);
+                        return r;
+                }
+        }
+        return cs_index_commit(db);
+}
+
+/* --- Reading ------------------------------------------------------------ */
+
+#define PACK_CACHE_SLOTS 256
+
+typedef struct pack_slot {
+        uint64_t id;
+        int fd;
+} pack_slot;
+
+struct cs_pack_cache {
+        int dir_fd;
+        pthread_rwlock_t lock;
+        pack_slot slots[PACK_CACHE_SLOTS];
+};
+
+int cs_pack_cache_new(int dir_fd, cs_pack_cache **ret)
+{
+        cs_pack_cache *c = calloc(1, sizeof(*c));
+
+        if (!c)
+                return -ENOMEM;
+        c->dir_fd = dir_fd;
+        pthread_rwlock_init(&c->lock, NULL);
+        for (size_t i = 0; i < PACK_CACHE_SLOTS; i++)
+                c->slots[i].fd = -1;
+        *ret = c;
+        return 0;
+}
+
+cs_pack_cache *cs_pack_cache_free(cs_pack_cache *c)
+{
+        if (!c)
+                return NULL;
+        for (size_t i = 0; i < PACK_CACHE_SLOTS; i++)
+                safe_close(c->slots[i].fd);
+        pthread_rwlock_destroy(&c->lock);
+        return mfree(c);
+}
+
+/* A direct-mapped cache: slot = id % slots.  A reader holds the read lock
+ * across its pread so that a concurrent replacement cannot close the fd
+ * under it. */
+int cs_pack_cache_read(cs_pack_cache *c, const cs_location *loc, void *buf)
+{
+        pack_slot *slot = &c->slots[loc->pack % PACK_CACHE_SLOTS];
+        size_t size = CS_RECORD_HEADER_SIZE + loc->stored_size;
+        ssize_t n;
+        int fd;
+
+        for (;;) {
+                pthread_rwlock_rdlock(&c->lock);
+                if (slot->id == loc->pack && slot->fd >= 0) {
+                        n = pread(slot->fd, buf, size, (off_t) loc->offset);
+                        int e = errno;
+                        pthread_rwlock_unlock(&c->lock);
+                        if (n < 0)
+                                return e > 0 ? -e : -EIO;
+                        /* A short read means a truncated pack: damage. */
+                        return (size_t) n == size ? 0 : -EBADMSG;
+                }
+                pthread_rwlock_unlock(&c->lock);
+
+                char path[64];
+                cs_pack_path(loc->pack, path);
+                fd = openat(c->dir_fd, path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        return negative_errno();
+
+                pthread_rwlock_wrlock(&c->lock);
+                safe_close(slot->fd);
+                slot->id = loc->pack;
+                slot->fd = fd;
+                pthread_rwlock_unlock(&c->lock);
+        }
+}
+
+void cs_pack_cache_drop(cs_pack_cache *c, uint64_t id)
+{
+        pack_slot *slot = &c->slots[id % PACK_CACHE_SLOTS];
+
+        pthread_rwlock_wrlock(&c->lock);
+        if (slot->id == id) {
+                slot->fd = safe_close(slot->fd);
+                slot->id = 0;
+        }
+        pthread_rwlock_unlock(&c->lock);
+}

@@ -1,0 +1,701 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The store object: opening a store directory, putting chunks into packs,
+ * committing them to the catalog, reading them back, and roots.
+ *
+ * Design notes
+ *
+ *  1. Layout of a store directory (mode 0700):
+ *       config       format, block size, compression, secret (0600)
+ *       catalog.db   SQLite catalog, WAL mode (0600), with -wal and -shm
+ *       lock         flock()ed: SHARED by every write handle, EXCLUSIVE by gc
+ *       packs/       pack files (pack.c)
+ *  2. A put is hashed and deduplicated in the calling thread, against this
+ *     handle's uncommitted puts and then the catalog; a new chunk is
+ *     compressed in the calling thread (so N threads use N cores), then
+ *     appended to this handle's open pack under write_lock.
+ *  3. Commit: fdatasync(pack), then one transaction inserting every
+ *     pending row.  Rows are INSERT OR REPLACE: two processes that stored
+ *     the same chunk concurrently both wrote durable, valid copies, and
+ *     either location will do; compaction relies on the same rule to move
+ *     chunks.
+ *  4. A reader that finds a pack gone (compaction deleted it after moving
+ *     its chunks) looks the chunk up again once: the catalog row was
+ *     updated before the file was unlinked.
+ *  5. Locking order: store lock file (flock) -> write_lock (mutex) ->
+ *     SQLite's write lock.  Readers take no lock beyond the pack cache's.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#include "cs-internal.h"
+
+/* Commit on our own once a batch holds this much: bounds memory and the
+ * work a crash can lose, while keeping fsyncs rare. */
+#define BATCH_MAX_CHUNKS 8192
+#define BATCH_MAX_BYTES (128u * 1024 * 1024)
+
+/* --- Uncommitted puts: an insertion-ordered hash map id -> location ----- */
+
+typedef struct pending_entry {
+        cs_chunk_id id;
+        cs_location loc;
+} pending_entry;
+
+struct cs_pending {
+        pending_entry *entries;
+        size_t n, capacity;
+        uint32_t *slots; /* index + 1 into entries, 0 = empty */
+        size_t n_slots;  /* a power of two, at least twice n */
+        uint64_t bytes;
+};
+
+static size_t id_hash(const cs_chunk_id *id)
+{
+        size_t h;
+        /* Ids are keyed hashes: their bytes are already uniform. */
+        memcpy(&h, id->bytes, sizeof(h));
+        return h;
+}
+
+static pending_entry *pending_find(cs_pending *p, const cs_chunk_id *id)
+{
+        if (p->n_slots == 0)
+                return NULL;
+        for (size_t i = id_hash(id) & (p->n_slots - 1);; i = (i + 1) & (p->n_slots - 1)) {
+                if (p->slots[i] == 0)
+                        return NULL;
+                pending_entry *e = &p->entries[p->slots[i] - 1];
+                if (cs_chunk_id_equal(&e->id, id))
+                        return e;
+        }
+}
+
+static void pending_slot_insert(cs_pending *p, size_t index)
+{
+        size_t i = id_hash(&p->entries[index].id) & (p->n_slots - 1);
+        while (p->slots[i] != 0)
+                i = (i + 1) & (p->n_slots - 1);
+        p->slots[i] = (uint32_t) index + 1;
+}
+
+static int pending_add(cs_pending *p, const cs_chunk_id *id, const cs_location *loc)
+{
+        if (p->n == p->capacity) {
+                size_t cap = p->capacity ? p->capacity * 2 : 256;
+                pending_entry *e = reallocarray(p->entries, cap, sizeof(*e));
+                if (!e)
+                        return -ENOMEM;
+                p->entries = e;
+                p->capacity = cap;
+        }
+        if (2 * (p->n + 1) > p->n_slots) {
+                size_t n_slots = p->n_slots ? p->n_slots * 2 : 512;
+                uint32_t *slots = calloc(n_slots, sizeof(*slots));
+                if (!slots)
+                        return -ENOMEM;
+                free(p->slots);
+                p->slots = slots;
+                p->n_slots = n_slots;
+                for (size_t i = 0; i < p->n; i++)
+                        pending_slot_insert(p, i);
+        }
+        p->entries[p->n] = (pending_entry) { .id = *id, .loc = *loc };
+        pending_slot_insert(p, p->n);
+        p->n++;
+        p->bytes += CS_RECORD_HEADER_SIZE + loc->stored_size;
+        return 0;
+}
+
+static void pending_clear(cs_pending *p)
+{
+        if (p->n_slots)
+                memset(p->slots, 0, p->n_slots * sizeof(*p->slots));
+        p->n = 0;
+        p->bytes = 0;
+}
+
+static cs_pending *pending_free(cs_pending *p)
+{
+        if (!p)
+                return NULL;
+        free(p->entries);
+        free(p->slots);
+        return mfree(p);
+}
+
+/* --- Logging ------------------------------------------------------------ */
+
+void cs_store_set_log(cs_store *store, cs_log_fn fn, void *userdata)
+{
+        store->log_fn = fn;
+        store->log_userdata = userdata;
+}
+
+void cs_store_log(cs_store *store, int error, const char *format, ...)
+{
+        char message[1024];
+        va_list ap;
+
+        if (!store->log_fn)
+                return;
+        va_start(ap, format);
+        vsnprintf(message, sizeof(message), format, ap);
+        va_end(ap);
+        store->log_fn(store->log_userdata, error, message);
+}
+
+/* --- Creating and opening ---------------------------------------------- */
+
+static bool dir_is_empty(int dir_fd)
+{
+        _cleanup_close_ int fd = dup(dir_fd);
+        struct dirent *de;
+        bool empty = true;
+        DIR *d;
+
+        if (fd < 0)
+                return false;
+        d = fdopendir(fd);
+        if (!d)
+                return false;
+        fd = -1;
+        while ((de = readdir(d)))
+                if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+                        empty = false;
+                        break;
+                }
+        closedir(d);
+        return empty;
+}
+
+int cs_store_init(const char *path, const cs_init_params *params)
+{
+        _cleanup_close_ int dir_fd = -1, lock_fd = -1;
+        cs_config config = { .format = CS_FORMAT_VERSION };
+        int r;
+
+        if (!path || !*path)
+                return -EINVAL;
+        config.block_size = params && params->block_size ? params->block_size
+                                                         : CS_BLOCK_SIZE_DEFAULT;
+        config.lz4hc_level = params ? params->lz4hc_level : 0;
+        if (config.block_size < CS_BLOCK_SIZE_MIN || config.block_size > CS_BLOCK_SIZE_MAX ||
+            (config.block_size & (config.block_size - 1)) || config.lz4hc_level < 0 ||
+            config.lz4hc_level > 12)
+                return -EINVAL;
+
+        if (mkdir(path, 0700) < 0 && errno != EEXIST)
+                return negative_errno();
+        dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd < 0)
+                return negative_errno();
+        if (!dir_is_empty(dir_fd))
+                return -EEXIST;
+        if (fchmod(dir_fd, 0700) < 0)
+                return negative_errno();
+
+        if (getrandom(config.secret, sizeof(config.secret), 0) != sizeof(config.secret))
+                return negative_errno();
+
+        if (mkdirat(dir_fd, CS_PACK_DIR, 0700) < 0)
+                return negative_errno();
+        lock_fd = openat(dir_fd, CS_LOCK_FILE, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (lock_fd < 0)
+                return negative_errno();
+        r = cs_index_create(dir_fd);
+        if (r < 0)
+                return r;
+        /* The config goes last: a directory with a config is a store, so a
+         * crash during init leaves something open() refuses, not half a store. */
+        return cs_config_write(dir_fd, &config);
+}
+
+int cs_store_lock(cs_store *store, int operation, bool nowait)
+{
+        for (;;) {
+                if (flock(store->lock_fd, operation | (nowait ? LOCK_NB : 0)) == 0)
+                        return 0;
+                if (errno == EINTR)
+                        continue;
+                return errno == EWOULDBLOCK ? -EBUSY : negative_errno();
+        }
+}
+
+int cs_store_open(const char *path, unsigned flags, cs_store **ret_store)
+{
+        _cleanup_(cs_store_unrefp) cs_store *store = NULL;
+        bool writable = flags & CS_OPEN_WRITE;
+        struct stat st;
+        int r;
+
+        if (!path || !ret_store)
+                return -EINVAL;
+
+        store = calloc(1, sizeof(*store));
+        if (!store)
+                return -ENOMEM;
+        store->dir_fd = store->lock_fd = -1;
+        store->pack.fd = -1;
+        store->flags = flags;
+        pthread_mutex_init(&store->write_lock, NULL);
+
+        store->path = strdup(path);
+        if (!store->path)
+                return -ENOMEM;
+        store->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (store->dir_fd < 0)
+                return negative_errno();
+        if (fstat(store->dir_fd, &st) < 0)
+                return negative_errno();
+
+        r = cs_config_read(store->dir_fd, &store->config);
+        if (r < 0)
+                return r;
+        cs_hasher_init(&store->hasher, store->config.secret);
+
+        if (writable) {
+                store->lock_fd = openat(store->dir_fd, CS_LOCK_FILE, O_RDWR | O_CLOEXEC);
+                if (store->lock_fd < 0)
+                        return errno == ENOENT ? -EBADMSG : negative_errno();
+                r = cs_store_lock(store, LOCK_SH, flags & CS_OPEN_NOWAIT);
+                if (r < 0)
+                        return r;
+                store->pending = calloc(1, sizeof(*store->pending));
+                if (!store->pending)
+                        return -ENOMEM;
+        }
+
+        r = cs_index_open(store->dir_fd, writable, &store->index);
+        if (r < 0)
+                return r;
+        r = cs_pack_cache_new(store->dir_fd, &store->packs);
+        if (r < 0)
+                return r;
+
+        if (writable) {
+                r = cs_pack_recover(store->dir_fd, cs_index_writer(store->index));
+                if (r < 0)
+                        return r;
+        }
+
+        *ret_store = TAKE_PTR(store);
+        return 0;
+}
+
+cs_store *cs_store_unref(cs_store *store)
+{
+        if (!store)
+                return NULL;
+        if (store->pack.fd >= 0) {
+                /* Seal what was committed; uncommitted bytes are left for
+                 * recovery to cut off, exactly as after a crash. */
+                pending_clear(store->pending);
+                (void) cs_pack_recover(store->dir_fd, cs_index_writer(store->index));
+                cs_pack_writer_close(&store->pack);
+        }
+        cs_pack_cache_free(store->packs);
+        cs_index_free(store->index);
+        pending_free(store->pending);
+        safe_close(store->lock_fd);
+        safe_close(store->dir_fd);
+        pthread_mutex_destroy(&store->write_lock);
+        free(store->path);
+        return mfree(store);
+}
+
+void cs_store_unrefp(cs_store **store)
+{
+        cs_store_unref(*store);
+}
+
+uint32_t cs_store_block_size(const cs_store *store)
+{
+        return store->config.block_size;
+}
+
+const char *cs_store_path(const cs_store *store)
+{
+        return store->path;
+}
+
+/* --- Committing --------------------------------------------------------- */
+
+static int insert_pending(cs_store *store, sqlite3 *db)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *insert = NULL;
+        cs_pending *p = store->pending;
+        int r;
+
+        r = cs_index_prepare(db,
+                             "INSERT OR REPLACE INTO chunks(id, kind, pack, offset, size, stored_size) "
+                             "VALUES(?, ?, ?, ?, ?, ?)",
+                             &insert);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < p->n; i++) {
+                const pending_entry *e = &p->entries[i];
+                sqlite3_bind_blob(insert, 1, e->id.bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+                sqlite3_bind_int(insert, 2, e->loc.kind);
+                sqlite3_bind_int64(insert, 3, (int64_t) e->loc.pack);
+                sqlite3_bind_int64(insert, 4, (int64_t) e->loc.offset);
+                sqlite3_bind_int64(insert, 5, e->loc.size);
+                sqlite3_bind_int64(insert, 6, e->loc.stored_size);
+                r = cs_sqlite_errno(sqlite3_step(insert));
+                sqlite3_reset(insert);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int cs_store_commit_locked(cs_store *store, bool seal)
+{
+        sqlite3 *db = cs_index_writer(store->index);
+        bool have_pack = store->pack.fd >= 0;
+        int r;
+
+        if (store->pending->n == 0 && store->pending_logical_bytes == 0 && !(seal && have_pack))
+                return 0;
+
+        /* Durability order: the bytes first, then the rows that point at them. */
+        if (store->pending->n > 0) {
+                r = cs_pack_sync(&store->pack);
+                if (r < 0)
+                        return r;
+        }
+
+        r = cs_index_begin(db);
+        if (r < 0)
+                return r;
+        r = insert_pending(store, db);
+        if (r >= 0 && store->pending_logical_bytes > 0) {
+                char sql[128];
+                snprintf(sql, sizeof(sql),
+                         "UPDATE meta SET value = value + %llu WHERE key = 'logical_bytes'",
+                         (unsigned long long) store->pending_logical_bytes);
+                r = cs_index_exec(db, sql);
+        }
+        /* A pack's size is recorded when it is sealed; until then recovery
+         * derives it from the rows. */
+        seal = have_pack && (seal || store->pack.size >= CS_PACK_TARGET_SIZE);
+        if (r >= 0 && seal)
+                r = cs_pack_seal(&store->pack, db);
+        if (r < 0) {
+                cs_index_rollback(db);
+                return r;
+        }
+        r = cs_index_commit(db);
+        if (r < 0)
+                return r;
+
+        pending_clear(store->pending);
+        store->pending_logical_bytes = 0;
+        if (seal)
+                cs_pack_writer_close(&store->pack);
+        return 0;
+}
+
+int cs_store_commit(cs_store *store)
+{
+        int r;
+
+        if (!store)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        pthread_mutex_lock(&store->write_lock);
+        r = cs_store_commit_locked(store, false);
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
+
+/* --- Putting ------------------------------------------------------------ */
+
+int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uint8_t *record,
+                           size_t record_size)
+{
+        cs_location loc = { .kind = h->kind, .size = h->size, .stored_size = h->stored_size };
+        int r;
+
+        if (store->pack.fd < 0) {
+                r = cs_pack_create(store->dir_fd, cs_index_writer(store->index), &store->pack);
+                if (r < 0)
+                        return r;
+        }
+        r = cs_pack_append(&store->pack, record, record_size, &loc.offset);
+        if (r < 0)
+                return r;
+        loc.pack = store->pack.id;
+        r = pending_add(store->pending, &h->id, &loc);
+        if (r < 0)
+                return r;
+
+        if (store->pending->n >= BATCH_MAX_CHUNKS || store->pending->bytes >= BATCH_MAX_BYTES ||
+            store->pack.size >= CS_PACK_TARGET_SIZE)
+                return cs_store_commit_locked(store, false);
+        return 0;
+}
+
+/* 1 if this handle or the catalog already holds the chunk. */
+static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
+{
+        cs_location loc;
+        int r;
+
+        pthread_mutex_lock(&store->write_lock);
+        if (pending_find(store->pending, id)) {
+                store->pending_logical_bytes += size;
+                pthread_mutex_unlock(&store->write_lock);
+                return 1;
+        }
+        pthread_mutex_unlock(&store->write_lock);
+
+        r = cs_index_lookup(store->index, id, &loc);
+        if (r <= 0)
+                return r;
+        pthread_mutex_lock(&store->write_lock);
+        store->pending_logical_bytes += size;
+        pthread_mutex_unlock(&store->write_lock);
+        return 1;
+}
+
+int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t size,
+                 cs_chunk_id *ret_id)
+{
+        _cleanup_free_ uint8_t *record = NULL;
+        cs_record_header h = { .kind = kind, .size = (uint32_t) size };
+        size_t record_size;
+        int r;
+
+        if (!store || !ret_id || (!data && size) || (unsigned) kind >= _CS_KIND_MAX || size == 0 ||
+            size > CS_CHUNK_SIZE_MAX || (kind == CS_KIND_DATA && size > store->config.block_size))
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+
+        if (kind == CS_KIND_DATA && cs_is_zero(data, size)) {
+                *ret_id = (cs_chunk_id) {};
+                pthread_mutex_lock(&store->write_lock);
+                store->pending_logical_bytes += size;
+                pthread_mutex_unlock(&store->write_lock);
+                return 0;
+        }
+
+        cs_hasher_hash(&store->hasher, kind, data, size, &h.id);
+        *ret_id = h.id;
+        r = known_chunk(store, &h.id, size);
+        if (r != 0)
+                return r < 0 ? r : 0;
+
+        r = cs_record_build(kind, &h.id, data, size, store->config.lz4hc_level, &record,
+                            &record_size);
+        if (r < 0)
+                return r;
+        h.codec = record_size - CS_RECORD_HEADER_SIZE < size ? CS_CODEC_LZ4 : CS_CODEC_RAW;
+        h.stored_size = (uint32_t) (record_size - CS_RECORD_HEADER_SIZE);
+
+        pthread_mutex_lock(&store->write_lock);
+        store->pending_logical_bytes += size;
+        /* Another thread may have stored it while we compressed. */
+        if (pending_find(store->pending, &h.id))
+                r = 0;
+        else {
+                r = cs_store_append_locked(store, &h, record, record_size);
+                if (r >= 0)
+                        r = 1;
+        }
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
+
+/* --- Getting ------------------------------------------------------------ */
+
+int cs_store_locate(cs_store *store, const cs_chunk_id *id, cs_location *ret_loc)
+{
+        if (store->pending) {
+                pthread_mutex_lock(&store->write_lock);
+                pending_entry *e = pending_find(store->pending, id);
+                if (e)
+                        *ret_loc = e->loc;
+                pthread_mutex_unlock(&store->write_lock);
+                if (e)
+                        return 1;
+        }
+        return cs_index_lookup(store->index, id, ret_loc);
+}
+
+int cs_store_read_location(cs_store *store, const cs_location *loc, const cs_chunk_id *id,
+                           void *buf)
+{
+        _cleanup_free_ uint8_t *record = NULL;
+        cs_record_header h;
+        int r;
+
+        record = malloc(CS_RECORD_HEADER_SIZE + loc->stored_size);
+        if (!record)
+                return -ENOMEM;
+        r = cs_pack_cache_read(store->packs, loc, record);
+        if (r < 0)
+                return r;
+        r = cs_record_header_decode(record, &h);
+        if (r < 0)
+                return r;
+        /* The record must be the one the catalog promised. */
+        if (!cs_chunk_id_equal(&h.id, id) || h.kind != loc->kind || h.size != loc->size ||
+            h.stored_size != loc->stored_size)
+                return -EBADMSG;
+        return cs_record_decode_payload(&store->hasher, &h, record + CS_RECORD_HEADER_SIZE, buf);
+}
+
+int cs_store_get(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_size)
+{
+        cs_location loc;
+        int r;
+
+        if (!store || !id || (!buf && buf_size))
+                return -EINVAL;
+        if (cs_chunk_id_is_zero(id))
+                return -ENOENT;
+
+        for (int attempt = 0;; attempt++) {
+                r = cs_store_locate(store, id, &loc);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        return -ENOENT;
+                if (buf_size < loc.size)
+                        return -ENOBUFS;
+                r = cs_store_read_location(store, &loc, id, buf);
+                /* Compaction moved it: the catalog already says where. */
+                if (r == -ENOENT && attempt == 0)
+                        continue;
+                if (r == -ENOENT)
+                        r = -EIO;
+                if (r < 0) {
+                        char hex[CS_CHUNK_ID_STRING_MAX];
+                        cs_store_log(store, r, "chunk %s in pack %llu at offset %llu is unreadable",
+                                     cs_chunk_id_format(id, hex), (unsigned long long) loc.pack,
+                                     (unsigned long long) loc.offset);
+                        return r;
+                }
+                return (int) loc.size;
+        }
+}
+
+int cs_store_has(cs_store *store, const cs_chunk_id *id, cs_chunk_info *ret_info)
+{
+        cs_location loc;
+        int r;
+
+        if (!store || !id)
+                return -EINVAL;
+        if (cs_chunk_id_is_zero(id))
+                return 0;
+        r = cs_store_locate(store, id, &loc);
+        if (r <= 0)
+                return r;
+        if (ret_info)
+                *ret_info = (cs_chunk_info) {
+                        .kind = loc.kind,
+                        .size = loc.size,
+                        .stored_size = loc.stored_size,
+                        .pack = loc.pack,
+                        .offset = loc.offset,
+                };
+        return 1;
+}
+
+/* --- Roots -------------------------------------------------------------- */
+
+int cs_store_root_set(cs_store *store, const char *name, const cs_chunk_id *id)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        sqlite3 *db;
+        int r;
+
+        if (!store || !name || !*name || strlen(name) > 255 || !id)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        r = cs_store_has(store, id, NULL);
+        if (r < 0)
+                return r;
+        if (r == 0 && !cs_chunk_id_is_zero(id))
+                return -ENOENT;
+
+        pthread_mutex_lock(&store->write_lock);
+        r = cs_store_commit_locked(store, false);
+        if (r < 0)
+                goto out;
+        db = cs_index_writer(store->index);
+        r = cs_index_prepare(db, "INSERT OR REPLACE INTO roots(name, id, created) "
+                                 "VALUES(?, ?, strftime('%s','now'))",
+                             &stmt);
+        if (r < 0)
+                goto out;
+        sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(stmt, 2, id->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+        r = cs_sqlite_errno(sqlite3_step(stmt));
+out:
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
+
+int cs_store_root_get(cs_store *store, const char *name, cs_chunk_id *ret_id)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        sqlite3 *db;
+        int rc, r;
+
+        if (!store || !name || !ret_id)
+                return -EINVAL;
+        r = cs_index_reader_acquire(store->index, &db);
+        if (r < 0)
+                return r;
+        r = cs_index_prepare(db, "SELECT id FROM roots WHERE name = ?", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+                rc = sqlite3_step(stmt);
+                if (rc == SQLITE_ROW && sqlite3_column_bytes(stmt, 0) == CS_CHUNK_ID_SIZE) {
+                        memcpy(ret_id->bytes, sqlite3_column_blob(stmt, 0), CS_CHUNK_ID_SIZE);
+                        r = 0;
+                } else {
+                        r = rc == SQLITE_ROW || rc == SQLITE_DONE ? -ENOENT : cs_sqlite_errno(rc);
+                }
+        }
+        sqlite3_finalize(TAKE_PTR(stmt));
+        cs_index_reader_release(store->index, db);
+        return r;
+}
+
+int cs_store_root_delete(cs_store *store, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        sqlite3 *db;
+        int r;
+
+        if (!store || !name)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        pthread_mutex_lock(&store->write_lock);
+        db = cs_index_writer(store->index);
+        r = cs_index_prepare(db, "DELETE FROM roots WHERE name = ?", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+                r = cs_sqlite_errno(sqlite3_step(stmt));
+                if (r >= 0 && sqlite3_changes(db) == 0)
+                        r = -ENOENT;
+        }
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}

@@ -1,0 +1,285 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Unit tests of the store: creating and opening, put/get round trips,
+ * deduplication, zero blocks, visibility across handles, damage detection
+ * (flipped bytes, truncated and missing packs) and concurrent puts.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "cs-internal.h"
+#include "tap.h"
+
+static int write_file(const char *path, const char *text)
+{
+        FILE *f = fopen(path, "w");
+        if (!f)
+                return -errno;
+        fputs(text, f);
+        return fclose(f) == 0 ? 0 : -errno;
+}
+
+static void test_init_and_open(void)
+{
+        char path[512], other[512], cfg[600];
+        cs_store *s = NULL;
+        struct stat st;
+
+        tap_path(path, sizeof(path), "store-init");
+        is_int(cs_store_init(path, &(cs_init_params) { .block_size = 3000 }), -EINVAL, "a block size that is not a power of two is refused");
+        is_int(cs_store_init(path, &(cs_init_params) { .block_size = 2u << 20 }), -EINVAL, "a block size over 1 MiB is refused");
+        is_int(cs_store_init(path, &(cs_init_params) { .block_size = 2048 }), -EINVAL, "a block size under 4 KiB is refused");
+        is_int(cs_store_init(path, &(cs_init_params) { .block_size = 16384 }), 0, "a store is created");
+        ok(stat(path, &st) == 0 && (st.st_mode & 07777) == 0700, "its directory is 0700");
+        snprintf(cfg, sizeof(cfg), "%s/config", path);
+        ok(stat(cfg, &st) == 0 && (st.st_mode & 07777) == 0600, "its config is 0600");
+        snprintf(cfg, sizeof(cfg), "%s/catalog.db", path);
+        ok(stat(cfg, &st) == 0 && (st.st_mode & 07777) == 0600, "its catalog is 0600");
+        is_int(cs_store_init(path, NULL), -EEXIST, "init refuses a non-empty directory");
+
+        ok(cs_store_open(path, 0, &s) == 0, "the store opens");
+        is_int(cs_store_block_size(s), 16384, "with the block size it was created with");
+        s = cs_store_unref(s);
+
+        tap_path(other, sizeof(other), "not-a-store");
+        mkdir(other, 0700);
+        is_int(cs_store_open(other, 0, &s), -EMEDIUMTYPE, "a directory that is not a store is refused");
+        tap_path(other, sizeof(other), "does-not-exist");
+        is_int(cs_store_open(other, 0, &s), -ENOENT, "a missing directory is refused");
+
+        tap_path(other, sizeof(other), "newer");
+        cs_store_init(other, NULL);
+        snprintf(cfg, sizeof(cfg), "%s/config", other);
+        write_file(cfg, "format = 2\nblock_size = 65536\ncompression = lz4\nfuture = yes\n"
+                        "secret = 0000000000000000000000000000000000000000000000000000000000000000\n");
+        is_int(cs_store_open(other, 0, &s), -EPROTONOSUPPORT, "a store of a newer format is refused");
+        write_file(cfg, "format = 1\nblock_size = 65536\n");
+        is_int(cs_store_open(other, 0, &s), -EBADMSG, "a truncated config is refused");
+}
+
+static void test_round_trips(void)
+{
+        static const size_t sizes[] = { 1, 100, 4095, 4096, 4097, 40000, 65535, 65536 };
+        static const char *const kinds[] = { "random", "text", "zero" };
+        char path[512];
+        cs_store *w = NULL;
+        uint8_t *data = malloc(65536), *out = malloc(65536);
+        cs_stats st;
+        int r;
+
+        tap_path(path, sizeof(path), "store-rt");
+        cs_store_init(path, NULL);
+        ok(cs_store_open(path, CS_OPEN_WRITE, &w) == 0, "open for writing");
+
+        for (int kind = 0; kind < 3; kind++)
+                for (size_t i = 0; i < ELEMENTSOF(sizes); i++) {
+                        cs_chunk_id id, again;
+                        tap_fill(data, sizes[i], kind, 100 + i);
+                        r = cs_store_put(w, CS_KIND_DATA, data, sizes[i], &id);
+                        if (kind == DATA_ZERO) {
+                                ok(r == 0 && cs_chunk_id_is_zero(&id), "%zu zero bytes give the zero id", sizes[i]);
+                                is_int(cs_store_get(w, &id, out, 65536), -ENOENT, "and the zero id is never stored");
+                                continue;
+                        }
+                        is_int(r, 1, "put %zu %s bytes: new", sizes[i], kinds[kind]);
+                        is_int(cs_store_put(w, CS_KIND_DATA, data, sizes[i], &again), 0, "put again: deduplicated");
+                        ok(cs_chunk_id_equal(&id, &again), "same id");
+                        memset(out, 0x55, 65536);
+                        r = cs_store_get(w, &id, out, 65536);
+                        ok(r == (int) sizes[i] && memcmp(out, data, sizes[i]) == 0, "get before commit returns the data");
+                }
+        is_int(cs_store_commit(w), 0, "commit");
+
+        tap_fill(data, 65536, DATA_TEXT, 1);
+        is_int(cs_store_put(w, CS_KIND_DATA, data, 65537, &(cs_chunk_id) {}), -EINVAL, "a data chunk larger than a block is refused");
+        is_int(cs_store_put(w, CS_KIND_DATA, data, 0, &(cs_chunk_id) {}), -EINVAL, "an empty chunk is refused");
+
+        ok(cs_store_stats(w, &st) == 0, "stats");
+        uint64_t expect_unique = 0;
+        for (size_t i = 0; i < ELEMENTSOF(sizes); i++)
+                expect_unique += 2 * sizes[i];
+        is_int(st.unique_bytes, expect_unique, "unique bytes count every distinct chunk once");
+        is_int(st.logical_bytes, 2 * expect_unique + expect_unique / 2, "logical bytes count every put");
+        ok(st.stored_bytes < st.unique_bytes, "text compressed: %llu stored of %llu unique",
+           (unsigned long long) st.stored_bytes, (unsigned long long) st.unique_bytes);
+        w = cs_store_unref(w);
+
+        /* A reader in a second handle sees everything that was committed. */
+        cs_store *rd = NULL;
+        ok(cs_store_open(path, 0, &rd) == 0, "open read-only");
+        cs_chunk_id id;
+        tap_fill(data, 40000, DATA_TEXT, 105);
+        ok(cs_store_open(path, CS_OPEN_WRITE, &w) == 0, "reopen for writing");
+        is_int(cs_store_put(w, CS_KIND_DATA, data, 40000, &id), 0, "a committed chunk is deduplicated after reopening");
+        ok(cs_store_get(rd, &id, out, 65536) == 40000 && memcmp(out, data, 40000) == 0, "a read-only handle reads it");
+        is_int(cs_store_get(rd, &id, out, 100), -ENOBUFS, "a short buffer is refused");
+        is_int(cs_store_put(rd, CS_KIND_DATA, data, 100, &id), -EROFS, "a read-only handle cannot put");
+
+        tap_fill(data, 5000, DATA_RANDOM, 999);
+        is_int(cs_store_put(w, CS_KIND_DATA, data, 5000, &id), 1, "put a new chunk");
+        is_int(cs_store_get(rd, &id, out, 65536), -ENOENT, "another handle does not see it before commit");
+        is_int(cs_store_commit(w), 0, "commit");
+        is_int(cs_store_get(rd, &id, out, 65536), 5000, "another handle sees it after commit");
+
+        /* Dedup proven by the bytes on disk. */
+        cs_stats before, after;
+        cs_store_commit(w);
+        cs_store_stats(w, &before);
+        tap_fill(data, 65536, DATA_RANDOM, 4242);
+        for (int i = 0; i < 50; i++)
+                cs_store_put(w, CS_KIND_DATA, data, 65536, &id);
+        cs_store_commit(w);
+        cs_store_stats(rd, &after);
+        is_int(after.stored_bytes - before.stored_bytes, 65536, "50 puts of one random block store it once");
+        is_int(after.chunks - before.chunks, 1, "as one chunk");
+
+        cs_store_unref(rd);
+        cs_store_unref(w);
+        free(data);
+        free(out);
+}
+
+static int flip_byte(const char *store, uint64_t pack, uint64_t offset)
+{
+        char path[600];
+        int fd;
+        uint8_t b;
+
+        snprintf(path, sizeof(path), "%s/packs/%016llx.pack", store, (unsigned long long) pack);
+        fd = open(path, O_RDWR);
+        if (fd < 0)
+                return -errno;
+        if (pread(fd, &b, 1, (off_t) offset) != 1)
+                return -EIO;
+        b ^= 0x10;
+        if (pwrite(fd, &b, 1, (off_t) offset) != 1)
+                return -EIO;
+        close(fd);
+        return 0;
+}
+
+static void test_damage(void)
+{
+        char path[512], pack_path[600];
+        cs_store *w = NULL;
+        uint8_t *data = malloc(65536), *out = malloc(65536);
+        cs_chunk_id ids[3];
+        cs_chunk_info info;
+        cs_verify_report rep;
+
+        tap_path(path, sizeof(path), "store-damage");
+        cs_store_init(path, NULL);
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        for (int i = 0; i < 3; i++) {
+                tap_fill(data, 65536, DATA_TEXT, 7000 + i);
+                cs_store_put(w, CS_KIND_DATA, data, 65536, &ids[i]);
+        }
+        cs_store_commit(w);
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, &rep), 0, "a fresh store verifies");
+        is_int(rep.chunks_checked, 3, "every chunk was checked");
+
+        ok(cs_store_has(w, &ids[1], &info) == 1, "locate chunk 1");
+        ok(flip_byte(path, info.pack, info.offset + CS_RECORD_HEADER_SIZE + info.stored_size / 2) == 0, "flip one byte of its payload");
+        is_int(cs_store_get(w, &ids[1], out, 65536), -EBADMSG, "get reports the damage");
+        is_int(cs_store_get(w, &ids[0], out, 65536), 65536, "its neighbour still reads");
+        is_int(cs_store_verify(w, 0, NULL, NULL, &rep), 0, "a header-only verify does not read payloads");
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, &rep), -EBADMSG, "verify --data finds the damage");
+        is_int(rep.chunks_damaged, 1, "one damaged chunk");
+        flip_byte(path, info.pack, info.offset + CS_RECORD_HEADER_SIZE + info.stored_size / 2);
+
+        ok(flip_byte(path, info.pack, info.offset + 20) == 0, "flip one byte of its record header");
+        is_int(cs_store_verify(w, 0, NULL, NULL, &rep), -EBADMSG, "verify finds a damaged header");
+        is_int(cs_store_get(w, &ids[1], out, 65536), -EBADMSG, "get refuses a record that is not the one expected");
+        flip_byte(path, info.pack, info.offset + 20);
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, &rep), 0, "undone, the store verifies again");
+
+        /* Truncation: cut the pack inside its last record. */
+        cs_store_has(w, &ids[2], &info);
+        snprintf(pack_path, sizeof(pack_path), "%s/packs/%016llx.pack", path, (unsigned long long) info.pack);
+        w = cs_store_unref(w);
+        ok(truncate(pack_path, (off_t) (info.offset + 40)) == 0, "truncate the pack");
+        cs_store_open(path, 0, &w);
+        is_int(cs_store_get(w, &ids[2], out, 65536), -EBADMSG, "a truncated record reads as damage");
+        is_int(cs_store_get(w, &ids[0], out, 65536), 65536, "records before the cut still read");
+        is_int(cs_store_verify(w, 0, NULL, NULL, &rep), -EBADMSG, "verify reports the truncated pack");
+
+        ok(unlink(pack_path) == 0, "delete the pack");
+        w = cs_store_unref(w);
+        cs_store_open(path, 0, &w);
+        ok(cs_store_get(w, &ids[0], out, 65536) == -EIO, "a chunk of a missing pack reads as EIO");
+        is_int(cs_store_verify(w, 0, NULL, NULL, &rep), -EBADMSG, "verify reports the missing pack");
+        cs_store_unref(w);
+        free(data);
+        free(out);
+}
+
+typedef struct worker {
+        cs_store *store;
+        int seed;
+        int failures;
+        cs_chunk_id ids[200];
+} worker;
+
+static void *put_many(void *p)
+{
+        worker *wk = p;
+        uint8_t *data = malloc(16384);
+
+        for (int i = 0; i < 200; i++) {
+                /* Half the chunks are shared between the workers. */
+                tap_fill(data, 16384, DATA_TEXT, i % 2 ? (uint64_t) i : (uint64_t) (wk->seed * 1000 + i));
+                if (cs_store_put(wk->store, CS_KIND_DATA, data, 16384, &wk->ids[i]) < 0)
+                        wk->failures++;
+        }
+        free(data);
+        return NULL;
+}
+
+static void test_threads(void)
+{
+        char path[512];
+        cs_store *w = NULL;
+        worker workers[4] = {};
+        pthread_t threads[4];
+        uint8_t *data = malloc(16384), *out = malloc(16384);
+        int bad = 0;
+        cs_stats st;
+
+        tap_path(path, sizeof(path), "store-threads");
+        cs_store_init(path, &(cs_init_params) { .block_size = 16384 });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        for (int t = 0; t < 4; t++) {
+                workers[t] = (worker) { .store = w, .seed = t + 1 };
+                pthread_create(&threads[t], NULL, put_many, &workers[t]);
+        }
+        for (int t = 0; t < 4; t++) {
+                pthread_join(threads[t], NULL);
+                bad += workers[t].failures;
+        }
+        is_int(bad, 0, "four threads put at once without errors");
+        is_int(cs_store_commit(w), 0, "commit");
+        for (int t = 0; t < 4; t++)
+                for (int i = 0; i < 200; i++) {
+                        tap_fill(data, 16384, DATA_TEXT, i % 2 ? (uint64_t) i : (uint64_t) ((t + 1) * 1000 + i));
+                        if (cs_store_get(w, &workers[t].ids[i], out, 16384) != 16384 || memcmp(out, data, 16384))
+                                bad++;
+                }
+        is_int(bad, 0, "every chunk reads back");
+        cs_store_stats(w, &st);
+        is_int(st.chunks, 4 * 100 + 100, "shared chunks were stored once");
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, NULL), 0, "the store verifies");
+        cs_store_unref(w);
+        free(data);
+        free(out);
+}
+
+int main(void)
+{
+        test_init_and_open();
+        test_round_trips();
+        test_damage();
+        test_threads();
+        return tap_done();
+}

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * clonectl: the administration tool of a clonefs store.  This file parses
+ * the command line and dispatches to one verb_*() per subcommand; verbs
+ * live in verb-*.c.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clonectl.h"
+#include "util/log.h"
+#include "util/size.h"
+
+#define DEFAULT_STORE "/var/lib/clonefs"
+
+const char *arg_store;
+bool arg_json;
+bool arg_data;
+uint64_t arg_block_size;
+int arg_lz4hc_level;
+
+typedef struct verb {
+        const char *name;
+        int min_args, max_args; /* positional arguments after the verb */
+        int (*run)(int argc, char **argv);
+        const char *synopsis;
+} verb;
+
+static const verb verbs[] = {
+        { "init", 0, 0, verb_init, "init [--block-size SIZE] [--lz4hc LEVEL]   create a store" },
+        { "verify", 0, 0, verb_verify, "verify [--data]                           check the store" },
+        { "stats", 0, 0, verb_stats, "stats [--json]                            space used and saved" },
+};
+
+static void help(void)
+{
+        printf("Usage: clonectl [--store DIR] COMMAND [OPTIONS]\n\n"
+               "Manage a clonefs store: timelines of points, clones, space.\n\n"
+               "Commands:\n");
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                printf("  %s\n", verbs[i].synopsis);
+        printf("\nOptions:\n"
+               "  --store DIR   the store (default: $CLONEFS_STORE, else " DEFAULT_STORE ")\n"
+               "  --json        machine-readable output\n"
+               "  -v, --verbose more detail on stderr\n"
+               "  -h, --help    this text\n"
+               "  --version     the version\n");
+}
+
+enum {
+        ARG_STORE = 0x100,
+        ARG_JSON,
+        ARG_DATA,
+        ARG_BLOCK_SIZE,
+        ARG_LZ4HC,
+        ARG_VERSION,
+};
+
+static int parse_argv(int argc, char **argv)
+{
+        static const struct option options[] = {
+                { "store", required_argument, NULL, ARG_STORE },
+                { "json", no_argument, NULL, ARG_JSON },
+                { "data", no_argument, NULL, ARG_DATA },
+                { "block-size", required_argument, NULL, ARG_BLOCK_SIZE },
+                { "lz4hc", required_argument, NULL, ARG_LZ4HC },
+                { "verbose", no_argument, NULL, 'v' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {}
+        };
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "hv", options, NULL)) >= 0) {
+                switch (c) {
+                case ARG_STORE:
+                        arg_store = optarg;
+                        break;
+                case ARG_JSON:
+                        arg_json = true;
+                        break;
+                case ARG_DATA:
+                        arg_data = true;
+                        break;
+                case ARG_BLOCK_SIZE:
+                        r = parse_size(optarg, &arg_block_size);
+                        if (r < 0)
+                                return log_error_errno(r, "invalid --block-size '%s': expected a size such as 64K", optarg);
+                        break;
+                case ARG_LZ4HC: {
+                        char *end;
+                        long level = strtol(optarg, &end, 10);
+                        if (*end || end == optarg || level < 1 || level > 12)
+                                return log_error_errno(-EINVAL, "invalid --lz4hc '%s': expected a level from 1 to 12", optarg);
+                        arg_lz4hc_level = (int) level;
+                        break;
+                }
+                case 'v':
+                        log_setup(NULL, LOG_LEVEL_DEBUG);
+                        break;
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("clonectl %s\n", PACKAGE_VERSION);
+                        return 0;
+                case '?':
+                        return -EINVAL; /* getopt printed the reason */
+                default:
+                        return -EINVAL;
+                }
+        }
+        if (!arg_store)
+                arg_store = getenv("CLONEFS_STORE");
+        if (!arg_store || !*arg_store)
+                arg_store = DEFAULT_STORE;
+        return 1;
+}
+
+int open_store(unsigned flags, cs_store **ret_store)
+{
+        int r = cs_store_open(arg_store, flags, ret_store);
+
+        switch (r) {
+        case 0:
+                return 0;
+        case -ENOENT:
+                return log_error_errno(r, "store %s does not exist (create it with 'clonectl --store %s init')",
+                                       arg_store, arg_store);
+        case -ENOTDIR:
+                return log_error_errno(r, "store %s is not a directory", arg_store);
+        case -EMEDIUMTYPE:
+                return log_error_errno(r, "%s is not a clonefs store (no config file)", arg_store);
+        case -EPROTONOSUPPORT:
+                return log_error_errno(r, "store %s has a newer format than this clonectl understands (%d): upgrade clonefs",
+                                       arg_store, CS_FORMAT_VERSION);
+        case -EBADMSG:
+                return log_error_errno(r, "store %s is damaged: its config or catalog cannot be read", arg_store);
+        case -EBUSY:
+                return log_error_errno(r, "store %s is busy: garbage collection is running", arg_store);
+        default:
+                return log_error_errno(r, "cannot open store %s: %m", arg_store);
+        }
+}
+
+int main(int argc, char **argv)
+{
+        const verb *v = NULL;
+        int r;
+
+        log_setup(argv[0], LOG_LEVEL_INFO);
+        r = parse_argv(argc, argv);
+        if (r <= 0)
+                return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+
+        if (optind >= argc) {
+                log_error("no command given (try 'clonectl --help')");
+                return EXIT_FAILURE;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                if (strcmp(verbs[i].name, argv[optind]) == 0)
+                        v = &verbs[i];
+        if (!v) {
+                log_error("unknown command '%s' (try 'clonectl --help')", argv[optind]);
+                return EXIT_FAILURE;
+        }
+        int n = argc - optind - 1;
+        if (n < v->min_args || n > v->max_args) {
+                log_error("wrong number of arguments to '%s'; usage: clonectl %s", v->name, v->synopsis);
+                return EXIT_FAILURE;
+        }
+        r = v->run(argc - optind, argv + optind);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
