@@ -256,6 +256,176 @@ typedef struct cs_stats {
 
 int cs_store_stats(cs_store *store, cs_stats *ret_stats);
 
+/* --- Point trees ---------------------------------------------------------
+ *
+ * A point is a Merkle tree of chunks (docs/ARCHITECTURE.md, "Point trees"):
+ * a point object names the root directory; a directory is an index object
+ * over pages of entries sorted by name; a regular file's content is its
+ * list of block ids (the zero id for a hole), inline in its directory page
+ * for small files, else split into segment objects of CS_SEGMENT_BLOCKS
+ * blocks.  An unchanged file or directory is the same chunk in every point,
+ * so a point costs what changed.
+ */
+
+#define CS_SEGMENT_BLOCKS 4096u
+#define CS_INLINE_BLOCKS_MAX 32u
+#define CS_NAME_MAX 255u
+
+typedef struct cs_xattr {
+        const char *name;  /* NUL-terminated */
+        const void *value;
+        uint32_t size;
+} cs_xattr;
+
+/* A file's content: either its block ids (segmented == false) or the ids
+ * of segment objects holding them (segmented == true). */
+typedef struct cs_content {
+        bool segmented;
+        size_t n;
+        const cs_chunk_id *ids;
+} cs_content;
+
+/* One directory entry.  Strings are not NUL-terminated: names and symlink
+ * targets may hold any byte but '/' and NUL (names) or NUL (targets). */
+typedef struct cs_entry {
+        const char *name;
+        size_t name_len;
+        uint32_t mode; /* st_mode, type bits included */
+        uint32_t uid, gid;
+        uint32_t nlink;
+        uint64_t size;     /* regular files: bytes; symlinks: target length */
+        int64_t mtime_sec;
+        uint32_t mtime_nsec;
+        /* What the source said when the entry was read, so the next
+         * snapshot can tell an unchanged file without reading it. */
+        int64_t ctime_sec;
+        uint32_t ctime_nsec;
+        uint64_t source_dev, source_ino;
+        uint64_t rdev;       /* devices */
+        uint64_t link_group; /* hardlinked regular files share a non-zero group */
+        const char *target;  /* symlinks */
+        size_t n_xattrs;
+        const cs_xattr *xattrs;
+        /* Regular files: content.  Directories: subdir is the directory
+         * object.  Unused otherwise. */
+        cs_content content;
+        cs_chunk_id subdir;
+} cs_entry;
+
+/* Builds the content of a regular file from its block ids: inline when
+ * there are at most CS_INLINE_BLOCKS_MAX blocks, else segment objects put
+ * into the store.  *ret borrows blocks (inline) or owns *ret_storage
+ * (segments; free() it).  */
+int cs_content_build(cs_store *store, const cs_chunk_id *blocks, size_t n_blocks,
+                     cs_content *ret, cs_chunk_id **ret_storage);
+
+/* Reads the block ids of content: fills blocks[first .. first+n-1].
+ * Thread-safe; loads segment objects as needed. */
+int cs_content_blocks(cs_store *store, const cs_content *content, uint64_t first, size_t n,
+                      cs_chunk_id *blocks);
+
+/* Number of blocks of a file of size bytes in this store. */
+uint64_t cs_store_blocks_of(const cs_store *store, uint64_t size);
+
+/* Building a directory: add entries in any order, then finish, which sorts
+ * them, writes the pages and the index, and returns the directory's id.
+ * Entries are copied; the builder owns nothing of the caller's.  Not
+ * thread-safe: one builder per thread. */
+typedef struct cs_dir_builder cs_dir_builder;
+int cs_dir_builder_new(cs_store *store, cs_dir_builder **ret);
+/* -EEXIST for a duplicate name, -EINVAL for a malformed entry. */
+int cs_dir_builder_add(cs_dir_builder *b, const cs_entry *entry);
+int cs_dir_builder_finish(cs_dir_builder *b, cs_chunk_id *ret_dir);
+cs_dir_builder *cs_dir_builder_free(cs_dir_builder *b);
+void cs_dir_builder_freep(cs_dir_builder **b);
+
+/* Builds the point object: the root directory's own metadata (its name is
+ * ignored) and its directory object. */
+int cs_point_build(cs_store *store, const cs_entry *root, cs_chunk_id *ret_point);
+
+/* A loaded directory: its entries in name order.  Entries (and their
+ * strings, xattrs and content ids) stay valid until the directory is
+ * freed. */
+typedef struct cs_dir cs_dir;
+int cs_dir_load(cs_store *store, const cs_chunk_id *dir_id, cs_dir **ret);
+size_t cs_dir_size(const cs_dir *d);
+const cs_entry *cs_dir_entry(const cs_dir *d, size_t i);
+/* The entry named name, or NULL. */
+const cs_entry *cs_dir_find(const cs_dir *d, const char *name, size_t name_len);
+cs_dir *cs_dir_free(cs_dir *d);
+void cs_dir_freep(cs_dir **d);
+
+/* Loads a point object: fills *ret_root (valid until cs_dir_free(*ret_keep))
+ * with the root directory's metadata and its directory id in subdir. */
+int cs_point_load(cs_store *store, const cs_chunk_id *point, cs_entry *ret_root, cs_dir **ret_keep);
+
+/* --- Timelines and points in the catalog --------------------------------- */
+
+#define CS_NAME_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+#define CS_TIMELINE_NAME_MAX 128
+#define CS_POINT_NAME_MAX 64
+
+/* 1 if name is a valid timeline, clone or label name: 1-128 characters of
+ * [A-Za-z0-9._-], not starting with '.' or '-'. */
+bool cs_name_is_valid(const char *name);
+
+typedef struct cs_point_info {
+        int64_t id;
+        char timeline[CS_TIMELINE_NAME_MAX + 1];
+        char name[CS_POINT_NAME_MAX];
+        char label[CS_TIMELINE_NAME_MAX + 1]; /* "" if none */
+        cs_chunk_id root;
+        int64_t created;      /* seconds since the epoch, UTC */
+        uint64_t files;       /* entries of every type */
+        uint64_t logical_bytes;
+        uint64_t added_bytes; /* stored bytes of the chunks this point added */
+} cs_point_info;
+
+typedef struct cs_timeline_info {
+        char name[CS_TIMELINE_NAME_MAX + 1];
+        uint64_t points;
+        int64_t newest; /* created time of the newest point, 0 if none */
+        uint64_t logical_bytes; /* of the newest point */
+} cs_timeline_info;
+
+/* All timelines, by name.  *ret is an array to free(). */
+int cs_timeline_list(cs_store *store, cs_timeline_info **ret, size_t *ret_n);
+
+/* The points of a timeline, oldest first.  -ENOENT if no such timeline. */
+int cs_point_list(cs_store *store, const char *timeline, cs_point_info **ret, size_t *ret_n);
+
+/* Resolves POINT, which is a point name, a label or "latest". */
+int cs_point_find(cs_store *store, const char *timeline, const char *point, cs_point_info *ret);
+
+/* Adds a point, creating the timeline if needed.  Its name is info->created
+ * in UTC ISO 8601 basic format (20261122T101505Z); a second point in the
+ * same second gets "-2", "-3", ... appended.  info->timeline, label, root,
+ * created, files, logical_bytes and added_bytes are read; name and id are
+ * filled in.  Commits pending puts first.  -EEXIST if the label is taken. */
+int cs_point_add(cs_store *store, cs_point_info *info);
+
+/* Removes a point (its chunks go at the next gc).  Removes the timeline
+ * with its last point. */
+int cs_point_remove(cs_store *store, const char *timeline, const char *name);
+
+/* Stored bytes reachable from the chunk tree at id and not already in
+ * visited; adds what it walks to visited (a set from cs_reach_new()).
+ * Used to tell what removing points would free. */
+typedef struct cs_reach cs_reach;
+cs_reach *cs_reach_new(void);
+cs_reach *cs_reach_free(cs_reach *r);
+int cs_reach_walk(cs_store *store, cs_reach *visited, const cs_chunk_id *id, uint64_t *ret_new_bytes);
+/* Walks every root and point except those named in skip (ids). */
+int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_points, size_t n_skip);
+
+/* What this handle's puts added to the store. */
+typedef struct cs_put_counters {
+        uint64_t chunks;
+        uint64_t bytes;        /* uncompressed */
+        uint64_t stored_bytes; /* in packs, record headers included */
+} cs_put_counters;
+void cs_store_put_counters(cs_store *store, cs_put_counters *ret);
+
 #ifdef __cplusplus
 }
 #endif

@@ -197,6 +197,7 @@ struct cs_store {
         cs_pack_writer pack;
         cs_pending *pending;
         uint64_t pending_logical_bytes;
+        cs_put_counters added; /* what this handle's puts added */
 };
 
 void cs_store_log(cs_store *store, int error, const char *format, ...) _printf_(3, 4);

@@ -123,16 +123,23 @@ static int stack_push(id_stack *st, const cs_chunk_id *id)
         return 0;
 }
 
-static int push_roots(sqlite3 *db, id_stack *st)
+static int push_query(sqlite3 *db, const char *sql, id_stack *st, const int64_t *skip, size_t n_skip)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         int rc, r;
 
-        r = cs_index_prepare(db, "SELECT id FROM roots", &stmt);
+        r = cs_index_prepare(db, sql, &stmt);
         if (r < 0)
                 return r;
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                int64_t row = sqlite3_column_int64(stmt, 1);
+                bool skipped = false;
                 cs_chunk_id id;
+
+                for (size_t i = 0; i < n_skip && !skipped; i++)
+                        skipped = skip[i] == row;
+                if (skipped)
+                        continue;
                 if (sqlite3_column_bytes(stmt, 0) != CS_CHUNK_ID_SIZE)
                         return -EBADMSG;
                 memcpy(id.bytes, sqlite3_column_blob(stmt, 0), CS_CHUNK_ID_SIZE);
@@ -141,6 +148,15 @@ static int push_roots(sqlite3 *db, id_stack *st)
                         return r;
         }
         return rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
+}
+
+/* Pushes every root and every point's root but the points in skip. */
+static int push_roots(sqlite3 *db, id_stack *st, const int64_t *skip_points, size_t n_skip)
+{
+        int r = push_query(db, "SELECT id, 0 FROM roots", st, NULL, 0);
+        if (r < 0)
+                return r;
+        return push_query(db, "SELECT root, id FROM points", st, skip_points, n_skip);
 }
 
 /* Visits a tree chunk: pushes its children. */
@@ -173,19 +189,18 @@ static int expand_tree(cs_store *store, const cs_location *loc, const cs_chunk_i
         return 0;
 }
 
-int cs_store_mark(cs_store *store, sqlite3 *db, cs_idset *marked, cs_mark_problem_fn problem,
-                  void *userdata, cs_mark_result *ret)
+/* Walks everything reachable from the ids on the stack that is not yet in
+ * visited, adding it there; sums the stored bytes of what it adds. */
+static int walk(cs_store *store, id_stack *st, cs_idset *visited, cs_mark_problem_fn problem,
+                void *userdata, cs_mark_result *result, uint64_t *bytes)
 {
-        id_stack st = {};
-        cs_mark_result result = {};
-        int r;
+        int r = 0;
 
-        r = push_roots(db, &st);
-        while (r >= 0 && st.n > 0) {
-                cs_chunk_id id = st.ids[--st.n];
+        while (r >= 0 && st->n > 0) {
+                cs_chunk_id id = st->ids[--st->n];
                 cs_location loc;
 
-                r = cs_idset_add(marked, &id);
+                r = cs_idset_add(visited, &id);
                 if (r <= 0)
                         continue; /* seen, or out of memory (the loop ends) */
 
@@ -193,27 +208,111 @@ int cs_store_mark(cs_store *store, sqlite3 *db, cs_idset *marked, cs_mark_proble
                 if (r < 0)
                         break;
                 if (r == 0) {
-                        result.missing++;
+                        result->missing++;
                         if (problem)
                                 problem(userdata, -ENOENT, &id, NULL);
                         continue;
                 }
+                if (bytes)
+                        *bytes += CS_RECORD_HEADER_SIZE + loc.stored_size;
                 if (loc.kind != CS_KIND_TREE)
                         continue;
-                r = expand_tree(store, &loc, &id, &st);
+                r = expand_tree(store, &loc, &id, st);
                 if (r == -EBADMSG || r == -EIO || r == -ENOENT) {
-                        result.damaged++;
+                        result->damaged++;
                         if (problem)
                                 problem(userdata, r, &id, NULL);
                         r = 0;
                 }
         }
+        return r < 0 ? r : 0;
+}
+
+int cs_store_mark(cs_store *store, sqlite3 *db, cs_idset *marked, cs_mark_problem_fn problem,
+                  void *userdata, cs_mark_result *ret)
+{
+        id_stack st = {};
+        cs_mark_result result = {};
+        int r;
+
+        r = push_roots(db, &st, NULL, 0);
+        if (r >= 0)
+                r = walk(store, &st, marked, problem, userdata, &result, NULL);
         free(st.ids);
         if (r < 0)
                 return r;
         if (ret)
                 *ret = result;
         return 0;
+}
+
+/* --- Reachability for forget -------------------------------------------- */
+
+struct cs_reach {
+        cs_idset *visited;
+};
+
+cs_reach *cs_reach_new(void)
+{
+        cs_reach *r = calloc(1, sizeof(*r));
+        if (!r)
+                return NULL;
+        r->visited = cs_idset_new();
+        if (!r->visited)
+                return mfree(r);
+        return r;
+}
+
+cs_reach *cs_reach_free(cs_reach *r)
+{
+        if (!r)
+                return NULL;
+        cs_idset_free(r->visited);
+        return mfree(r);
+}
+
+int cs_reach_walk(cs_store *store, cs_reach *visited, const cs_chunk_id *id, uint64_t *ret_new_bytes)
+{
+        id_stack st = {};
+        cs_mark_result result = {};
+        uint64_t bytes = 0;
+        int r;
+
+        if (!store || !visited || !id)
+                return -EINVAL;
+        r = stack_push(&st, id);
+        if (r >= 0)
+                r = walk(store, &st, visited->visited, NULL, NULL, &result, &bytes);
+        free(st.ids);
+        if (r < 0)
+                return r;
+        if (result.damaged)
+                return -EBADMSG;
+        if (ret_new_bytes)
+                *ret_new_bytes = bytes;
+        return 0;
+}
+
+int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_points, size_t n_skip)
+{
+        id_stack st = {};
+        cs_mark_result result = {};
+        sqlite3 *db;
+        int r;
+
+        if (!store || !visited)
+                return -EINVAL;
+        r = cs_index_reader_acquire(store->index, &db);
+        if (r < 0)
+                return r;
+        r = push_roots(db, &st, skip_points, n_skip);
+        cs_index_reader_release(store->index, db);
+        if (r >= 0)
+                r = walk(store, &st, visited->visited, NULL, NULL, &result, NULL);
+        free(st.ids);
+        if (r < 0)
+                return r;
+        return result.damaged ? -EBADMSG : 0;
 }
 
 /* --- Sweep -------------------------------------------------------------- */

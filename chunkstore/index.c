@@ -11,6 +11,10 @@
  *       packs(id, state, size, created)
  *       chunks(id, kind, pack, offset, size, stored_size)   WITHOUT ROWID
  *       roots(name, id, created)
+ *       timelines(id, name, created)
+ *       points(id, timeline, name, label, root, created, files,
+ *              logical_bytes, added_bytes)
+ *     gc keeps everything reachable from roots.id and points.root.
  *     A chunks row exists only once its record's bytes are durable in its
  *     pack (see store.c: fdatasync before COMMIT).
  *  2. Concurrency: WAL mode.  Readers run on a pool of connections, one per
@@ -59,6 +63,14 @@ static const char schema_sql[] =
         "                    size INTEGER NOT NULL, stored_size INTEGER NOT NULL) WITHOUT ROWID;"
         "CREATE TABLE roots(name TEXT PRIMARY KEY, id BLOB NOT NULL,"
         "                   created INTEGER NOT NULL) WITHOUT ROWID;"
+        "CREATE TABLE timelines(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,"
+        "                       created INTEGER NOT NULL);"
+        "CREATE TABLE points(id INTEGER PRIMARY KEY, timeline INTEGER NOT NULL,"
+        "                    name TEXT NOT NULL, label TEXT, root BLOB NOT NULL,"
+        "                    created INTEGER NOT NULL, files INTEGER NOT NULL,"
+        "                    logical_bytes INTEGER NOT NULL, added_bytes INTEGER NOT NULL,"
+        "                    UNIQUE(timeline, name));"
+        "CREATE UNIQUE INDEX points_by_label ON points(timeline, label) WHERE label IS NOT NULL;"
         "INSERT INTO meta VALUES('schema', 1), ('logical_bytes', 0);"
         "COMMIT;";
 

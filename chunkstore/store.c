@@ -438,6 +438,9 @@ int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uin
         r = pending_add(store->pending, &h->id, &loc);
         if (r < 0)
                 return r;
+        store->added.chunks++;
+        store->added.bytes += h->size;
+        store->added.stored_bytes += record_size;
 
         if (store->pending->n >= BATCH_MAX_CHUNKS || store->pending->bytes >= BATCH_MAX_BYTES ||
             store->pack.size >= CS_PACK_TARGET_SIZE)
@@ -515,6 +518,13 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         }
         pthread_mutex_unlock(&store->write_lock);
         return r;
+}
+
+void cs_store_put_counters(cs_store *store, cs_put_counters *ret)
+{
+        pthread_mutex_lock(&store->write_lock);
+        *ret = store->added;
+        pthread_mutex_unlock(&store->write_lock);
 }
 
 /* --- Getting ------------------------------------------------------------ */

@@ -21,6 +21,16 @@ bool arg_json;
 bool arg_data;
 uint64_t arg_block_size;
 int arg_lz4hc_level;
+const char *arg_from;
+const char *arg_label;
+const char *arg_pre;
+const char *arg_post;
+bool arg_full;
+bool arg_ignore_errors;
+int arg_threads;
+uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_keep_monthly;
+bool arg_dry_run;
+bool arg_prune;
 
 typedef struct verb {
         const char *name;
@@ -33,6 +43,18 @@ static const verb verbs[] = {
         { "init", 0, 0, verb_init, "init [--block-size SIZE] [--lz4hc LEVEL]   create a store" },
         { "verify", 0, 0, verb_verify, "verify [--data]                           check the store" },
         { "stats", 0, 0, verb_stats, "stats [--json]                            space used and saved" },
+        { "snapshot", 1, 1, verb_snapshot,
+          "snapshot TIMELINE --from DIR [--label L] [--pre CMD] [--post CMD] [--full] [--ignore-errors]\n"
+          "                                            add a point: a copy of DIR now" },
+        { "timelines", 0, 0, verb_timelines, "timelines                                 list timelines" },
+        { "points", 1, 1, verb_points, "points TIMELINE                           list a timeline's points" },
+        { "restore", 2, 2, verb_restore, "restore TIMELINE@POINT DIR                copy a point into DIR" },
+        { "diff", 2, 2, verb_diff, "diff TIMELINE@A TIMELINE@B                what changed between two points" },
+        { "forget", 1, 1, verb_forget,
+          "forget TIMELINE[@POINT] [--keep-last N] [--keep-hourly N] [--keep-daily N]\n"
+          "       [--keep-weekly N] [--keep-monthly N] [--dry-run] [--prune]\n"
+          "                                            remove points" },
+        { "gc", 0, 0, verb_gc, "gc [--dry-run]                            reclaim unreferenced space" },
 };
 
 static void help(void)
@@ -42,6 +64,7 @@ static void help(void)
                "Commands:\n");
         for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
                 printf("  %s\n", verbs[i].synopsis);
+        printf("\nPOINT is a point's name (20261122T101505Z), its label, or 'latest'.\n");
         printf("\nOptions:\n"
                "  --store DIR   the store (default: $CLONEFS_STORE, else " DEFAULT_STORE ")\n"
                "  --json        machine-readable output\n"
@@ -57,7 +80,34 @@ enum {
         ARG_BLOCK_SIZE,
         ARG_LZ4HC,
         ARG_VERSION,
+        ARG_FROM,
+        ARG_LABEL,
+        ARG_PRE,
+        ARG_POST,
+        ARG_FULL,
+        ARG_IGNORE_ERRORS,
+        ARG_THREADS,
+        ARG_KEEP_LAST,
+        ARG_KEEP_HOURLY,
+        ARG_KEEP_DAILY,
+        ARG_KEEP_WEEKLY,
+        ARG_KEEP_MONTHLY,
+        ARG_DRY_RUN,
+        ARG_PRUNE,
 };
+
+static int parse_count(const char *option, const char *value, uint64_t *ret)
+{
+        char *end;
+        unsigned long long v;
+
+        errno = 0;
+        v = strtoull(value, &end, 10);
+        if (errno || end == value || *end || value[0] == '-')
+                return log_error_errno(-EINVAL, "invalid %s '%s': expected a count", option, value);
+        *ret = v;
+        return 0;
+}
 
 static int parse_argv(int argc, char **argv)
 {
@@ -70,6 +120,20 @@ static int parse_argv(int argc, char **argv)
                 { "verbose", no_argument, NULL, 'v' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
+                { "from", required_argument, NULL, ARG_FROM },
+                { "label", required_argument, NULL, ARG_LABEL },
+                { "pre", required_argument, NULL, ARG_PRE },
+                { "post", required_argument, NULL, ARG_POST },
+                { "full", no_argument, NULL, ARG_FULL },
+                { "ignore-errors", no_argument, NULL, ARG_IGNORE_ERRORS },
+                { "threads", required_argument, NULL, ARG_THREADS },
+                { "keep-last", required_argument, NULL, ARG_KEEP_LAST },
+                { "keep-hourly", required_argument, NULL, ARG_KEEP_HOURLY },
+                { "keep-daily", required_argument, NULL, ARG_KEEP_DAILY },
+                { "keep-weekly", required_argument, NULL, ARG_KEEP_WEEKLY },
+                { "keep-monthly", required_argument, NULL, ARG_KEEP_MONTHLY },
+                { "dry-run", no_argument, NULL, ARG_DRY_RUN },
+                { "prune", no_argument, NULL, ARG_PRUNE },
                 {}
         };
         int c, r;
@@ -98,6 +162,65 @@ static int parse_argv(int argc, char **argv)
                         arg_lz4hc_level = (int) level;
                         break;
                 }
+                case ARG_FROM:
+                        arg_from = optarg;
+                        break;
+                case ARG_LABEL:
+                        arg_label = optarg;
+                        break;
+                case ARG_PRE:
+                        arg_pre = optarg;
+                        break;
+                case ARG_POST:
+                        arg_post = optarg;
+                        break;
+                case ARG_FULL:
+                        arg_full = true;
+                        break;
+                case ARG_IGNORE_ERRORS:
+                        arg_ignore_errors = true;
+                        break;
+                case ARG_THREADS: {
+                        uint64_t v;
+                        r = parse_count("--threads", optarg, &v);
+                        if (r < 0)
+                                return r;
+                        if (v < 1 || v > 256)
+                                return log_error_errno(-EINVAL, "invalid --threads '%s': expected 1 to 256", optarg);
+                        arg_threads = (int) v;
+                        break;
+                }
+                case ARG_KEEP_LAST:
+                        r = parse_count("--keep-last", optarg, &arg_keep_last);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_KEEP_HOURLY:
+                        r = parse_count("--keep-hourly", optarg, &arg_keep_hourly);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_KEEP_DAILY:
+                        r = parse_count("--keep-daily", optarg, &arg_keep_daily);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_KEEP_WEEKLY:
+                        r = parse_count("--keep-weekly", optarg, &arg_keep_weekly);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_KEEP_MONTHLY:
+                        r = parse_count("--keep-monthly", optarg, &arg_keep_monthly);
+                        if (r < 0)
+                                return r;
+                        break;
+                case ARG_DRY_RUN:
+                        arg_dry_run = true;
+                        break;
+                case ARG_PRUNE:
+                        arg_prune = true;
+                        break;
                 case 'v':
                         log_setup(NULL, LOG_LEVEL_DEBUG);
                         break;

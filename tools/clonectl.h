@@ -18,6 +18,16 @@ extern bool arg_json;
 extern bool arg_data;
 extern uint64_t arg_block_size;
 extern int arg_lz4hc_level;
+extern const char *arg_from;
+extern const char *arg_label;
+extern const char *arg_pre;
+extern const char *arg_post;
+extern bool arg_full;
+extern bool arg_ignore_errors;
+extern int arg_threads;
+extern uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_keep_monthly;
+extern bool arg_dry_run;
+extern bool arg_prune;
 
 /* Opens the store named by --store, $CLONEFS_STORE or /var/lib/clonefs,
  * reporting any failure in one line that names the store. */
@@ -26,5 +36,18 @@ int open_store(unsigned flags, cs_store **ret_store);
 int verb_init(int argc, char **argv);
 int verb_verify(int argc, char **argv);
 int verb_stats(int argc, char **argv);
+int verb_snapshot(int argc, char **argv);
+int verb_timelines(int argc, char **argv);
+int verb_points(int argc, char **argv);
+int verb_restore(int argc, char **argv);
+int verb_diff(int argc, char **argv);
+int verb_forget(int argc, char **argv);
+int verb_gc(int argc, char **argv);
+
+/* Splits "TIMELINE@POINT" (POINT optional: *ret_point is then NULL),
+ * reporting a malformed spec in one line. */
+int parse_point_spec(const char *spec, char timeline[static CS_TIMELINE_NAME_MAX + 1], const char **ret_point);
+/* Resolves "TIMELINE@POINT", reporting failure in one line. */
+int find_point(cs_store *store, const char *spec, cs_point_info *ret);
 
 #endif

@@ -1,0 +1,400 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Timelines and points in the catalog.  A timeline is a name; a point is a
+ * row naming the root chunk of an immutable tree, with its label and a few
+ * figures computed when it was made.
+ *
+ * Design notes
+ *
+ *  1. A point's name is its creation time in UTC, ISO 8601 basic format
+ *     ("20261122T101505Z"): no colons, so it works in "docker run -v".  Two
+ *     points of one timeline in the same second: the second is named
+ *     "...Z-2", the third "...Z-3".  Names sort in time order as strings.
+ *  2. Adding a point is one transaction that also creates the timeline, so
+ *     a crash leaves either the whole point or none of it.  Its chunks were
+ *     committed before (cs_store_commit_locked), so a point row never names
+ *     a chunk that is not durable.
+ *  3. Labels are unique within a timeline and may not be "latest" or look
+ *     like a point name, so "T@X" always means one thing: a point name
+ *     first, then a label, then "latest".
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cs-internal.h"
+
+bool cs_name_is_valid(const char *name)
+{
+        size_t len;
+
+        if (!name)
+                return false;
+        len = strlen(name);
+        return len >= 1 && len <= CS_TIMELINE_NAME_MAX && strspn(name, CS_NAME_CHARS) == len &&
+               name[0] != '.' && name[0] != '-';
+}
+
+static bool looks_like_point_name(const char *s)
+{
+        /* 8 digits, 'T', 6 digits, 'Z' */
+        if (strlen(s) < 16)
+                return false;
+        for (int i = 0; i < 15; i++)
+                if (i == 8 ? s[i] != 'T' : (s[i] < '0' || s[i] > '9'))
+                        return false;
+        return s[15] == 'Z';
+}
+
+static void copy_text(char *dst, size_t size, const unsigned char *src)
+{
+        snprintf(dst, size, "%s", src ? (const char *) src : "");
+}
+
+#define POINT_COLUMNS                                                                         \
+        "p.id, t.name, p.name, p.label, p.root, p.created, p.files, p.logical_bytes, "      \
+        "p.added_bytes"
+
+static int read_point_row(sqlite3_stmt *stmt, cs_point_info *p)
+{
+        *p = (cs_point_info) {};
+        p->id = sqlite3_column_int64(stmt, 0);
+        copy_text(p->timeline, sizeof(p->timeline), sqlite3_column_text(stmt, 1));
+        copy_text(p->name, sizeof(p->name), sqlite3_column_text(stmt, 2));
+        copy_text(p->label, sizeof(p->label), sqlite3_column_text(stmt, 3));
+        if (sqlite3_column_bytes(stmt, 4) != CS_CHUNK_ID_SIZE)
+                return -EBADMSG;
+        memcpy(p->root.bytes, sqlite3_column_blob(stmt, 4), CS_CHUNK_ID_SIZE);
+        p->created = sqlite3_column_int64(stmt, 5);
+        p->files = (uint64_t) sqlite3_column_int64(stmt, 6);
+        p->logical_bytes = (uint64_t) sqlite3_column_int64(stmt, 7);
+        p->added_bytes = (uint64_t) sqlite3_column_int64(stmt, 8);
+        return 0;
+}
+
+int cs_timeline_list(cs_store *store, cs_timeline_info **ret, size_t *ret_n)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_free_ cs_timeline_info *list = NULL;
+        size_t n = 0, cap = 0;
+        sqlite3 *db;
+        int rc, r;
+
+        if (!store || !ret || !ret_n)
+                return -EINVAL;
+        r = cs_index_reader_acquire(store->index, &db);
+        if (r < 0)
+                return r;
+        r = cs_index_prepare(db,
+                             "SELECT t.name, COUNT(p.id), MAX(p.created), "
+                             "  (SELECT logical_bytes FROM points WHERE timeline = t.id "
+                             "   ORDER BY created DESC, id DESC LIMIT 1) "
+                             "FROM timelines t LEFT JOIN points p ON p.timeline = t.id "
+                             "GROUP BY t.id ORDER BY t.name",
+                             &stmt);
+        while (r >= 0 && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                if (n == cap) {
+                        cap = cap ? 2 * cap : 16;
+                        cs_timeline_info *l = reallocarray(list, cap, sizeof(*l));
+                        if (!l) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        list = l;
+                }
+                cs_timeline_info *t = &list[n++];
+                *t = (cs_timeline_info) {};
+                copy_text(t->name, sizeof(t->name), sqlite3_column_text(stmt, 0));
+                t->points = (uint64_t) sqlite3_column_int64(stmt, 1);
+                t->newest = sqlite3_column_int64(stmt, 2);
+                t->logical_bytes = (uint64_t) sqlite3_column_int64(stmt, 3);
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = cs_sqlite_errno(rc);
+        sqlite3_finalize(TAKE_PTR(stmt));
+        cs_index_reader_release(store->index, db);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(list);
+        *ret_n = n;
+        return 0;
+}
+
+int cs_point_list(cs_store *store, const char *timeline, cs_point_info **ret, size_t *ret_n)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_free_ cs_point_info *list = NULL;
+        size_t n = 0, cap = 0;
+        int64_t exists = 0;
+        sqlite3 *db;
+        int rc = SQLITE_DONE, r;
+
+        if (!store || !timeline || !ret || !ret_n)
+                return -EINVAL;
+        r = cs_index_reader_acquire(store->index, &db);
+        if (r < 0)
+                return r;
+        r = cs_index_exec(db, "BEGIN");
+        if (r >= 0)
+                r = cs_index_prepare(db, "SELECT COUNT(*) FROM timelines WHERE name = ?", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, timeline, -1, SQLITE_STATIC);
+                rc = sqlite3_step(stmt);
+                exists = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : 0;
+                sqlite3_finalize(TAKE_PTR(stmt));
+                if (!exists)
+                        r = rc == SQLITE_ROW ? -ENOENT : cs_sqlite_errno(rc);
+        }
+        if (r >= 0)
+                r = cs_index_prepare(db,
+                                     "SELECT " POINT_COLUMNS " FROM points p JOIN timelines t "
+                                     "ON p.timeline = t.id WHERE t.name = ? ORDER BY p.created, p.id",
+                                     &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, timeline, -1, SQLITE_STATIC);
+                while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                        if (n == cap) {
+                                cap = cap ? 2 * cap : 16;
+                                cs_point_info *l = reallocarray(list, cap, sizeof(*l));
+                                if (!l) {
+                                        r = -ENOMEM;
+                                        break;
+                                }
+                                list = l;
+                        }
+                        r = read_point_row(stmt, &list[n++]);
+                        if (r < 0)
+                                break;
+                }
+                if (r >= 0 && rc != SQLITE_DONE)
+                        r = cs_sqlite_errno(rc);
+        }
+        sqlite3_finalize(TAKE_PTR(stmt));
+        (void) cs_index_exec(db, "COMMIT");
+        cs_index_reader_release(store->index, db);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(list);
+        *ret_n = n;
+        return 0;
+}
+
+int cs_point_find(cs_store *store, const char *timeline, const char *point, cs_point_info *ret)
+{
+        static const char *const queries[] = {
+                "SELECT " POINT_COLUMNS " FROM points p JOIN timelines t ON p.timeline = t.id "
+                "WHERE t.name = ?1 AND p.name = ?2",
+                "SELECT " POINT_COLUMNS " FROM points p JOIN timelines t ON p.timeline = t.id "
+                "WHERE t.name = ?1 AND p.label = ?2",
+                "SELECT " POINT_COLUMNS " FROM points p JOIN timelines t ON p.timeline = t.id "
+                "WHERE t.name = ?1 AND ?2 = 'latest' ORDER BY p.created DESC, p.id DESC LIMIT 1",
+        };
+        sqlite3 *db;
+        int r = -ENOENT;
+
+        if (!store || !timeline || !point || !ret)
+                return -EINVAL;
+        r = cs_index_reader_acquire(store->index, &db);
+        if (r < 0)
+                return r;
+        r = -ENOENT;
+        for (size_t i = 0; i < ELEMENTSOF(queries) && r == -ENOENT; i++) {
+                _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+                int rc;
+
+                r = cs_index_prepare(db, queries[i], &stmt);
+                if (r < 0)
+                        break;
+                sqlite3_bind_text(stmt, 1, timeline, -1, SQLITE_STATIC);
+                sqlite3_bind_text(stmt, 2, point, -1, SQLITE_STATIC);
+                rc = sqlite3_step(stmt);
+                if (rc == SQLITE_ROW)
+                        r = read_point_row(stmt, ret);
+                else
+                        r = rc == SQLITE_DONE ? -ENOENT : cs_sqlite_errno(rc);
+        }
+        cs_index_reader_release(store->index, db);
+        return r;
+}
+
+static int timeline_id(sqlite3 *db, const char *name, bool create, int64_t *ret)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r;
+
+        r = cs_index_prepare(db, "SELECT id FROM timelines WHERE name = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW) {
+                *ret = sqlite3_column_int64(stmt, 0);
+                return 0;
+        }
+        if (rc != SQLITE_DONE)
+                return cs_sqlite_errno(rc);
+        if (!create)
+                return -ENOENT;
+        sqlite3_finalize(TAKE_PTR(stmt));
+        r = cs_index_prepare(db, "INSERT INTO timelines(name, created) VALUES(?, strftime('%s','now'))",
+                             &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+        r = cs_sqlite_errno(sqlite3_step(stmt));
+        if (r < 0)
+                return r;
+        *ret = sqlite3_last_insert_rowid(db);
+        return 0;
+}
+
+/* Picks the first free name for a point created at `created` (note 1). */
+static int pick_point_name(sqlite3 *db, int64_t timeline, int64_t created, char name[static CS_POINT_NAME_MAX])
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        time_t t = (time_t) created;
+        struct tm tm;
+        char base[32];
+        int r;
+
+        if (!gmtime_r(&t, &tm))
+                return -EINVAL;
+        strftime(base, sizeof(base), "%Y%m%dT%H%M%SZ", &tm);
+        r = cs_index_prepare(db, "SELECT COUNT(*) FROM points WHERE timeline = ? AND name = ?", &stmt);
+        if (r < 0)
+                return r;
+        for (unsigned n = 1; n < 100000; n++) {
+                int rc;
+                if (n == 1)
+                        snprintf(name, CS_POINT_NAME_MAX, "%s", base);
+                else
+                        snprintf(name, CS_POINT_NAME_MAX, "%s-%u", base, n);
+                sqlite3_bind_int64(stmt, 1, timeline);
+                sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+                rc = sqlite3_step(stmt);
+                if (rc != SQLITE_ROW)
+                        return cs_sqlite_errno(rc);
+                bool taken = sqlite3_column_int64(stmt, 0) > 0;
+                sqlite3_reset(stmt);
+                if (!taken)
+                        return 0;
+        }
+        return -EEXIST;
+}
+
+static int insert_point(sqlite3 *db, cs_point_info *info)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int64_t timeline;
+        int r;
+
+        r = timeline_id(db, info->timeline, true, &timeline);
+        if (r < 0)
+                return r;
+        r = pick_point_name(db, timeline, info->created, info->name);
+        if (r < 0)
+                return r;
+        r = cs_index_prepare(db,
+                             "INSERT INTO points(timeline, name, label, root, created, files, "
+                             "logical_bytes, added_bytes) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                             &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, timeline);
+        sqlite3_bind_text(stmt, 2, info->name, -1, SQLITE_STATIC);
+        if (info->label[0])
+                sqlite3_bind_text(stmt, 3, info->label, -1, SQLITE_STATIC);
+        else
+                sqlite3_bind_null(stmt, 3);
+        sqlite3_bind_blob(stmt, 4, info->root.bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 5, info->created);
+        sqlite3_bind_int64(stmt, 6, (int64_t) info->files);
+        sqlite3_bind_int64(stmt, 7, (int64_t) info->logical_bytes);
+        sqlite3_bind_int64(stmt, 8, (int64_t) info->added_bytes);
+        r = cs_sqlite_errno(sqlite3_step(stmt));
+        if (r < 0)
+                return r; /* -EEXIST: the label is taken (the name was free) */
+        info->id = sqlite3_last_insert_rowid(db);
+        return 0;
+}
+
+int cs_point_add(cs_store *store, cs_point_info *info)
+{
+        sqlite3 *db;
+        int r;
+
+        if (!store || !info || !cs_name_is_valid(info->timeline))
+                return -EINVAL;
+        if (info->label[0] && (!cs_name_is_valid(info->label) || strcmp(info->label, "latest") == 0 ||
+                               looks_like_point_name(info->label)))
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        r = cs_store_has(store, &info->root, NULL);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -ENOENT;
+
+        pthread_mutex_lock(&store->write_lock);
+        r = cs_store_commit_locked(store, false);
+        if (r < 0)
+                goto out;
+        db = cs_index_writer(store->index);
+        r = cs_index_begin(db);
+        if (r < 0)
+                goto out;
+        r = insert_point(db, info);
+        if (r < 0)
+                cs_index_rollback(db);
+        else
+                r = cs_index_commit(db);
+out:
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
+
+int cs_point_remove(cs_store *store, const char *timeline, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *del = NULL;
+        int64_t tid;
+        sqlite3 *db;
+        int r;
+
+        if (!store || !timeline || !name)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        pthread_mutex_lock(&store->write_lock);
+        db = cs_index_writer(store->index);
+        r = cs_index_begin(db);
+        if (r < 0)
+                goto out;
+        r = timeline_id(db, timeline, false, &tid);
+        if (r >= 0)
+                r = cs_index_prepare(db, "DELETE FROM points WHERE timeline = ? AND name = ?", &del);
+        if (r >= 0) {
+                sqlite3_bind_int64(del, 1, tid);
+                sqlite3_bind_text(del, 2, name, -1, SQLITE_STATIC);
+                r = cs_sqlite_errno(sqlite3_step(del));
+                if (r >= 0 && sqlite3_changes(db) == 0)
+                        r = -ENOENT;
+        }
+        if (r >= 0) {
+                char sql[128];
+                snprintf(sql, sizeof(sql),
+                         "DELETE FROM timelines WHERE id = %lld AND "
+                         "NOT EXISTS (SELECT 1 FROM points WHERE timeline = %lld)",
+                         (long long) tid, (long long) tid);
+                r = cs_index_exec(db, sql);
+        }
+        if (r < 0)
+                cs_index_rollback(db);
+        else
+                r = cs_index_commit(db);
+out:
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
