@@ -426,9 +426,13 @@ int cs_content_blocks(cs_store *store, const cs_content *content, uint64_t first
                 r = load_object(store, &segment, MAGIC_SEGMENT, &o);
                 if (r < 0)
                         return r;
-                if (offset >= o.n_children) {
+                /* Every segment but the last holds exactly CS_SEGMENT_BLOCKS. */
+                bool last = s + 1 == content->n;
+                if ((!last && o.n_children != CS_SEGMENT_BLOCKS) || o.n_children > CS_SEGMENT_BLOCKS ||
+                    offset >= o.n_children) {
                         free(o.data);
-                        return -EBADMSG;
+                        return last && offset >= o.n_children && o.n_children <= CS_SEGMENT_BLOCKS ? -EINVAL
+                                                                                                   : -EBADMSG;
                 }
                 take = MIN(n - done, o.n_children - offset);
                 memcpy(blocks + done, o.children + offset, take * sizeof(*blocks));

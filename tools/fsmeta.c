@@ -134,6 +134,15 @@ int xattrs_read(int dir_fd, const char *name, xattr_list *ret)
         return 0;
 }
 
+/* Only root may give a file away or set trusted.* and security.*
+ * attributes; anyone else restores as tar does: owned by themselves,
+ * with the attributes they may set. */
+static bool may_skip(int error, const char *xattr)
+{
+        return geteuid() != 0 && (error == EPERM || error == EACCES) &&
+               (!xattr || strncmp(xattr, "user.", 5) != 0);
+}
+
 int meta_apply(int dir_fd, const char *name, const cs_entry *e)
 {
         struct timespec times[2] = {
@@ -144,21 +153,23 @@ int meta_apply(int dir_fd, const char *name, const cs_entry *e)
 
         if (!name) {
                 /* dir_fd is the node itself. */
-                if (fchown(dir_fd, e->uid, e->gid) < 0)
+                if (fchown(dir_fd, e->uid, e->gid) < 0 && !may_skip(errno, NULL))
                         return negative_errno();
                 for (size_t i = 0; i < e->n_xattrs; i++)
-                        if (fsetxattr(dir_fd, e->xattrs[i].name, e->xattrs[i].value, e->xattrs[i].size, 0) < 0)
+                        if (fsetxattr(dir_fd, e->xattrs[i].name, e->xattrs[i].value, e->xattrs[i].size, 0) < 0 &&
+                            !may_skip(errno, e->xattrs[i].name))
                                 return negative_errno();
                 if (fchmod(dir_fd, e->mode & 07777) < 0 || futimens(dir_fd, times) < 0)
                         return negative_errno();
                 return 0;
         }
 
-        if (fchownat(dir_fd, name, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) < 0)
+        if (fchownat(dir_fd, name, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) < 0 && !may_skip(errno, NULL))
                 return negative_errno();
         fd_path(path, sizeof(path), dir_fd, name);
         for (size_t i = 0; i < e->n_xattrs; i++)
-                if (lsetxattr(path, e->xattrs[i].name, e->xattrs[i].value, e->xattrs[i].size, 0) < 0)
+                if (lsetxattr(path, e->xattrs[i].name, e->xattrs[i].value, e->xattrs[i].size, 0) < 0 &&
+                    !may_skip(errno, e->xattrs[i].name))
                         return negative_errno();
         if (!S_ISLNK(e->mode) && fchmodat(dir_fd, name, e->mode & 07777, 0) < 0)
                 return negative_errno();

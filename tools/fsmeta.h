@@ -27,7 +27,9 @@ void xattrs_free(xattr_list *l);
 
 /* Applies ownership, xattrs, mode and mtime of e to dir_fd/name (name NULL:
  * dir_fd itself), in the order that keeps each from undoing another:
- * chown (it clears setuid), xattrs (ACLs), chmod, times. */
+ * chown (it clears setuid), xattrs (ACLs), chmod, times.  Run by a user
+ * other than root, it keeps the user as owner and skips the attributes
+ * only root may set, as tar does. */
 int meta_apply(int dir_fd, const char *name, const cs_entry *e);
 
 /* "/proc/self/fd/N/name" or "/proc/self/fd/N" into buf. */

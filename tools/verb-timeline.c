@@ -76,17 +76,20 @@ static double now_seconds(void)
         return (double) t.tv_sec + (double) t.tv_nsec / 1e9;
 }
 
-/* Runs a hook through the shell: 0, or the negative errno of its failure,
- * reported in one line. */
-static int run_hook(const char *option, const char *command)
+/* Runs a hook through the shell.  Returns 0 when it exits 0, else a
+ * negative errno with *ret_why describing the failure for a message. */
+static int run_hook(const char *command, char *ret_why, size_t why_size)
 {
         pid_t pid;
         int status;
 
         fflush(stdout);
+        fflush(stderr);
         pid = fork();
-        if (pid < 0)
-                return log_error_errno(negative_errno(), "cannot run %s: %m", option);
+        if (pid < 0) {
+                snprintf(ret_why, why_size, "could not start: %s", strerror(errno));
+                return negative_errno();
+        }
         if (pid == 0) {
                 /* Hooks see stdout as stderr: stdout is the point's name. */
                 dup2(STDERR_FILENO, STDOUT_FILENO);
@@ -94,14 +97,17 @@ static int run_hook(const char *option, const char *command)
                 _exit(127);
         }
         while (waitpid(pid, &status, 0) < 0)
-                if (errno != EINTR)
-                        return log_error_errno(negative_errno(), "cannot wait for %s: %m", option);
+                if (errno != EINTR) {
+                        snprintf(ret_why, why_size, "could not be waited for: %s", strerror(errno));
+                        return negative_errno();
+                }
         if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
                 return 0;
         if (WIFEXITED(status))
-                return log_error_errno(-ECHILD, "%s command failed with exit status %d", option,
-                                       WEXITSTATUS(status));
-        return log_error_errno(-ECHILD, "%s command was killed by signal %d", option, WTERMSIG(status));
+                snprintf(ret_why, why_size, "failed with exit status %d", WEXITSTATUS(status));
+        else
+                snprintf(ret_why, why_size, "was killed by signal %d", WTERMSIG(status));
+        return -ECHILD;
 }
 
 static void print_snapshot_json(const cs_point_info *p, const ingest_result *res, const cs_put_counters *added,
@@ -130,6 +136,7 @@ int verb_snapshot(int argc, char **argv)
         ingest_result res = {};
         cs_put_counters added;
         struct sigaction sa = { .sa_handler = on_signal }, old_int, old_term;
+        char why[128] = "", post_why[128] = "";
         bool have_prev;
         double start;
         int r, hook_r = 0;
@@ -164,11 +171,12 @@ int verb_snapshot(int argc, char **argv)
         start = now_seconds();
 
         if (arg_pre) {
-                r = run_hook("--pre", arg_pre);
+                r = run_hook(arg_pre, why, sizeof(why));
                 if (r < 0) {
-                        if (arg_post)
-                                (void) run_hook("--post", arg_post);
-                        return log_error_errno(r, "no point created");
+                        if (arg_post && run_hook(arg_post, post_why, sizeof(post_why)) < 0)
+                                return log_error_errno(r, "--pre command %s and --post command %s; no point created",
+                                                       why, post_why);
+                        return log_error_errno(r, "--pre command %s; no point created", why);
                 }
         }
 
@@ -187,7 +195,7 @@ int verb_snapshot(int argc, char **argv)
 
         /* --post runs whatever happened: it may be what unlocks the source. */
         if (arg_post)
-                hook_r = run_hook("--post", arg_post);
+                hook_r = run_hook(arg_post, post_why, sizeof(post_why));
 
         if (r == -ECANCELED || interrupted) {
                 ingest_result_free(&res);
@@ -225,7 +233,9 @@ int verb_snapshot(int argc, char **argv)
         ingest_result_free(&res);
         if (r < 0)
                 return r;
-        return hook_r;
+        if (hook_r < 0)
+                return log_error_errno(hook_r, "--post command %s (point %s was created)", post_why, point.name);
+        return 0;
 }
 
 int verb_timelines(int argc, char **argv)

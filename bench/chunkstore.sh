@@ -1,0 +1,146 @@
+#!/bin/sh
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# bench/chunkstore.sh [BUILD_DIR]: throughput of the chunk store against
+# what one core of this machine does with the same algorithms.
+#
+# Runs "bench-chunkstore synthetic" (put of new data, put of the same data
+# again, get) with 1 and 2 threads on SIZE_MIB of database-page-like data,
+# REPEAT times each, then "lz4 -b1" on exactly that data and "xxhsum -b",
+# and prints a table with the ratios the issue sets as targets:
+#
+#   put new, 2 threads  >= 1.5 x lz4 -1 compression speed of one core
+#   put dup, 2 threads  >= 2000 MB/s
+#   get, 2 threads      >= 1500 MB/s
+#
+# Builds nothing: run "make bench" in BUILD_DIR (default ".") first.
+# Environment: SIZE_MIB (default 1024), REPEAT (default 3), THREADS
+# (default "1 2"), BENCH_TMPDIR (where the store and data go; default
+# /var/tmp: it must be a real disk, not tmpfs, to count the fsyncs).
+# MB is 10^6 bytes throughout; xxhsum's MiB-based figures are converted.
+set -eu
+
+builddir=${1:-.}
+bench=$builddir/bench/bench-chunkstore
+size_mib=${SIZE_MIB:-1024}
+repeat=${REPEAT:-3}
+threads_list=${THREADS:-1 2}
+
+die() {
+        echo "chunkstore.sh: $*" >&2
+        exit 1
+}
+
+[ -x "$bench" ] || die "$bench not found: run 'make bench' in $builddir first"
+command -v lz4 >/dev/null || die "lz4 not found (apt-get install lz4)"
+command -v xxhsum >/dev/null || die "xxhsum not found (apt-get install xxhash)"
+
+work=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/clonefs-bench.XXXXXX")
+cleanup() {
+        rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# kv LINE KEY: the value of KEY=... in a key=value line.
+kv() {
+        printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
+}
+
+# median and range of the numbers on stdin, one per line: "MED MIN MAX"
+summary() {
+        sort -g | awk '{ v[NR] = $1 } END { printf "%s %s %s\n", v[int((NR + 1) / 2)], v[1], v[NR] }'
+}
+
+echo "# chunkstore benchmark: $size_mib MiB, threads: $threads_list, $repeat runs each"
+echo "# machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)," \
+        "kernel $(uname -r), store in $(df -P "$work" | awk 'NR == 2 { print $1 }')" \
+        "($(stat -f -c %T "$work"))"
+
+data=$work/data
+compression=
+for t in $threads_list; do
+        for i in $(seq "$repeat"); do
+                rm -rf "$work/store"
+                if [ -e "$data" ]; then
+                        out=$("$bench" synthetic "$work/store" --size "$size_mib" --threads "$t")
+                else
+                        out=$("$bench" synthetic "$work/store" --size "$size_mib" --threads "$t" --data-out "$data")
+                fi
+                printf '%s\n' "$out" | grep -v 'op=data' | sed 's/^/# /'
+                for op in put-new put-dup get; do
+                        kv "$(printf '%s\n' "$out" | grep "op=$op ")" mb_s >>"$work/$op.$t"
+                done
+                compression=$(kv "$(printf '%s\n' "$out" | grep 'op=stats')" compression)
+                block_size=$(kv "$(printf '%s\n' "$out" | grep 'op=data')" block_size)
+        done
+done
+rm -rf "$work/store"
+
+# lz4 -b prints progress lines separated by \r; the last one is the result:
+#  " |-data    : 1073741824 -> 520227646 (2.061), 582.1 MB/s ,4642.7 MB/s"
+lz4_bench() {
+        lz4 "$@" "$data" 2>&1 | tr '\r' '\n' | grep 'MB/s ,' | tail -1 |
+                sed -n 's/.*(\([0-9.]*\)), *\([0-9.]*\) MB\/s *, *\([0-9.]*\) MB\/s.*/\1 \2 \3/p'
+}
+set -- $(lz4_bench -b1)
+lz4_ratio=$1 lz4_c=$2 lz4_d=$3
+set -- $(lz4_bench -b1 -B"$block_size")
+lz4b_ratio=$1 lz4b_c=$2 lz4b_d=$3
+echo "# lz4 -b1: ratio $lz4_ratio, compress $lz4_c MB/s, decompress $lz4_d MB/s"
+echo "# lz4 -b1 -B$block_size: ratio $lz4b_ratio, compress $lz4b_c MB/s, decompress $lz4b_d MB/s"
+
+# xxhsum -b lines: " 5#XXH3_64b   :  102400 ->  440339 it/s (43001.9 MB/s)", MB = 2^20
+xxh=$(xxhsum -b 2>&1 | tr '\r' '\n' | grep '#XXH')
+xxh_speed() {
+        printf '%s\n' "$xxh" | grep "#$1 " | tail -1 |
+                sed -n 's/.*(\s*\([0-9.]*\) MB\/s).*/\1/p' | awk '{ printf "%.0f", $1 * 1.048576 }'
+}
+xxh3=$(xxh_speed XXH3_64b)
+xxh128=$(xxh_speed XXH128)
+echo "# xxhsum -b (100 KB in cache): XXH3_64b $xxh3 MB/s, XXH128 $xxh128 MB/s"
+
+echo
+echo "Chunk store: $size_mib MiB of synthetic database pages, block size $block_size," \
+        "store compression ${compression}x (lz4 -1 whole file ${lz4_ratio}x)"
+echo "MB/s, median of $repeat runs (min-max)"
+printf '%-10s' "threads"
+for op in put-new put-dup get; do
+        printf ' %24s' "$op"
+done
+echo
+for t in $threads_list; do
+        printf '%-10s' "$t"
+        for op in put-new put-dup get; do
+                set -- $(summary <"$work/$op.$t")
+                printf ' %24s' "$1 ($2-$3)"
+        done
+        echo
+done
+
+# The targets use the largest thread count measured (2 by default).
+tmax=$(printf '%s\n' $threads_list | sort -n | tail -1)
+set -- $(summary <"$work/put-new.$tmax"); put_new=$1
+set -- $(summary <"$work/put-dup.$tmax"); put_dup=$1
+set -- $(summary <"$work/get.$tmax"); get=$1
+
+verdict() { # verdict VALUE TARGET
+        awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "PASS" : "FAIL" }'
+}
+ratio() {
+        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+}
+echo
+echo "Targets ($tmax threads)"
+printf '%-30s %12s %24s %8s\n' "measure" "value" "target" "result"
+printf '%-30s %12s %24s %8s\n' "put new / lz4 -1 compress" "$(ratio "$put_new" "$lz4_c")x" \
+        ">= 1.50x ($lz4_c MB/s)" "$(verdict "$(ratio "$put_new" "$lz4_c")" 1.5)"
+printf '%-30s %12s %24s %8s\n' "put dup" "$put_dup MB/s" ">= 2000 MB/s" "$(verdict "$put_dup" 2000)"
+printf '%-30s %12s %24s %8s\n' "get" "$get MB/s" ">= 1500 MB/s" "$(verdict "$get" 1500)"
+echo
+echo "Ratios to one core's tools"
+printf '%-30s %12s\n' "put new / lz4 -1 -B$block_size" "$(ratio "$put_new" "$lz4b_c")x"
+printf '%-30s %12s\n' "put dup / XXH128 (xxhsum -b)" "$(ratio "$put_dup" "$xxh128")x"
+printf '%-30s %12s\n' "put dup / XXH3_64b" "$(ratio "$put_dup" "$xxh3")x"
+printf '%-30s %12s\n' "get / lz4 -1 decompress" "$(ratio "$get" "$lz4_d")x"

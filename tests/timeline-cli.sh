@@ -1,0 +1,133 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Timelines end to end: incremental snapshots, labels, names within one
+# second, restore, diff, forget in any order, gc, hooks, and one clear
+# error line for bad input.
+. "${top_srcdir:-$(dirname "$0")/..}/tests/lib.sh"
+
+src="$workdir/src"
+export CLONEFS_STORE="$workdir/store"
+"$CLONECTL" init --block-size 16K >/dev/null
+mkdir -p "$src/sub"
+head -c $((10 << 20)) /dev/urandom >"$src/table"
+seq 1 100000 >"$src/sub/log"
+echo one >"$src/sub/one"
+
+# Bad input.
+expect_error "an invalid timeline name" "invalid timeline name" "$CLONECTL" snapshot 'bad/name' --from "$src"
+expect_error "a timeline name with a colon" "invalid timeline name" "$CLONECTL" snapshot 'a:b' --from "$src"
+expect_error "no --from" "needs --from" "$CLONECTL" snapshot db
+expect_error "a missing source" "cannot read source directory" "$CLONECTL" snapshot db --from "$workdir/nope"
+expect_error "an invalid label" "invalid label" "$CLONECTL" snapshot db --from "$src" --label 'no spaces'
+expect_error "points of a missing timeline" "no timeline 'nope'" "$CLONECTL" points nope
+expect_error "restore of a missing timeline" "no point 'latest' in timeline 'nope'" "$CLONECTL" restore nope@latest "$workdir/x"
+expect_error "restore without a point" "names no point" "$CLONECTL" restore db "$workdir/x"
+
+# First point, labelled; the name is the UTC time in ISO 8601 basic format.
+expect_ok "first snapshot" "$CLONECTL" snapshot db --from "$src" --label first
+first=$(cat "$workdir/out")
+[[ "$first" =~ ^[0-9]{8}T[0-9]{6}Z(-[0-9]+)?$ ]] || fail "point name '$first' is not ISO 8601 basic"
+pass "the point is named $first"
+expect_error "a label is unique in its timeline" "label 'first' already names point" \
+        "$CLONECTL" snapshot db --from "$src" --label first
+
+# Unchanged: nothing is read, and the point costs almost nothing.
+expect_ok "unchanged snapshot" "$CLONECTL" snapshot db --from "$src" --json
+cp "$workdir/out" "$workdir/unchanged.json"
+expect_eq "no file read" "$(json_get "$workdir/unchanged.json" files_read)" 0
+expect_eq "no byte read" "$(json_get "$workdir/unchanged.json" bytes_read)" 0
+expect_eq "every file reused" "$(json_get "$workdir/unchanged.json" files_reused)" 3
+stored=$(json_get "$workdir/unchanged.json" bytes_stored)
+[ "$stored" -lt 4096 ] || fail "an unchanged point stored $stored bytes"
+pass "an unchanged point stores $stored bytes"
+
+# Two points in the same second get distinct names.
+"$CLONECTL" snapshot db --from "$src" >"$workdir/n1"
+"$CLONECTL" snapshot db --from "$src" >"$workdir/n2"
+[ "$(cat "$workdir/n1")" != "$(cat "$workdir/n2")" ] || fail "two points share a name"
+pass "points made in quick succession have distinct names ($(cat "$workdir/n1"), $(cat "$workdir/n2"))"
+
+# An 8 KiB write into 10 MiB stores about one block.
+printf '%8192s' x | dd of="$src/table" bs=1 seek=$((3 << 20)) conv=notrunc status=none
+expect_ok "snapshot after a small change" "$CLONECTL" snapshot db --from "$src" --label changed --json
+new=$(json_get "$workdir/out" bytes_new)
+[ "$new" -le $((2 * 16384 + 8192)) ] || fail "an 8 KiB change stored $new new bytes"
+pass "an 8 KiB change stored $new new bytes"
+expect_eq "only the changed file was read" "$(json_get "$workdir/out" files_read)" 1
+
+expect_ok "--full reads everything" "$CLONECTL" snapshot db --from "$src" --full --json
+expect_eq "--full read every file" "$(json_get "$workdir/out" files_read)" 3
+
+expect_ok "points --json" "$CLONECTL" points db --json
+expect_eq "six points" "$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$workdir/out")" 6
+expect_ok "timelines" "$CLONECTL" timelines
+expect_grep "the timeline is listed" "^db +6 " "$workdir/out"
+
+# diff
+echo two >"$src/sub/two"
+rm "$src/sub/one"
+expect_ok "snapshot with a file added and one removed" "$CLONECTL" snapshot db --from "$src"
+expect_ok "diff" "$CLONECTL" diff db@first db@latest
+expect_grep "diff shows the added file" "^\+ sub/two$" "$workdir/out"
+expect_grep "diff shows the removed file" "^- sub/one$" "$workdir/out"
+expect_grep "diff shows the modified file with its changed bytes" "^M table  \(16.0 KiB changed\)" "$workdir/out"
+expect_ok "diff --json" "$CLONECTL" diff --json db@first db@latest
+expect_eq "diff --json counts" "$(json_get "$workdir/out" added):$(json_get "$workdir/out" removed):$(json_get "$workdir/out" modified)" "1:1:2"
+
+# restore by label and by latest
+expect_ok "restore by label" "$CLONECTL" restore db@first "$workdir/r-first"
+cmp "$workdir/r-first/sub/one" <(echo one) || fail "restored label content differs"
+pass "the labelled point has the old file"
+expect_error "restore into a non-empty directory" "not empty" "$CLONECTL" restore db@latest "$workdir/r-first"
+
+# forget in any order, then gc
+expect_ok "forget --dry-run" "$CLONECTL" forget db --keep-last 2 --dry-run
+expect_grep "dry run names what it would remove" "^would remove 5 of 7 points" "$workdir/out"
+expect_ok "the dry run removed nothing" "$CLONECTL" points db --json
+expect_eq "still seven points" "$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$workdir/out")" 7
+expect_ok "forget the middle point by label" "$CLONECTL" forget db@changed
+expect_ok "forget the first point" "$CLONECTL" forget "db@$first"
+expect_ok "gc" "$CLONECTL" gc --json
+expect_eq "the old block is still used by later points" "$(json_get "$workdir/out" chunks_removed)" 0
+expect_ok "forget --keep-last 1 --prune" "$CLONECTL" forget db --keep-last 1 --prune
+expect_grep "forget shows what each removal frees" "^remove +[0-9TZ-]+ +frees [1-9]" "$workdir/out"
+expect_grep "and gc reclaims it" "^removed [1-9][0-9]* unreachable chunks" "$workdir/out"
+expect_ok "verify --data after forget and gc" "$CLONECTL" verify --data --json
+expect_eq "nothing unreachable after gc" "$(json_get "$workdir/out" orphan_chunks)" 0
+expect_ok "restore the last point" "$CLONECTL" restore db@latest "$workdir/r-last"
+cmp "$src/table" "$workdir/r-last/table" || fail "the remaining point lost data"
+pass "the remaining point restores"
+expect_error "forget needs a rule" "forget needs a rule" "$CLONECTL" forget db
+
+# Hooks: a failing --pre aborts, --post always runs.
+expect_error "a failing --pre aborts" "--pre command failed with exit status 3" \
+        "$CLONECTL" snapshot db --from "$src" --pre 'exit 3' --post "touch $workdir/post-ran"
+[ -e "$workdir/post-ran" ] || fail "--post did not run after a failing --pre"
+pass "--post ran after a failing --pre"
+expect_ok "hooks around a snapshot" "$CLONECTL" snapshot db --from "$src" \
+        --pre "echo pre >$workdir/order" --post "echo post >>$workdir/order"
+expect_eq "hooks ran in order" "$(tr '\n' ' ' <"$workdir/order")" "pre post "
+
+# An unreadable file is listed, the point is made, the exit status says so.
+if id nobody >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+        mkdir "$workdir/nb" "$workdir/nb/src"
+        echo secret >"$workdir/nb/src/secret" && chmod 600 "$workdir/nb/src/secret"
+        echo open >"$workdir/nb/src/open" && chmod 644 "$workdir/nb/src/open"
+        chmod 755 "$workdir/nb/src"
+        chown nobody "$workdir/nb"
+        chmod 755 "$workdir"
+        runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" init >/dev/null
+        if runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" snapshot nb --from "$workdir/nb/src" \
+                >"$workdir/out" 2>"$workdir/err"; then
+                fail "a snapshot with an unreadable file exited 0"
+        fi
+        expect_grep "the unreadable file is named" "secret: cannot read: Permission denied" "$workdir/err"
+        expect_grep "the summary says it is missing" "1 files could not be read" "$workdir/err"
+        expect_ok "--ignore-errors accepts it" runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" \
+                snapshot nb --from "$workdir/nb/src" --ignore-errors
+        expect_ok "the point holds the readable file" runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" \
+                restore nb@latest "$workdir/nb/restored"
+        [ -e "$workdir/nb/restored/open" ] && [ ! -e "$workdir/nb/restored/secret" ] ||
+                fail "the point should hold 'open' and not 'secret'"
+        pass "the point holds what could be read"
+fi
