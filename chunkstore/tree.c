@@ -606,7 +606,8 @@ int cs_dir_builder_finish(cs_dir_builder *b, cs_chunk_id *ret_dir)
 
         if (!b || !ret_dir)
                 return -EINVAL;
-        qsort(b->entries, b->n, sizeof(*b->entries), compare_entries);
+        if (b->n > 1)
+                qsort(b->entries, b->n, sizeof(*b->entries), compare_entries);
         for (size_t i = 1; i < b->n; i++)
                 if (compare_entries(&b->entries[i - 1], &b->entries[i]) == 0)
                         return -EEXIST;
