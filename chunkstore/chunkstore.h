@@ -369,6 +369,10 @@ int cs_point_load(cs_store *store, const cs_chunk_id *point, cs_entry *ret_root,
  * [A-Za-z0-9._-], not starting with '.' or '-'. */
 bool cs_name_is_valid(const char *name);
 
+/* 1 if label may name a point: a valid name that is neither "latest" nor
+ * shaped like a point name. */
+bool cs_label_is_valid(const char *label);
+
 typedef struct cs_point_info {
         int64_t id;
         char timeline[CS_TIMELINE_NAME_MAX + 1];
@@ -417,6 +421,15 @@ cs_reach *cs_reach_free(cs_reach *r);
 int cs_reach_walk(cs_store *store, cs_reach *visited, const cs_chunk_id *id, uint64_t *ret_new_bytes);
 /* Walks every root and point except those named in skip (ids). */
 int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_points, size_t n_skip);
+
+/* Pins keep a tree alive through gc for as long as this process lives,
+ * even after its point is forgotten: a mount pins every point it serves.
+ * Each pin is its own (returned in *ret_pin, for unpin).  Pins of
+ * processes that are gone (by pid and start time, as this PID namespace
+ * sees them: run gc where the mounts' processes are visible) are dropped
+ * by the next gc.  Work on handles opened without CS_OPEN_WRITE too. */
+int cs_store_pin(cs_store *store, const cs_chunk_id *root, uint64_t *ret_pin);
+int cs_store_unpin(cs_store *store, uint64_t pin);
 
 /* What this handle's puts added to the store. */
 typedef struct cs_put_counters {

@@ -133,6 +133,21 @@ int cs_config_read(int dir_fd, cs_config *ret_config)
                 return negative_errno();
         }
 
+        /* The format decides how to read the rest: judge it first, so that a
+         * newer store is called newer, not damaged. */
+        while (fgets(line, sizeof(line), f)) {
+                unsigned format;
+                if (sscanf(line, "format = %u", &format) == 1) {
+                        c.format = format;
+                        break;
+                }
+        }
+        if (c.format == 0)
+                return -EBADMSG;
+        if (c.format > CS_FORMAT_VERSION)
+                return -EPROTONOSUPPORT;
+
+        rewind(f);
         while (fgets(line, sizeof(line), f)) {
                 size_t n = strlen(line);
                 if (n && line[n - 1] == '\n')
@@ -145,12 +160,6 @@ int cs_config_read(int dir_fd, cs_config *ret_config)
         }
         if (ferror(f))
                 return -EIO;
-
-        /* The format decides how to read the rest, so judge it first. */
-        if (!(seen & 1))
-                return -EBADMSG;
-        if (c.format > CS_FORMAT_VERSION)
-                return -EPROTONOSUPPORT;
         if (seen != 15 || c.format < 1 || c.block_size < CS_BLOCK_SIZE_MIN ||
             c.block_size > CS_BLOCK_SIZE_MAX || (c.block_size & (c.block_size - 1)))
                 return -EBADMSG;

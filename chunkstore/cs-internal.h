@@ -9,8 +9,10 @@
  *   index.c   the SQLite catalog: schema, statements, transactions
  *   pack.c    pack files: create, append, read, recover
  *   store.c   the cs_store object: open, put, commit, get, roots
- *   gc.c      mark-and-sweep and compaction
+ *   gc.c      mark-and-sweep, compaction, reachability
  *   verify.c  consistency checks and statistics
+ *   tree.c    point trees: points, directories, pages, segments
+ *   timeline.c timelines, points and pins in the catalog
  */
 #ifndef CS_INTERNAL_H
 #define CS_INTERNAL_H
@@ -125,6 +127,9 @@ int cs_index_commit(sqlite3 *db);
 void cs_index_rollback(sqlite3 *db);
 int cs_index_exec(sqlite3 *db, const char *sql);
 int cs_index_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret_stmt);
+/* sqlite3_step() mapped to 0 or a negative errno, with the system errno
+ * behind an I/O error (a full disk is -ENOSPC, not -EIO). */
+int cs_index_step(sqlite3_stmt *stmt);
 /* Runs a query returning one integer; *ret is 0 when it returns no row. */
 int cs_index_query_int(sqlite3 *db, const char *sql, int64_t arg, int64_t *ret);
 
@@ -155,13 +160,15 @@ void cs_pack_path(uint64_t id, char buf[static 64]);
 /* Registers a new open pack in the catalog, creates and locks its file. */
 int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer);
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset);
-/* fdatasync()s the pack, records its size and, if seal, marks it sealed. */
+/* fdatasync()s the pack. */
 int cs_pack_sync(cs_pack_writer *w);
+/* Records the pack's size and marks it sealed (in the caller's transaction). */
 int cs_pack_seal(cs_pack_writer *w, sqlite3 *db);
 void cs_pack_writer_close(cs_pack_writer *w);
 /* Finds open packs whose writer died, truncates their uncommitted tails
- * and seals them. */
-int cs_pack_recover(int dir_fd, sqlite3 *db);
+ * and seals them.  exclusive: the caller excludes every writer (gc), so
+ * an OPEN row without a file is dead too. */
+int cs_pack_recover(int dir_fd, sqlite3 *db, bool exclusive);
 /* Checks a pack file's header. */
 int cs_pack_check_header(int fd, uint64_t id);
 
@@ -198,6 +205,7 @@ struct cs_store {
         cs_pending *pending;
         uint64_t pending_logical_bytes;
         cs_put_counters added; /* what this handle's puts added */
+        uint64_t pins;         /* pins made through this handle */
 };
 
 void cs_store_log(cs_store *store, int error, const char *format, ...) _printf_(3, 4);
@@ -214,6 +222,12 @@ int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uin
 /* Commits pending puts; with seal, also seals the open pack (callers hold
  * write_lock). */
 int cs_store_commit_locked(cs_store *store, bool seal);
+
+/* timeline.c: pins.  Start time of a process (field 22 of /proc/PID/stat);
+ * -ESRCH if it does not exist. */
+int cs_process_start_time(pid_t pid, uint64_t *ret);
+/* Deletes the pins of processes that are gone (gc, under the exclusive lock). */
+int cs_store_drop_stale_pins(cs_store *store, sqlite3 *db);
 
 /* Lock modes on the store's lock file. */
 int cs_store_lock(cs_store *store, int operation, bool nowait);

@@ -22,6 +22,7 @@
  *     location retry their lookup when the file is gone.  Compactions are
  *     serialized by flock() on the packs directory.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -171,10 +172,12 @@ static int expand_tree(cs_store *store, const cs_location *loc, const cs_chunk_i
         buf = malloc(MAX(loc->size, 1u));
         if (!buf)
                 return -ENOMEM;
-        r = cs_store_read_location(store, loc, id, buf);
+        /* cs_store_get, not the location we hold: if compaction moved the
+         * chunk meanwhile, get looks it up again. */
+        r = cs_store_get(store, id, buf, loc->size);
         if (r < 0)
                 return r;
-        r = cs_tree_decode(buf, loc->size, &children, &n, NULL, NULL);
+        r = cs_tree_decode(buf, (size_t) r, &children, &n, NULL, NULL);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < n; i++) {
@@ -357,7 +360,7 @@ static int delete_chunks(sqlite3 *db, const id_stack *dead)
                 return r;
         for (size_t i = 0; i < dead->n; i++) {
                 sqlite3_bind_blob(stmt, 1, dead->ids[i].bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
-                r = cs_sqlite_errno(sqlite3_step(stmt));
+                r = cs_index_step(stmt);
                 sqlite3_reset(stmt);
                 if (r < 0) {
                         cs_index_rollback(db);
@@ -365,6 +368,37 @@ static int delete_chunks(sqlite3 *db, const id_stack *dead)
                 }
         }
         return cs_index_commit(db);
+}
+
+/* Unlinks pack files the catalog does not list (gc only: with every writer
+ * excluded, a final-named file without a row cannot be in the making). */
+static int remove_unlisted_packs(cs_store *store)
+{
+        _cleanup_close_ int fd = -1;
+        sqlite3 *db = cs_index_writer(store->index);
+        struct dirent *de;
+        DIR *d;
+        int r = 0;
+
+        fd = openat(store->dir_fd, CS_PACK_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        d = fdopendir(TAKE_FD(fd));
+        if (!d)
+                return negative_errno();
+        while (r >= 0 && (de = readdir(d))) {
+                char *end;
+                int64_t listed = 0;
+                uint64_t id = strtoull(de->d_name, &end, 16);
+
+                if (de->d_name[0] == '.' || strcmp(end, ".pack") != 0)
+                        continue;
+                r = cs_index_query_int(db, "SELECT COUNT(*) FROM packs WHERE id = ?", (int64_t) id, &listed);
+                if (r >= 0 && listed == 0 && unlinkat(dirfd(d), de->d_name, 0) < 0)
+                        r = negative_errno();
+        }
+        closedir(d);
+        return r;
 }
 
 static void mark_problem(void *userdata, int error, const cs_chunk_id *id, const cs_chunk_id *parent)
@@ -408,6 +442,22 @@ int cs_store_gc(cs_store *store, unsigned flags, cs_gc_report *ret_report)
                 return r;
         }
 
+        /* No writer lives now: every OPEN pack is abandoned, and a pack file
+         * no row names is a compaction's leftover. */
+        if (!(flags & CS_GC_DRY_RUN)) {
+                r = cs_pack_recover(store->dir_fd, cs_index_writer(store->index), true);
+                if (r >= 0)
+                        r = remove_unlisted_packs(store);
+                if (r < 0)
+                        goto unlock;
+        }
+
+        /* Pins of dead mounts would keep their trees forever. */
+        if (!(flags & CS_GC_DRY_RUN)) {
+                r = cs_store_drop_stale_pins(store, cs_index_writer(store->index));
+                if (r < 0)
+                        goto unlock;
+        }
         r = cs_index_reader_acquire(store->index, &db);
         if (r < 0)
                 goto unlock;
@@ -604,7 +654,7 @@ static int delete_empty_packs(cs_store *store, pack_usage *packs, size_t n, cs_g
                         return r;
                 sqlite3_bind_int64(stmt, 1, (int64_t) packs[i].id);
                 sqlite3_bind_int64(stmt, 2, (int64_t) packs[i].id);
-                r = cs_sqlite_errno(sqlite3_step(stmt));
+                r = cs_index_step(stmt);
                 sqlite3_reset(stmt);
                 if (r < 0) {
                         cs_index_rollback(db);
@@ -617,7 +667,7 @@ static int delete_empty_packs(cs_store *store, pack_usage *packs, size_t n, cs_g
                 if (!deleted)
                         continue;
                 /* The row is gone first: a crash here leaves a file no row
-                 * names, which verify reports and the next compaction removes. */
+                 * names, which verify reports and the next gc removes. */
                 cs_pack_path(packs[i].id, path);
                 if (unlinkat(store->dir_fd, path, 0) < 0 && errno != ENOENT)
                         return negative_errno();

@@ -16,7 +16,9 @@
  *              logical_bytes, added_bytes)
  *     gc keeps everything reachable from roots.id and points.root.
  *     A chunks row exists only once its record's bytes are durable in its
- *     pack (see store.c: fdatasync before COMMIT).
+ *     pack (see store.c: fdatasync before COMMIT).  Pack ids are
+ *     AUTOINCREMENT: never reused, so a reader's cached descriptor of a
+ *     deleted pack can never be mistaken for a newer pack.
  *  2. Concurrency: WAL mode.  Readers run on a pool of connections, one per
  *     concurrent reader thread, and never wait for a writer.  Each process
  *     has at most one writer connection per store handle; writers serialize
@@ -56,7 +58,7 @@ static const char schema_sql[] =
         "PRAGMA journal_mode=WAL;"
         "BEGIN;"
         "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
-        "CREATE TABLE packs(id INTEGER PRIMARY KEY, state INTEGER NOT NULL,"
+        "CREATE TABLE packs(id INTEGER PRIMARY KEY AUTOINCREMENT, state INTEGER NOT NULL,"
         "                   size INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);"
         "CREATE TABLE chunks(id BLOB PRIMARY KEY, kind INTEGER NOT NULL,"
         "                    pack INTEGER NOT NULL, offset INTEGER NOT NULL,"
@@ -146,6 +148,12 @@ static int open_connection(const char *path, bool writable, sqlite3 **ret_db)
         }
         *ret_db = db;
         return 0;
+}
+
+int cs_index_step(sqlite3_stmt *stmt)
+{
+        int rc = sqlite3_step(stmt);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_errno(sqlite3_db_handle(stmt), rc);
 }
 
 int cs_index_exec(sqlite3 *db, const char *sql)

@@ -7,11 +7,14 @@
  *  1. Layout: packs/<16 hex digits>.pack, the digits being the pack's
  *     catalog id.  A 32-byte header ("CSPACK\r\n", le32 version 1, le32 0,
  *     le64 pack id, 8 zero bytes) then records back to back (chunk.c).
- *  2. Ownership: one writer per pack.  A writer registers the pack in the
- *     catalog (state OPEN), creates the file under a temporary name, takes
- *     flock(LOCK_EX) on it and only then renames it into place, so a file
- *     under its final name is either locked by its live writer or
- *     abandoned.  Nobody else ever writes to it.
+ *  2. Ownership: one writer per pack.  A writer creates the file under a
+ *     temporary name unique to it, takes flock(LOCK_EX) on it, registers
+ *     the pack in the catalog (state OPEN) and only then renames the file
+ *     into place and fsyncs packs/.  So a file under its final name is
+ *     either locked by its live writer or abandoned; an OPEN row without a
+ *     file may belong to a writer between INSERT and rename, and only gc
+ *     (which excludes every writer) may seal it.  Nobody else ever writes
+ *     to a pack.
  *  3. Durability order: record bytes are written, the file is
  *     fdatasync()ed, and only then are the catalog rows pointing into it
  *     committed (store.c).  So every catalog row points at durable bytes;
@@ -32,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -70,38 +74,56 @@ int cs_pack_check_header(int fd, uint64_t id)
 int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        _cleanup_close_ int fd = -1;
-        uint8_t header[CS_PACK_HEADER_SIZE];
-        char path[64], tmp[80];
+        _cleanup_close_ int fd = -1, packs_fd = -1;
+        uint8_t header[CS_PACK_HEADER_SIZE], nonce[8];
+        char path[64], tmp[96];
         uint64_t id;
         int r;
 
+        /* Design note 2: a locked file first, then the row, then the name. */
+        if (getrandom(nonce, sizeof(nonce), 0) != sizeof(nonce))
+                return negative_errno();
+        snprintf(tmp, sizeof(tmp), CS_PACK_DIR "/new-%d-%02x%02x%02x%02x%02x%02x%02x%02x.tmp", (int) getpid(),
+                 nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], nonce[6], nonce[7]);
+        fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return negative_errno();
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                r = negative_errno();
+                goto fail;
+        }
+
         r = cs_index_prepare(db, "INSERT INTO packs(state, size, created) VALUES(?, ?, ?)", &stmt);
         if (r < 0)
-                return r;
+                goto fail;
         sqlite3_bind_int(stmt, 1, CS_PACK_OPEN);
         sqlite3_bind_int64(stmt, 2, CS_PACK_HEADER_SIZE);
         sqlite3_bind_int64(stmt, 3, (int64_t) time(NULL));
-        r = cs_sqlite_errno(sqlite3_step(stmt));
+        r = cs_index_step(stmt);
         if (r < 0)
-                return r;
+                goto fail;
         id = (uint64_t) sqlite3_last_insert_rowid(db);
 
-        cs_pack_path(id, path);
-        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-        fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0)
-                return negative_errno();
-        if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-                return negative_errno();
         pack_header(id, header);
-        if (pwrite(fd, header, sizeof(header), 0) != sizeof(header))
-                return errno ? negative_errno() : -ENOSPC;
-        if (renameat(dir_fd, tmp, dir_fd, path) < 0)
+        if (pwrite(fd, header, sizeof(header), 0) != sizeof(header)) {
+                r = errno ? negative_errno() : -ENOSPC;
+                goto fail;
+        }
+        cs_pack_path(id, path);
+        if (renameat(dir_fd, tmp, dir_fd, path) < 0) {
+                r = negative_errno();
+                goto fail;
+        }
+        /* The name must survive a power cut before rows point into it. */
+        packs_fd = openat(dir_fd, CS_PACK_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (packs_fd < 0 || fsync(packs_fd) < 0)
                 return negative_errno();
 
         *ret_writer = (cs_pack_writer) { .id = id, .fd = TAKE_FD(fd), .size = CS_PACK_HEADER_SIZE };
         return 0;
+fail:
+        (void) unlinkat(dir_fd, tmp, 0);
+        return r;
 }
 
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset)
@@ -142,7 +164,7 @@ static int pack_set_state(sqlite3 *db, uint64_t id, int state, uint64_t size)
         sqlite3_bind_int(stmt, 1, state);
         sqlite3_bind_int64(stmt, 2, (int64_t) size);
         sqlite3_bind_int64(stmt, 3, (int64_t) id);
-        return cs_sqlite_errno(sqlite3_step(stmt));
+        return cs_index_step(stmt);
 }
 
 int cs_pack_seal(cs_pack_writer *w, sqlite3 *db)
@@ -171,7 +193,7 @@ static int committed_end(sqlite3 *db, uint64_t id, uint64_t *ret_end)
         return 0;
 }
 
-static int recover_one(int dir_fd, sqlite3 *db, uint64_t id)
+static int recover_one(int dir_fd, sqlite3 *db, uint64_t id, bool exclusive)
 {
         _cleanup_close_ int fd = -1;
         uint64_t end;
@@ -181,11 +203,12 @@ static int recover_one(int dir_fd, sqlite3 *db, uint64_t id)
         cs_pack_path(id, path);
         fd = openat(dir_fd, path, O_RDWR | O_CLOEXEC);
         if (fd < 0) {
-                /* A writer that died before renaming its file into place left
-                 * only the catalog row (and a .tmp file, removed below). */
+                /* No file yet: a live writer between INSERT and rename, or
+                 * one that died there.  Only with every writer excluded
+                 * (gc) can we tell; then the row is all that is left. */
                 if (errno != ENOENT)
                         return negative_errno();
-                return pack_set_state(db, id, CS_PACK_SEALED, 0);
+                return exclusive ? pack_set_state(db, id, CS_PACK_SEALED, CS_PACK_HEADER_SIZE) : 0;
         }
         if (flock(fd, LOCK_EX | LOCK_NB) < 0)
                 return errno == EWOULDBLOCK ? 0 : negative_errno(); /* its writer lives */
@@ -225,7 +248,7 @@ static void remove_stale_tmp_files(int dir_fd)
         closedir(d);
 }
 
-int cs_pack_recover(int dir_fd, sqlite3 *db)
+int cs_pack_recover(int dir_fd, sqlite3 *db, bool exclusive)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         uint64_t ids[256];
@@ -248,7 +271,7 @@ int cs_pack_recover(int dir_fd, sqlite3 *db)
         if (r < 0)
                 return r;
         for (size_t i = 0; i < n; i++) {
-                r = recover_one(dir_fd, db, ids[i]);
+                r = recover_one(dir_fd, db, ids[i], exclusive);
                 if (r < 0) {
                         cs_index_rollback(db);
                         return r;

@@ -41,7 +41,7 @@
 /* Commit on our own once a batch holds this much: bounds memory and the
  * work a crash can lose, while keeping fsyncs rare. */
 #define BATCH_MAX_CHUNKS 8192
-#define BATCH_MAX_BYTES (128u * 1024 * 1024)
+#define BATCH_MAX_BYTES (32u * 1024 * 1024)
 
 /* --- Uncommitted puts: an insertion-ordered hash map id -> location ----- */
 
@@ -282,7 +282,7 @@ int cs_store_open(const char *path, unsigned flags, cs_store **ret_store)
                 return r;
 
         if (writable) {
-                r = cs_pack_recover(store->dir_fd, cs_index_writer(store->index));
+                r = cs_pack_recover(store->dir_fd, cs_index_writer(store->index), false);
                 if (r < 0)
                         return r;
         }
@@ -296,11 +296,12 @@ cs_store *cs_store_unref(cs_store *store)
         if (!store)
                 return NULL;
         if (store->pack.fd >= 0) {
-                /* Seal what was committed; uncommitted bytes are left for
-                 * recovery to cut off, exactly as after a crash. */
+                /* Closing our descriptor drops our lock on the pack, so the
+                 * recovery that follows sees it abandoned: it cuts off the
+                 * uncommitted tail and seals it, exactly as after a crash. */
                 pending_clear(store->pending);
-                (void) cs_pack_recover(store->dir_fd, cs_index_writer(store->index));
                 cs_pack_writer_close(&store->pack);
+                (void) cs_pack_recover(store->dir_fd, cs_index_writer(store->index), false);
         }
         cs_pack_cache_free(store->packs);
         cs_index_free(store->index);
@@ -349,7 +350,7 @@ static int insert_pending(cs_store *store, sqlite3 *db)
                 sqlite3_bind_int64(insert, 4, (int64_t) e->loc.offset);
                 sqlite3_bind_int64(insert, 5, e->loc.size);
                 sqlite3_bind_int64(insert, 6, e->loc.stored_size);
-                r = cs_sqlite_errno(sqlite3_step(insert));
+                r = cs_index_step(insert);
                 sqlite3_reset(insert);
                 if (r < 0)
                         return r;
@@ -654,7 +655,7 @@ int cs_store_root_set(cs_store *store, const char *name, const cs_chunk_id *id)
                 goto out;
         sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
         sqlite3_bind_blob(stmt, 2, id->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
-        r = cs_sqlite_errno(sqlite3_step(stmt));
+        r = cs_index_step(stmt);
 out:
         pthread_mutex_unlock(&store->write_lock);
         return r;
@@ -702,7 +703,7 @@ int cs_store_root_delete(cs_store *store, const char *name)
         r = cs_index_prepare(db, "DELETE FROM roots WHERE name = ?", &stmt);
         if (r >= 0) {
                 sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
-                r = cs_sqlite_errno(sqlite3_step(stmt));
+                r = cs_index_step(stmt);
                 if (r >= 0 && sqlite3_changes(db) == 0)
                         r = -ENOENT;
         }

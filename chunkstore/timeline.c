@@ -9,7 +9,8 @@
  *  1. A point's name is its creation time in UTC, ISO 8601 basic format
  *     ("20261122T101505Z"): no colons, so it works in "docker run -v".  Two
  *     points of one timeline in the same second: the second is named
- *     "...Z-2", the third "...Z-3".  Names sort in time order as strings.
+ *     "...Z-2", the third "...Z-3".  Listings order points by creation
+ *     time and id, not by name ("...Z-10" sorts before "...Z-2").
  *  2. Adding a point is one transaction that also creates the timeline, so
  *     a crash leaves either the whole point or none of it.  Its chunks were
  *     committed before (cs_store_commit_locked), so a point row never names
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cs-internal.h"
 
@@ -46,6 +48,11 @@ static bool looks_like_point_name(const char *s)
                 if (i == 8 ? s[i] != 'T' : (s[i] < '0' || s[i] > '9'))
                         return false;
         return s[15] == 'Z';
+}
+
+bool cs_label_is_valid(const char *label)
+{
+        return cs_name_is_valid(label) && strcmp(label, "latest") != 0 && !looks_like_point_name(label);
 }
 
 static void copy_text(char *dst, size_t size, const unsigned char *src)
@@ -243,7 +250,7 @@ static int timeline_id(sqlite3 *db, const char *name, bool create, int64_t *ret)
         if (r < 0)
                 return r;
         sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
-        r = cs_sqlite_errno(sqlite3_step(stmt));
+        r = cs_index_step(stmt);
         if (r < 0)
                 return r;
         *ret = sqlite3_last_insert_rowid(db);
@@ -313,7 +320,7 @@ static int insert_point(sqlite3 *db, cs_point_info *info)
         sqlite3_bind_int64(stmt, 6, (int64_t) info->files);
         sqlite3_bind_int64(stmt, 7, (int64_t) info->logical_bytes);
         sqlite3_bind_int64(stmt, 8, (int64_t) info->added_bytes);
-        r = cs_sqlite_errno(sqlite3_step(stmt));
+        r = cs_index_step(stmt);
         if (r < 0)
                 return r; /* -EEXIST: the label is taken (the name was free) */
         info->id = sqlite3_last_insert_rowid(db);
@@ -327,8 +334,7 @@ int cs_point_add(cs_store *store, cs_point_info *info)
 
         if (!store || !info || !cs_name_is_valid(info->timeline))
                 return -EINVAL;
-        if (info->label[0] && (!cs_name_is_valid(info->label) || strcmp(info->label, "latest") == 0 ||
-                               looks_like_point_name(info->label)))
+        if (info->label[0] && !cs_label_is_valid(info->label))
                 return -EINVAL;
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
@@ -378,7 +384,7 @@ int cs_point_remove(cs_store *store, const char *timeline, const char *name)
         if (r >= 0) {
                 sqlite3_bind_int64(del, 1, tid);
                 sqlite3_bind_text(del, 2, name, -1, SQLITE_STATIC);
-                r = cs_sqlite_errno(sqlite3_step(del));
+                r = cs_index_step(del);
                 if (r >= 0 && sqlite3_changes(db) == 0)
                         r = -ENOENT;
         }
@@ -396,5 +402,148 @@ int cs_point_remove(cs_store *store, const char *timeline, const char *name)
                 r = cs_index_commit(db);
 out:
         pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
+
+/* --- Pins ---------------------------------------------------------------- */
+
+/* A process is named by its pid and its start time, so a recycled pid
+ * does not keep a dead process's pins alive. */
+int cs_process_start_time(pid_t pid, uint64_t *ret)
+{
+        char path[64], buf[1024], *p;
+        unsigned long long start = 0;
+        FILE *f;
+        size_t n;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return errno == ENOENT ? -ESRCH : negative_errno();
+        n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        /* The command name may hold spaces and parentheses: skip past the last ')'. */
+        p = strrchr(buf, ')');
+        if (!p)
+                return -EBADMSG;
+        /* Field 22 (starttime) is the 20th after the name. */
+        for (int field = 0; field < 20 && p; field++)
+                p = strchr(p + 1, ' ');
+        if (!p || sscanf(p + 1, "%llu", &start) != 1)
+                return -EBADMSG;
+        *ret = start;
+        return 0;
+}
+
+/* "pin:PID:START:HANDLE:N": N counts the handle's pins, so every pin is its
+ * own row even when two pin the same tree. */
+static int pin_name(const cs_store *store, uint64_t pin, char buf[static 128])
+{
+        uint64_t start;
+        int r = cs_process_start_time(getpid(), &start);
+
+        if (r < 0)
+                return r;
+        snprintf(buf, 128, "pin:%d:%llu:%p:%llu", (int) getpid(), (unsigned long long) start, (const void *) store,
+                 (unsigned long long) pin);
+        return 0;
+}
+
+static int pin_exec(cs_store *store, const char *sql, const char *name, const cs_chunk_id *root)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        sqlite3 *db;
+        int r;
+
+        pthread_mutex_lock(&store->write_lock);
+        db = cs_index_writer(store->index);
+        r = cs_index_prepare(db, sql, &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+                if (root)
+                        sqlite3_bind_blob(stmt, 2, root->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+        }
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
+
+int cs_store_pin(cs_store *store, const cs_chunk_id *root, uint64_t *ret_pin)
+{
+        uint64_t pin;
+        char name[128];
+        int r;
+
+        if (!store || !root || !ret_pin)
+                return -EINVAL;
+        pthread_mutex_lock(&store->write_lock);
+        pin = ++store->pins;
+        pthread_mutex_unlock(&store->write_lock);
+        r = pin_name(store, pin, name);
+        if (r < 0)
+                return r;
+        r = pin_exec(store,
+                     "INSERT OR REPLACE INTO roots(name, id, created) VALUES(?1, ?2, strftime('%s','now'))",
+                     name, root);
+        if (r < 0)
+                return r;
+        *ret_pin = pin;
+        return 0;
+}
+
+int cs_store_unpin(cs_store *store, uint64_t pin)
+{
+        char name[128];
+        int r;
+
+        if (!store || !pin)
+                return -EINVAL;
+        r = pin_name(store, pin, name);
+        if (r < 0)
+                return r;
+        return pin_exec(store, "DELETE FROM roots WHERE name = ?1", name, NULL);
+}
+
+int cs_store_drop_stale_pins(cs_store *store, sqlite3 *db)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        char **stale = NULL;
+        size_t n = 0;
+        int rc, r;
+
+        r = cs_index_prepare(db, "SELECT name FROM roots WHERE name LIKE 'pin:%'", &stmt);
+        if (r < 0)
+                return r;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                const char *name = (const char *) sqlite3_column_text(stmt, 0);
+                unsigned long long start = 0;
+                uint64_t actual;
+                int pid = 0;
+
+                if (!name || sscanf(name, "pin:%d:%llu:", &pid, &start) != 2)
+                        continue;
+                if (cs_process_start_time(pid, &actual) == 0 && actual == start)
+                        continue; /* its process lives */
+                char **p = reallocarray(stale, n + 1, sizeof(*p));
+                if (!p) {
+                        r = -ENOMEM;
+                        break;
+                }
+                stale = p;
+                stale[n] = strdup(name);
+                if (!stale[n]) {
+                        r = -ENOMEM;
+                        break;
+                }
+                n++;
+        }
+        sqlite3_finalize(TAKE_PTR(stmt));
+        for (size_t i = 0; i < n; i++) {
+                if (r >= 0)
+                        r = pin_exec(store, "DELETE FROM roots WHERE name = ?1", stale[i], NULL);
+                free(stale[i]);
+        }
+        free(stale);
         return r;
 }

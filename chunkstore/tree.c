@@ -24,9 +24,11 @@
  *     A regular file's children are its block ids (at most
  *     CS_INLINE_BLOCKS_MAX) or its segment ids; a directory's single child
  *     is its directory object.
- *  3. Pages hold up to PAGE_BODY_MAX bytes of entries, so changing one file
- *     in a directory of a million rewrites one page and the small index,
- *     not the whole directory; a lookup reads the index and one page.
+ *  3. A page is closed once its entries pass PAGE_BODY_MAX bytes (so it may
+ *     exceed it by one entry), so changing one file in a directory of a
+ *     million rewrites one page and the small index, not the whole
+ *     directory.  (cs_dir_load reads every page today; the index's first
+ *     names allow a lookup to read one page.)
  *  4. Decoding checks every length against the buffer: a malformed object
  *     is -EBADMSG, never a read past its end.
  */

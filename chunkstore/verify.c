@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Checking a store and describing it.  Verification is read-only: it
- * reports, it never repairs, so it is safe to run beside any other command.
+ * reports, it never repairs.  It runs beside writers (it reads one catalog
+ * snapshot) and holds packs/ shared so that compaction waits for it.
  *
  * What is checked, in order:
  *   1. the catalog's own integrity (PRAGMA quick_check);
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include "cs-internal.h"
@@ -331,17 +333,24 @@ int cs_store_verify(cs_store *store, unsigned flags, cs_problem_fn problem, void
                     cs_verify_report *ret_report)
 {
         _cleanup_free_ pack_facts *packs = NULL;
+        _cleanup_close_ int packs_fd = -1;
         verifier v = { .store = store, .flags = flags, .problem = problem, .userdata = userdata };
         size_t n = 0;
         int r;
 
         if (!store)
                 return -EINVAL;
+        /* Compaction holds packs/ exclusively while it moves chunks and
+         * deletes packs; holding it shared keeps our catalog snapshot and
+         * the pack files in agreement for the whole run. */
+        packs_fd = openat(store->dir_fd, CS_PACK_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (packs_fd >= 0 && flock(packs_fd, LOCK_SH) < 0)
+                packs_fd = safe_close(packs_fd);
         r = cs_index_reader_acquire(store->index, &v.db);
         if (r < 0)
                 return r;
-        /* One snapshot for the whole run: a concurrent commit or compaction
-         * cannot make rows and packs disagree under us. */
+        /* One snapshot for the whole run: a concurrent commit cannot make
+         * rows and packs disagree under us. */
         r = cs_index_exec(v.db, "BEGIN");
         if (r >= 0)
                 r = check_catalog(&v);

@@ -11,9 +11,13 @@
  * its files are done (post-order), which is what a Merkle tree needs.
  *
  * Everything is addressed by (directory fd, name): paths of any length and
- * names of any bytes work.  A file is checked after reading (fstat against
- * the stat taken before): if it changed it is read again, at most
- * MAX_REREADS times, then reported.
+ * names of any bytes work.  A file is checked after reading (size, mtime
+ * and ctime against the stat taken before): if it changed it is read
+ * again, at most MAX_REREADS times, then reported.
+ *
+ * "Racily clean" files: a file whose ctime is not older than the previous
+ * point's start may have changed after that point read it within one
+ * timestamp tick, so matching metadata proves nothing; it is read again.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -46,7 +50,8 @@ typedef struct file_task {
         cs_chunk_id *blocks;
         int jobs_left;     /* under the pool lock */
         bool complete;     /* under the pool lock */
-        int error;         /* first failure, a negative errno */
+        int error;         /* first failure reading the file, a negative errno */
+        int store_error;   /* first failure storing it: fatal for the snapshot */
         bool changed;      /* the file changed while being read */
 } file_task;
 
@@ -96,7 +101,7 @@ static int read_fully(int fd, void *buf, size_t size, off_t offset, size_t *ret_
         return 0;
 }
 
-static int run_job(pool *p, const job *j, uint8_t *buf)
+static int run_job(pool *p, const job *j, uint8_t *buf, bool *ret_store_failed)
 {
         file_task *f = j->f;
 
@@ -115,8 +120,10 @@ static int run_job(pool *p, const job *j, uint8_t *buf)
                 if (got < want)
                         return -ESTALE; /* it shrank under us */
                 r = cs_store_put(p->store, CS_KIND_DATA, buf, want, &f->blocks[k]);
-                if (r < 0)
+                if (r < 0) {
+                        *ret_store_failed = true;
                         return r;
+                }
         }
         return 0;
 }
@@ -128,7 +135,8 @@ static void finish_file(file_task *f)
 
         if (f->error == 0 && fstat(f->fd, &after) == 0 &&
             (after.st_size != f->before.st_size || after.st_mtim.tv_sec != f->before.st_mtim.tv_sec ||
-             after.st_mtim.tv_nsec != f->before.st_mtim.tv_nsec))
+             after.st_mtim.tv_nsec != f->before.st_mtim.tv_nsec || after.st_ctim.tv_sec != f->before.st_ctim.tv_sec ||
+             after.st_ctim.tv_nsec != f->before.st_ctim.tv_nsec))
                 f->changed = true;
         if (f->error == -ESTALE) {
                 f->error = 0;
@@ -159,10 +167,13 @@ static void *worker_main(void *userdata)
                 pthread_cond_signal(&p->not_full);
                 pthread_mutex_unlock(&p->lock);
 
-                r = buf ? run_job(p, &j, buf) : -ENOMEM;
+                bool store_failed = !buf;
+                r = buf ? run_job(p, &j, buf, &store_failed) : -ENOMEM;
 
                 pthread_mutex_lock(&p->lock);
-                if (r < 0 && j.f->error == 0)
+                if (r < 0 && store_failed && j.f->store_error == 0)
+                        j.f->store_error = r;
+                else if (r < 0 && j.f->error == 0)
                         j.f->error = r;
                 bool last = --j.f->jobs_left == 0;
                 pthread_mutex_unlock(&p->lock);
@@ -220,6 +231,7 @@ static void pool_submit_file(pool *p, file_task *f)
         f->jobs_left = (int) n_jobs;
         f->complete = false;
         f->error = 0;
+        f->store_error = 0;
         f->changed = false;
         for (uint64_t i = 0; i < n_jobs; i++) {
                 while (p->count == QUEUE_JOBS)
@@ -404,9 +416,10 @@ static void entry_from_stat(cs_entry *e, const struct stat *st)
         e->rdev = S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) ? st->st_rdev : 0;
 }
 
-static bool unchanged(const cs_entry *prev, const cs_entry *now)
+static bool unchanged(const cs_entry *prev, const cs_entry *now, int64_t prev_created)
 {
-        return prev && S_ISREG(prev->mode) && S_ISREG(now->mode) && prev->size == now->size &&
+        return prev && S_ISREG(prev->mode) && S_ISREG(now->mode) && now->ctime_sec < prev_created &&
+               prev->size == now->size &&
                prev->mtime_sec == now->mtime_sec && prev->mtime_nsec == now->mtime_nsec &&
                prev->ctime_sec == now->ctime_sec && prev->ctime_nsec == now->ctime_nsec &&
                prev->source_ino == now->source_ino && prev->source_dev == now->source_dev;
@@ -589,7 +602,7 @@ static int prepare_node(walker *w, int dir_fd, const cs_dir *prev, node *n)
                 if (node_link(w, n)->known)
                         return 0; /* its content is known from an earlier link */
         }
-        if (!w->o->full && unchanged(before, &n->e)) {
+        if (!w->o->full && unchanged(before, &n->e, w->o->prev_created)) {
                 n->e.content = before->content;
                 w->result->files_reused++;
                 return 0;
@@ -642,11 +655,11 @@ static int complete_file(walker *w, int dir_fd, node *n)
 
         for (int attempt = 0;; attempt++) {
                 pool_wait_file(&w->pool, f);
+                if (f->store_error < 0)
+                        return f->store_error; /* the store's trouble, not the file's */
                 if (f->error == -ECANCELED)
                         return -ECANCELED;
                 if (f->error < 0) {
-                        if (f->error == -ENOMEM || f->error == -ENOSPC)
-                                return f->error; /* the store's trouble, not the file's */
                         n->omit = true;
                         return add_error(w, n->name, f->error, "cannot read");
                 }

@@ -24,6 +24,9 @@ typedef struct ingest_options {
         const volatile sig_atomic_t *cancel;
         /* Bytes the source is expected to hold, for the ETA (0: unknown). */
         uint64_t expected_bytes;
+        /* When the previous point started (seconds): files changed since
+         * then are read again even if their metadata matches. */
+        int64_t prev_created;
 } ingest_options;
 
 typedef struct ingest_result {

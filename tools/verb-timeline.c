@@ -146,8 +146,9 @@ int verb_snapshot(int argc, char **argv)
                                        timeline);
         if (!arg_from)
                 return log_error_errno(-EINVAL, "snapshot needs --from DIR");
-        if (arg_label && (!cs_name_is_valid(arg_label) || strcmp(arg_label, "latest") == 0))
-                return log_error_errno(-EINVAL, "invalid label '%s': use 1-128 of A-Z a-z 0-9 . _ - (not 'latest')",
+        if (arg_label && !cs_label_is_valid(arg_label))
+                return log_error_errno(-EINVAL, "invalid label '%s': use 1-128 of A-Z a-z 0-9 . _ -, "
+                                                "not 'latest' and not shaped like a point name",
                                        arg_label);
         if (access(arg_from, R_OK | X_OK) < 0)
                 return log_error_errno(negative_errno(), "cannot read source directory %s: %m", arg_from);
@@ -188,6 +189,7 @@ int verb_snapshot(int argc, char **argv)
                 .progress = isatty(STDERR_FILENO) && !arg_json,
                 .cancel = &interrupted,
                 .expected_bytes = have_prev ? prev.logical_bytes : 0,
+                .prev_created = have_prev ? prev.created : 0,
         };
         r = ingest_directory(store, arg_from, have_prev && !arg_full ? &prev.root : NULL, &o, &res);
         sigaction(SIGINT, &old_int, NULL);
