@@ -121,3 +121,104 @@ with open(path, "r+b") as f:
     f.write(bytes([b[0] ^ 0xff]))
 PY
 }
+
+# make_awkward_tree DIR: every node type, permission bit, owner, time,
+# xattr, ACL, hardlink group and hole, and names and paths as awkward as
+# Linux allows.  Needs root, setfattr and setfacl.
+make_awkward_tree() {
+        mkdir -p "$1"
+        (
+        set -e
+        cd "$1"
+        src=$1
+
+        # Regular files: empty, small, block-aligned, odd-sized, random.
+        : >empty
+        echo hello >small
+        head -c 16384 /dev/urandom >aligned
+        head -c 1000003 /dev/urandom >odd
+        # Sparse: holes at the start, the middle and the end.
+        truncate -s 64M sparse
+        printf 'middle' | dd of=sparse bs=1 seek=$((20 << 20)) conv=notrunc status=none
+        printf 'tail' | dd of=sparse bs=1 seek=$((40 << 20)) conv=notrunc status=none
+        # Directories, an empty one, permission bits of every kind.
+        mkdir -p dirs/empty dirs/sticky dirs/setgid
+        chmod 1777 dirs/sticky
+        chmod 2755 dirs/setgid
+        cp small suid && chmod 4755 suid
+        cp small sgid && chmod 2711 sgid
+        cp small nobody-may && chmod 000 nobody-may
+        # Numeric owners that exist nowhere.
+        cp small owned && chown 1234:5678 owned
+        cp small private && chmod 600 private && chown 1234:5678 private
+        ln -s small owned-link && chown -h 4321:8765 owned-link
+        # Symlinks: plain, dangling, to a directory, a long target.
+        ln -s small link
+        ln -s does/not/exist dangling
+        ln -s dirs dirlink
+        ln -s "$(printf 'x%.0s' $(seq 1 1000))" longlink
+        # Hardlinks: a group of three across directories, and a pair.
+        echo linked >hl1
+        ln hl1 dirs/hl2
+        ln hl1 dirs/empty/../hl3
+        echo pair >pair1 && ln pair1 pair2
+        # Special files.
+        mkfifo fifo
+        python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$src/socket"
+        mknod chardev c 1 3
+        mknod blockdev b 7 200
+        # Extended attributes: user, trusted, security, and ACLs.
+        setfattr -n user.note -v "a note" small
+        setfattr -n user.binary -v 0x00ff10 small
+        setfattr -n trusted.secret -v hidden aligned
+        setfattr -n security.label -v labelled odd 2>/dev/null || setfattr -n security.test -v x odd 2>/dev/null || true
+        setfacl -m u:1000:rw,g:2000:r small
+        setfacl -d -m u:1000:rwx dirs
+        setfattr -n user.on-dir -v yes dirs
+        # Names: newline, invalid UTF-8, 255 bytes, dashes and spaces.
+        printf 'x' >"$(printf 'new\nline')"
+        printf 'x' >"$(printf 'bad\xff\xfeutf8')"
+        printf 'x' >"$(printf 'n%.0s' $(seq 1 255))"
+        printf 'x' >" -leading dash and spaces "
+        # A path of about 4 KiB: 20 directories of 199 bytes.
+        deep=.
+        for i in $(seq 1 20); do
+                d=$(printf "%02d%0197d" "$i" 0)
+                mkdir "$deep/$d"
+                deep="$deep/$d"
+        done
+        echo deep >"$deep/file-at-the-bottom-of-a-4KiB-path"
+        # Nanosecond times, and times before 1970 and after 2038.
+        touch -h -d '2001-02-03 04:05:06.123456789' link
+        touch -d '1965-01-01 00:00:00.5' small
+        touch -d '2100-01-01 12:00:00.000000001' aligned
+        touch -d '2011-11-11 11:11:11.111111111' dirs/empty dirs
+        )
+}
+
+# mount_clonefs STORE MNT [ARGS...]: runs clonefs in the foreground in the
+# background, waits for the mount, and unmounts and stops it at exit.
+# Sets CLONEFS_PID.  Its stderr goes to $workdir/clonefs.log.
+mount_clonefs() {
+        local store=$1 mnt=$2 pid
+        shift 2
+        mkdir -p "$mnt"
+        "$CLONEFS" "$store" "$mnt" -f "$@" 2>>"$workdir/clonefs.log" &
+        pid=$!
+        on_exit "fusermount3 -u -z '$mnt'; kill $pid"
+        for _ in $(seq 1 200); do
+                if mountpoint -q "$mnt"; then
+                        CLONEFS_PID=$pid
+                        return 0
+                fi
+                kill -0 "$pid" 2>/dev/null || { cat "$workdir/clonefs.log" >&2; fail "clonefs exited before mounting"; }
+                sleep 0.05
+        done
+        fail "clonefs did not mount $mnt within 10 s"
+}
+
+# unmount_clonefs MNT: unmounts and waits for the daemon to exit.
+unmount_clonefs() {
+        fusermount3 -u "$1" || fail "cannot unmount $1"
+        wait "$CLONEFS_PID" 2>/dev/null || true
+}

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * clonefs, the FUSE daemon: the daemon's context and the interfaces
+ * between its modules.
+ *
+ *   main.c   options, store, session, daemonizing
+ *   ops.c    the fuse_lowlevel_ops table: translation only
+ *   inode.c  nodes: what every inode number stands for, lookups, refcounts
+ *   cache.c  decompressed blocks shared by all readers, and prefetch
+ *
+ * The daemon never touches SQLite or LZ4: everything goes through
+ * chunkstore.h.
+ */
+#ifndef CLONEFS_H
+#define CLONEFS_H
+
+#define FUSE_USE_VERSION 312
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "chunkstore.h"
+
+/* --- cache.c ----------------------------------------------------------- */
+
+typedef struct cfs_cache cfs_cache;
+
+/* A decompressed block, shared and reference-counted. */
+typedef struct cfs_block {
+        const uint8_t *data;
+        size_t size;
+} cfs_block;
+
+int cfs_cache_new(cs_store *store, size_t capacity, int prefetch_threads, cfs_cache **ret);
+cfs_cache *cfs_cache_free(cfs_cache *c);
+/* Returns the block with chunk id *id, reading it if needed; one reader
+ * per block however many threads ask.  Release it when done. */
+int cfs_cache_acquire(cfs_cache *c, const cs_chunk_id *id, const cfs_block **ret);
+void cfs_cache_release(cfs_cache *c, const cfs_block *b);
+/* Asks the prefetch threads to load these blocks; never blocks (a full
+ * queue drops the request). */
+void cfs_cache_prefetch(cfs_cache *c, const cs_chunk_id *ids, size_t n);
+
+/* --- inode.c ----------------------------------------------------------- */
+
+typedef enum cfs_node_kind {
+        CFS_NODE_ROOT,      /* the mount's root: "timelines" */
+        CFS_NODE_TIMELINES, /* timelines/: one directory per timeline */
+        CFS_NODE_TIMELINE,  /* timelines/T/: points, "latest" and labels */
+        CFS_NODE_LINK,      /* timelines/T/latest and label symlinks */
+        CFS_NODE_POINT,     /* timelines/T/P/: a point's root directory */
+        CFS_NODE_ENTRY,     /* anything inside a point */
+} cfs_node_kind;
+
+/* A point in use by the mount: pinned in the store while any node of it lives. */
+typedef struct cfs_point {
+        int refs; /* under the context's table lock */
+        uint64_t key;
+        cs_chunk_id root;
+        char timeline[CS_TIMELINE_NAME_MAX + 1];
+        char name[CS_POINT_NAME_MAX];
+        cs_entry root_entry;
+        cs_dir *keep; /* owns root_entry's storage */
+        uint64_t pin;
+} cfs_point;
+
+typedef struct cfs_node cfs_node;
+struct cfs_node {
+        cfs_node_kind kind;
+        uint64_t key;     /* hash of the node's path: the table key */
+        uint64_t ino;     /* st_ino: stable across mounts; hardlinks share it */
+        uint64_t nlookup; /* the kernel's lookup count */
+        uint64_t refs;    /* children and open handles */
+        cfs_node *parent;
+        char *name;
+        cfs_point *point; /* POINT and ENTRY */
+        cs_entry entry;   /* POINT (the root) and ENTRY: a deep copy */
+        void *entry_storage;
+        char *target;     /* LINK */
+
+        pthread_mutex_t dir_lock;
+        cs_dir *dir;      /* directories in points, loaded on first use */
+
+        cfs_node *hash_next;
+};
+
+typedef struct cfs_options {
+        char *point;     /* -o point=TIMELINE@POINT */
+        char *cache_size;
+        int debug;
+        int prefetch_kib;
+} cfs_options;
+
+typedef struct cfs_context {
+        cs_store *store;
+        const char *store_path;
+        uint32_t block_size;
+        cfs_options opts;
+        bool debug;
+        cfs_cache *cache;
+        size_t prefetch_blocks;
+        const uint8_t *zeros; /* one block of zeros, for holes */
+
+        pthread_mutex_t table_lock;
+        cfs_node **table;
+        size_t table_size, n_nodes;
+        cfs_node root;
+} cfs_context;
+
+static inline cfs_context *cfs_ctx(fuse_req_t req)
+{
+        return fuse_req_userdata(req);
+}
+
+/* Sets up the node table; with point, that point is the mount's root
+ * (-o point=T@P). */
+int cfs_nodes_init(cfs_context *ctx, const cs_point_info *point);
+void cfs_nodes_done(cfs_context *ctx);
+/* The node of a FUSE inode number (borrowed: valid while the kernel holds it). */
+cfs_node *cfs_node_get(cfs_context *ctx, fuse_ino_t ino);
+fuse_ino_t cfs_node_ino(cfs_context *ctx, const cfs_node *n);
+/* Finds or makes the child `name` of parent, counting one kernel lookup. */
+int cfs_node_lookup(cfs_context *ctx, cfs_node *parent, const char *name, cfs_node **ret);
+void cfs_node_forget(cfs_context *ctx, cfs_node *n, uint64_t nlookup);
+void cfs_node_ref(cfs_context *ctx, cfs_node *n);
+void cfs_node_unref(cfs_context *ctx, cfs_node *n);
+/* Fills st for n. */
+void cfs_node_stat(cfs_context *ctx, const cfs_node *n, struct stat *st);
+/* True for nodes inside points: immutable, cached by the kernel for long. */
+bool cfs_node_immutable(const cfs_node *n);
+/* The loaded directory of a directory node inside a point. */
+int cfs_node_dir(cfs_context *ctx, cfs_node *n, const cs_dir **ret);
+/* "timelines/T/P/path" of n into buf, escaped for a log line. */
+const char *cfs_node_path(const cfs_node *n, char *buf, size_t size);
+
+/* A directory listing of any node: calls add for each entry from index
+ * first on; add returns false when the reply buffer is full. */
+typedef bool (*cfs_dirent_fn)(void *userdata, const char *name, size_t name_len, uint64_t ino,
+                              uint32_t mode, off_t next);
+int cfs_node_list(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add, void *userdata);
+
+/* --- ops.c --------------------------------------------------------------- */
+
+extern const struct fuse_lowlevel_ops cfs_ops;
+
+#endif

@@ -1,0 +1,648 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Nodes: what each FUSE inode stands for.
+ *
+ * Design notes
+ *
+ *  1. The FUSE inode number of a node is its address (the root's is 1); the
+ *     st_ino userspace sees is a 64-bit hash of the node's path (for a
+ *     point: of its timeline, name and root chunk), so it is the same on
+ *     every mount and never shared by two paths.  Hardlinked files of one
+ *     point share st_ino: it hashes the point and the link group.
+ *  2. A node lives while the kernel holds lookups on it (nlookup) or while
+ *     something of ours holds it (refs: each child holds its parent, each
+ *     open handle its node).  Both counts are under table_lock; a node is
+ *     freed when both reach zero, then its parent is released.
+ *  3. The virtual levels (timelines/, timelines/T/) are read from the
+ *     catalog on every lookup and listing and given one-second timeouts,
+ *     so points added or forgotten show within a second without remount.
+ *     Everything inside a point is immutable and cached for a day.
+ *  4. A point node pins its tree in the store (cs_store_pin), so gc keeps
+ *     its chunks even if the point is forgotten while files are open.
+ *     The pin is set before the point is checked to still exist.
+ *  5. Work that can block (catalog queries, loading a directory) happens
+ *     outside table_lock; a node made twice concurrently loses the race
+ *     and is freed.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clonefs.h"
+#include "util/macro.h"
+
+#define TIMELINES_NAME "timelines"
+#define KEY_TIMELINES 2
+
+/* --- Keys ------------------------------------------------------------- */
+
+static uint64_t finalize(uint64_t x)
+{
+        x ^= x >> 30;
+        x *= 0xbf58476d1ce4e5b9ull;
+        x ^= x >> 27;
+        x *= 0x94d049bb133111ebull;
+        x ^= x >> 31;
+        return x;
+}
+
+static uint64_t mix(uint64_t seed, const void *data, size_t n)
+{
+        const uint8_t *p = data;
+        uint64_t h = seed ^ 0xcbf29ce484222325ull;
+
+        for (size_t i = 0; i < n; i++) {
+                h ^= p[i];
+                h *= 0x100000001b3ull;
+        }
+        return finalize(h ^ n);
+}
+
+/* Inode numbers 0 and 1 mean "none" and the root. */
+static uint64_t as_ino(uint64_t key)
+{
+        return key < 2 ? key + 2 : key;
+}
+
+static uint64_t child_key(uint64_t parent, const char *name, size_t len)
+{
+        return mix(parent, name, len);
+}
+
+static uint64_t entry_ino(const cfs_node *parent, const cs_entry *e)
+{
+        uint64_t point_key = parent->point ? parent->point->key : parent->key;
+
+        if (S_ISREG(e->mode) && e->link_group) {
+                uint64_t g[2] = { 0x6c696e6b, e->link_group };
+                return as_ino(mix(point_key, g, sizeof(g)));
+        }
+        return as_ino(child_key(parent->key, e->name, e->name_len));
+}
+
+/* --- The table -------------------------------------------------------- */
+
+static int make_point(cfs_context *ctx, cfs_node *parent, const cs_point_info *info, cfs_node **ret);
+static void node_free(cfs_context *ctx, cfs_node *n);
+
+int cfs_nodes_init(cfs_context *ctx, const cs_point_info *point)
+{
+        pthread_mutex_init(&ctx->table_lock, NULL);
+        ctx->table_size = 4096;
+        ctx->table = calloc(ctx->table_size, sizeof(*ctx->table));
+        if (!ctx->table)
+                return -ENOMEM;
+        ctx->root = (cfs_node) { .kind = CFS_NODE_ROOT, .key = 1, .ino = 1, .nlookup = 1 };
+        pthread_mutex_init(&ctx->root.dir_lock, NULL);
+        if (point) {
+                /* The point becomes the root: its node's contents move in. */
+                cfs_node *n;
+                int r = make_point(ctx, &ctx->root, point, &n);
+                if (r < 0)
+                        return r;
+                ctx->root.kind = CFS_NODE_POINT;
+                ctx->root.point = n->point;
+                ctx->root.key = n->key;
+                ctx->root.entry = n->entry;
+                ctx->root.name = TAKE_PTR(n->name);
+                n->point = NULL;
+                n->kind = CFS_NODE_ENTRY; /* so node_free leaves the point alone */
+                node_free(ctx, n);
+        }
+        return 0;
+}
+
+static cfs_node *table_find(cfs_context *ctx, uint64_t key)
+{
+        for (cfs_node *n = ctx->table[key & (ctx->table_size - 1)]; n; n = n->hash_next)
+                if (n->key == key)
+                        return n;
+        return NULL;
+}
+
+static void table_grow(cfs_context *ctx)
+{
+        size_t size = ctx->table_size * 2;
+        cfs_node **t = calloc(size, sizeof(*t));
+
+        if (!t)
+                return; /* longer chains, still correct */
+        for (size_t i = 0; i < ctx->table_size; i++)
+                for (cfs_node *n = ctx->table[i], *next; n; n = next) {
+                        next = n->hash_next;
+                        n->hash_next = t[n->key & (size - 1)];
+                        t[n->key & (size - 1)] = n;
+                }
+        free(ctx->table);
+        ctx->table = t;
+        ctx->table_size = size;
+}
+
+static void table_insert(cfs_context *ctx, cfs_node *n)
+{
+        if (ctx->n_nodes + 1 > ctx->table_size)
+                table_grow(ctx);
+        cfs_node **head = &ctx->table[n->key & (ctx->table_size - 1)];
+        n->hash_next = *head;
+        *head = n;
+        ctx->n_nodes++;
+}
+
+static void table_remove(cfs_context *ctx, cfs_node *n)
+{
+        for (cfs_node **p = &ctx->table[n->key & (ctx->table_size - 1)]; *p; p = &(*p)->hash_next)
+                if (*p == n) {
+                        *p = n->hash_next;
+                        ctx->n_nodes--;
+                        return;
+                }
+}
+
+static void point_free(cfs_context *ctx, cfs_point *p)
+{
+        if (!p)
+                return;
+        if (p->pin)
+                (void) cs_store_unpin(ctx->store, p->pin);
+        cs_dir_free(p->keep);
+        free(p);
+}
+
+static void node_free(cfs_context *ctx, cfs_node *n)
+{
+        if (n->kind == CFS_NODE_POINT)
+                point_free(ctx, n->point);
+        cs_dir_free(n->dir);
+        pthread_mutex_destroy(&n->dir_lock);
+        free(n->entry_storage);
+        free(n->target);
+        free(n->name);
+        free(n);
+}
+
+/* Drops nodes nobody holds, walking up through parents (table_lock held). */
+static void release_locked(cfs_context *ctx, cfs_node *n)
+{
+        while (n && n != &ctx->root && n->nlookup == 0 && n->refs == 0) {
+                cfs_node *parent = n->parent;
+                table_remove(ctx, n);
+                node_free(ctx, n);
+                n = parent;
+                if (n && n != &ctx->root)
+                        n->refs--;
+        }
+}
+
+void cfs_nodes_done(cfs_context *ctx)
+{
+        for (size_t i = 0; i < ctx->table_size; i++)
+                for (cfs_node *n = ctx->table[i], *next; n; n = next) {
+                        next = n->hash_next;
+                        node_free(ctx, n);
+                }
+        free(ctx->table);
+        if (ctx->root.kind == CFS_NODE_POINT)
+                point_free(ctx, ctx->root.point);
+        free(ctx->root.name);
+        cs_dir_free(ctx->root.dir);
+        pthread_mutex_destroy(&ctx->root.dir_lock);
+        pthread_mutex_destroy(&ctx->table_lock);
+}
+
+cfs_node *cfs_node_get(cfs_context *ctx, fuse_ino_t ino)
+{
+        return ino == FUSE_ROOT_ID ? &ctx->root : (cfs_node *) (uintptr_t) ino;
+}
+
+fuse_ino_t cfs_node_ino(cfs_context *ctx, const cfs_node *n)
+{
+        return n == &ctx->root ? FUSE_ROOT_ID : (fuse_ino_t) (uintptr_t) n;
+}
+
+void cfs_node_ref(cfs_context *ctx, cfs_node *n)
+{
+        pthread_mutex_lock(&ctx->table_lock);
+        n->refs++;
+        pthread_mutex_unlock(&ctx->table_lock);
+}
+
+void cfs_node_unref(cfs_context *ctx, cfs_node *n)
+{
+        pthread_mutex_lock(&ctx->table_lock);
+        n->refs--;
+        release_locked(ctx, n);
+        pthread_mutex_unlock(&ctx->table_lock);
+}
+
+void cfs_node_forget(cfs_context *ctx, cfs_node *n, uint64_t nlookup)
+{
+        if (n == &ctx->root)
+                return;
+        pthread_mutex_lock(&ctx->table_lock);
+        n->nlookup = n->nlookup > nlookup ? n->nlookup - nlookup : 0;
+        release_locked(ctx, n);
+        pthread_mutex_unlock(&ctx->table_lock);
+}
+
+bool cfs_node_immutable(const cfs_node *n)
+{
+        return n->kind == CFS_NODE_POINT || n->kind == CFS_NODE_ENTRY;
+}
+
+/* --- Making nodes ------------------------------------------------------ */
+
+static cfs_node *node_new(cfs_node_kind kind, uint64_t key, const char *name, size_t name_len)
+{
+        cfs_node *n = calloc(1, sizeof(*n));
+
+        if (!n)
+                return NULL;
+        n->name = strndup(name, name_len);
+        if (!n->name) {
+                free(n);
+                return NULL;
+        }
+        n->kind = kind;
+        n->key = key;
+        n->ino = as_ino(key);
+        pthread_mutex_init(&n->dir_lock, NULL);
+        return n;
+}
+
+/* A deep copy of e into one allocation owned by the node. */
+static int copy_entry(cfs_node *n, const cs_entry *e)
+{
+        size_t size = e->name_len + 1 + (S_ISLNK(e->mode) ? e->size + 1 : 0) + e->n_xattrs * sizeof(cs_xattr) +
+                      (S_ISREG(e->mode) ? e->content.n * sizeof(cs_chunk_id) : 0);
+        uint8_t *p;
+
+        for (size_t i = 0; i < e->n_xattrs; i++)
+                size += strlen(e->xattrs[i].name) + 1 + e->xattrs[i].size;
+        n->entry_storage = p = malloc(size + 16);
+        if (!p)
+                return -ENOMEM;
+        n->entry = *e;
+        if (e->n_xattrs) {
+                /* cs_xattr holds pointers: keep it aligned at the start. */
+                cs_xattr *x = (cs_xattr *) p;
+                p += e->n_xattrs * sizeof(cs_xattr);
+                for (size_t i = 0; i < e->n_xattrs; i++) {
+                        size_t len = strlen(e->xattrs[i].name) + 1;
+                        x[i] = e->xattrs[i];
+                        x[i].name = memcpy(p, e->xattrs[i].name, len);
+                        p += len;
+                        x[i].value = memcpy(p, e->xattrs[i].value, e->xattrs[i].size);
+                        p += e->xattrs[i].size;
+                }
+                n->entry.xattrs = x;
+        }
+        n->entry.name = memcpy(p, e->name, e->name_len);
+        p += e->name_len;
+        *p++ = 0;
+        if (S_ISLNK(e->mode)) {
+                n->entry.target = memcpy(p, e->target, e->size);
+                p += e->size;
+                *p++ = 0;
+        }
+        if (S_ISREG(e->mode) && e->content.n) {
+                n->entry.content.ids = memcpy(p, e->content.ids, e->content.n * sizeof(cs_chunk_id));
+                p += e->content.n * sizeof(cs_chunk_id);
+        }
+        return 0;
+}
+
+static int make_point(cfs_context *ctx, cfs_node *parent, const cs_point_info *info, cfs_node **ret)
+{
+        cfs_point *p = calloc(1, sizeof(*p));
+        cs_point_info again;
+        cfs_node *n;
+        int r;
+
+        if (!p)
+                return -ENOMEM;
+        p->root = info->root;
+        snprintf(p->timeline, sizeof(p->timeline), "%s", info->timeline);
+        snprintf(p->name, sizeof(p->name), "%s", info->name);
+        p->key = mix(child_key(parent->key, info->name, strlen(info->name)), info->root.bytes, CS_CHUNK_ID_SIZE);
+
+        /* Pin, then check the point still exists (design note 4). */
+        r = cs_store_pin(ctx->store, &p->root, &p->pin);
+        if (r < 0) {
+                free(p);
+                return r;
+        }
+        r = cs_point_find(ctx->store, info->timeline, info->name, &again);
+        if (r >= 0 && !cs_chunk_id_equal(&again.root, &info->root))
+                r = -ENOENT;
+        if (r >= 0)
+                r = cs_point_load(ctx->store, &p->root, &p->root_entry, &p->keep);
+        n = r >= 0 ? node_new(CFS_NODE_POINT, p->key, info->name, strlen(info->name)) : NULL;
+        if (!n) {
+                point_free(ctx, p);
+                return r < 0 ? r : -ENOMEM;
+        }
+        n->point = p;
+        n->entry = p->root_entry;
+        n->entry.name = n->name;
+        n->entry.name_len = strlen(n->name);
+        *ret = n;
+        return 0;
+}
+
+/* Builds the child `name` of parent, without the table lock. */
+static int make_child(cfs_context *ctx, cfs_node *parent, const char *name, cfs_node **ret)
+{
+        size_t len = strlen(name);
+        cs_point_info info;
+        cfs_node *n = NULL;
+        int r;
+
+        switch (parent->kind) {
+        case CFS_NODE_ROOT:
+                if (strcmp(name, TIMELINES_NAME) != 0)
+                        return -ENOENT;
+                n = node_new(CFS_NODE_TIMELINES, KEY_TIMELINES, name, len);
+                break;
+        case CFS_NODE_TIMELINES:
+                if (!cs_name_is_valid(name))
+                        return -ENOENT;
+                r = cs_point_find(ctx->store, name, "latest", &info);
+                if (r < 0)
+                        return r;
+                n = node_new(CFS_NODE_TIMELINE, child_key(parent->key, name, len), name, len);
+                break;
+        case CFS_NODE_TIMELINE:
+                r = cs_point_find(ctx->store, parent->name, name, &info);
+                if (r < 0)
+                        return r;
+                if (strcmp(info.name, name) == 0)
+                        return make_point(ctx, parent, &info, ret);
+                /* "latest" or a label: a symlink to the point's name.  The
+                 * target is part of the key: when "latest" moves, the kernel
+                 * meets a new inode instead of a cached old target. */
+                n = node_new(CFS_NODE_LINK, mix(child_key(parent->key, name, len), info.name, strlen(info.name)),
+                             name, len);
+                if (n) {
+                        n->target = strdup(info.name);
+                        if (!n->target) {
+                                node_free(ctx, n);
+                                return -ENOMEM;
+                        }
+                }
+                break;
+        case CFS_NODE_POINT:
+        case CFS_NODE_ENTRY: {
+                const cs_dir *d;
+                const cs_entry *e;
+                if (!S_ISDIR(parent->entry.mode))
+                        return -ENOTDIR;
+                r = cfs_node_dir(ctx, parent, &d);
+                if (r < 0)
+                        return r;
+                e = cs_dir_find(d, name, len);
+                if (!e)
+                        return -ENOENT;
+                n = node_new(CFS_NODE_ENTRY, child_key(parent->key, name, len), name, len);
+                if (n && copy_entry(n, e) < 0) {
+                        node_free(ctx, n);
+                        return -ENOMEM;
+                }
+                if (n) {
+                        n->point = parent->point;
+                        n->ino = entry_ino(parent, e);
+                }
+                break;
+        }
+        case CFS_NODE_LINK:
+                return -ENOTDIR;
+        }
+        if (!n)
+                return -ENOMEM;
+        *ret = n;
+        return 0;
+}
+
+int cfs_node_lookup(cfs_context *ctx, cfs_node *parent, const char *name, cfs_node **ret)
+{
+        cfs_node *made = NULL, *n;
+        bool virtual_level = parent->kind == CFS_NODE_TIMELINES || parent->kind == CFS_NODE_TIMELINE;
+        int r;
+
+        /* Inside a point nothing changes: a node we have is the answer.  The
+         * virtual levels always ask the catalog (design note 3). */
+        if (!virtual_level || parent->kind == CFS_NODE_ROOT) {
+                uint64_t key = child_key(parent->key, name, strlen(name));
+                if (parent->kind == CFS_NODE_ROOT)
+                        key = strcmp(name, TIMELINES_NAME) == 0 ? KEY_TIMELINES : 0;
+                pthread_mutex_lock(&ctx->table_lock);
+                n = key ? table_find(ctx, key) : NULL;
+                if (n && n->parent == parent) {
+                        n->nlookup++;
+                        pthread_mutex_unlock(&ctx->table_lock);
+                        *ret = n;
+                        return 0;
+                }
+                pthread_mutex_unlock(&ctx->table_lock);
+        }
+
+        r = make_child(ctx, parent, name, &made);
+        if (r < 0)
+                return r;
+
+        pthread_mutex_lock(&ctx->table_lock);
+        n = table_find(ctx, made->key);
+        if (n) {
+                n->nlookup++;
+                pthread_mutex_unlock(&ctx->table_lock);
+                node_free(ctx, made);
+                *ret = n;
+                return 0;
+        }
+        made->parent = parent;
+        if (parent != &ctx->root)
+                parent->refs++;
+        made->nlookup = 1;
+        table_insert(ctx, made);
+        pthread_mutex_unlock(&ctx->table_lock);
+        *ret = made;
+        return 0;
+}
+
+int cfs_node_dir(cfs_context *ctx, cfs_node *n, const cs_dir **ret)
+{
+        int r = 0;
+
+        pthread_mutex_lock(&n->dir_lock);
+        if (!n->dir)
+                r = cs_dir_load(ctx->store, &n->entry.subdir, &n->dir);
+        pthread_mutex_unlock(&n->dir_lock);
+        if (r < 0)
+                return r;
+        *ret = n->dir;
+        return 0;
+}
+
+/* --- Attributes -------------------------------------------------------- */
+
+static uint64_t allocated_blocks(cfs_context *ctx, const cs_entry *e)
+{
+        uint64_t data = 0;
+
+        if (!S_ISREG(e->mode))
+                return DIV_ROUND_UP(e->size, 512);
+        if (e->content.segmented)
+                return DIV_ROUND_UP(e->size, 512);
+        for (size_t i = 0; i < e->content.n; i++)
+                if (!cs_chunk_id_is_zero(&e->content.ids[i]))
+                        data += ctx->block_size;
+        return DIV_ROUND_UP(MIN(data, e->size), 512);
+}
+
+void cfs_node_stat(cfs_context *ctx, const cfs_node *n, struct stat *st)
+{
+        memset(st, 0, sizeof(*st));
+        st->st_ino = n->ino;
+        st->st_blksize = ctx->block_size;
+        if (cfs_node_immutable(n)) {
+                const cs_entry *e = &n->entry;
+                st->st_mode = e->mode;
+                st->st_uid = e->uid;
+                st->st_gid = e->gid;
+                st->st_nlink = e->nlink ? e->nlink : 1;
+                st->st_size = (off_t) e->size;
+                st->st_rdev = (dev_t) e->rdev;
+                st->st_mtim.tv_sec = e->mtime_sec;
+                st->st_mtim.tv_nsec = e->mtime_nsec;
+                st->st_atim = st->st_mtim;
+                st->st_ctim.tv_sec = e->ctime_sec;
+                st->st_ctim.tv_nsec = e->ctime_nsec;
+                st->st_blocks = (blkcnt_t) allocated_blocks(ctx, e);
+                return;
+        }
+        if (n->kind == CFS_NODE_LINK) {
+                st->st_mode = S_IFLNK | 0777;
+                st->st_nlink = 1;
+                st->st_size = (off_t) strlen(n->target);
+        } else {
+                st->st_mode = S_IFDIR | 0555;
+                st->st_nlink = 2;
+        }
+}
+
+/* --- Listing ------------------------------------------------------------ */
+
+static int list_timelines(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add, void *userdata)
+{
+        _cleanup_free_ cs_timeline_info *list = NULL;
+        size_t count = 0;
+        int r;
+
+        r = cs_timeline_list(ctx->store, &list, &count);
+        if (r < 0)
+                return r;
+        for (size_t i = (size_t) first; i < count; i++) {
+                const char *name = list[i].name;
+                if (!add(userdata, name, strlen(name), as_ino(child_key(n->key, name, strlen(name))),
+                         S_IFDIR, (off_t) i + 1))
+                        break;
+        }
+        return 0;
+}
+
+static int list_points(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add, void *userdata)
+{
+        _cleanup_free_ cs_point_info *list = NULL;
+        size_t count = 0, index = 0;
+        int r;
+
+        r = cs_point_list(ctx->store, n->name, &list, &count);
+        if (r == -ENOENT)
+                count = 0; /* forgotten meanwhile: an empty listing */
+        else if (r < 0)
+                return r;
+
+        /* Offsets: "latest", then every point, then every label. */
+        if (count > 0 && (size_t) first <= index) {
+                const char *newest = list[count - 1].name;
+                uint64_t key = mix(child_key(n->key, "latest", 6), newest, strlen(newest));
+                if (!add(userdata, "latest", 6, as_ino(key), S_IFLNK, (off_t) index + 1))
+                        return 0;
+        }
+        index++;
+        for (size_t i = 0; i < count; i++, index++) {
+                const char *name = list[i].name;
+                uint64_t key = mix(child_key(n->key, name, strlen(name)), list[i].root.bytes, CS_CHUNK_ID_SIZE);
+                if (index >= (size_t) first &&
+                    !add(userdata, name, strlen(name), as_ino(key), S_IFDIR, (off_t) index + 1))
+                        return 0;
+        }
+        for (size_t i = 0; i < count; i++) {
+                const char *label = list[i].label;
+                if (!label[0])
+                        continue;
+                uint64_t key = mix(child_key(n->key, label, strlen(label)), list[i].name, strlen(list[i].name));
+                if (index >= (size_t) first && !add(userdata, label, strlen(label), as_ino(key), S_IFLNK, (off_t) index + 1))
+                        return 0;
+                index++;
+        }
+        return 0;
+}
+
+int cfs_node_list(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add, void *userdata)
+{
+        const cs_dir *d;
+        int r;
+
+        switch (n->kind) {
+        case CFS_NODE_ROOT:
+                if (first == 0)
+                        add(userdata, TIMELINES_NAME, strlen(TIMELINES_NAME), as_ino(KEY_TIMELINES), S_IFDIR, 1);
+                return 0;
+        case CFS_NODE_TIMELINES:
+                return list_timelines(ctx, n, first, add, userdata);
+        case CFS_NODE_TIMELINE:
+                return list_points(ctx, n, first, add, userdata);
+        case CFS_NODE_POINT:
+        case CFS_NODE_ENTRY:
+                if (!S_ISDIR(n->entry.mode))
+                        return -ENOTDIR;
+                r = cfs_node_dir(ctx, n, &d);
+                if (r < 0)
+                        return r;
+                for (size_t i = (size_t) first; i < cs_dir_size(d); i++) {
+                        const cs_entry *e = cs_dir_entry(d, i);
+                        if (!add(userdata, e->name, e->name_len, entry_ino(n, e), e->mode, (off_t) i + 1))
+                                break;
+                }
+                return 0;
+        case CFS_NODE_LINK:
+                return -ENOTDIR;
+        }
+        return -EIO;
+}
+
+const char *cfs_node_path(const cfs_node *n, char *buf, size_t size)
+{
+        const cfs_node *chain[256];
+        size_t depth = 0, o = 0;
+
+        for (const cfs_node *p = n; p && p->kind != CFS_NODE_ROOT && depth < ELEMENTSOF(chain); p = p->parent)
+                chain[depth++] = p;
+        buf[0] = 0;
+        while (depth-- > 0 && o + 1 < size) {
+                const char *name = chain[depth]->name;
+                for (size_t i = 0; name[i] && o + 5 < size; i++) {
+                        unsigned char c = (unsigned char) name[i];
+                        if (c >= 0x20 && c < 0x7f)
+                                buf[o++] = (char) c;
+                        else
+                                o += (size_t) snprintf(buf + o, size - o, "\\x%02x", c);
+                }
+                if (depth > 0 && o + 1 < size)
+                        buf[o++] = '/';
+                buf[o] = 0;
+        }
+        return buf;
+}
