@@ -97,8 +97,8 @@ enum {
  * -EACCES.  On success *ret_store owns the handle. */
 int cs_store_open(const char *path, unsigned flags, cs_store **ret_store);
 
-/* Closes the handle.  Puts not yet committed are discarded (their bytes
- * stay in the pack as reclaimable garbage).  Accepts NULL; returns NULL. */
+/* Closes the handle.  Puts not yet committed are discarded: their bytes
+ * are cut off the pack, which is sealed.  Accepts NULL; returns NULL. */
 cs_store *cs_store_unref(cs_store *store);
 void cs_store_unrefp(cs_store **store);
 

@@ -110,8 +110,8 @@ static int parse_line(char *line, cs_config *c, unsigned *seen)
                         c->secret[i] = (uint8_t) byte;
                 }
                 *seen |= 8;
-        } else if (c->format <= CS_FORMAT_VERSION) {
-                return -EBADMSG;
+        } else {
+                return -EBADMSG; /* the format is known to be ours by now */
         }
         return 0;
 }

@@ -152,7 +152,8 @@ enum {
 typedef struct cs_pack_writer {
         uint64_t id;
         int fd;
-        uint64_t size; /* bytes written so far, header included */
+        uint64_t size;      /* bytes written so far, header included */
+        uint64_t committed; /* bytes the catalog's rows account for */
 } cs_pack_writer;
 
 /* Formats "packs/<16 hex digits>.pack" into buf. */
@@ -165,6 +166,8 @@ int cs_pack_sync(cs_pack_writer *w);
 /* Records the pack's size and marks it sealed (in the caller's transaction). */
 int cs_pack_seal(cs_pack_writer *w, sqlite3 *db);
 void cs_pack_writer_close(cs_pack_writer *w);
+/* Cuts off what was never committed and seals the pack (closing a handle). */
+int cs_pack_abandon(cs_pack_writer *w, sqlite3 *db);
 /* Finds open packs whose writer died, truncates their uncommitted tails
  * and seals them.  exclusive: the caller excludes every writer (gc), so
  * an OPEN row without a file is dead too. */

@@ -119,7 +119,12 @@ int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer)
         if (packs_fd < 0 || fsync(packs_fd) < 0)
                 return negative_errno();
 
-        *ret_writer = (cs_pack_writer) { .id = id, .fd = TAKE_FD(fd), .size = CS_PACK_HEADER_SIZE };
+        *ret_writer = (cs_pack_writer) {
+                .id = id,
+                .fd = TAKE_FD(fd),
+                .size = CS_PACK_HEADER_SIZE,
+                .committed = CS_PACK_HEADER_SIZE,
+        };
         return 0;
 fail:
         (void) unlinkat(dir_fd, tmp, 0);
@@ -170,6 +175,23 @@ static int pack_set_state(sqlite3 *db, uint64_t id, int state, uint64_t size)
 int cs_pack_seal(cs_pack_writer *w, sqlite3 *db)
 {
         return pack_set_state(db, w->id, CS_PACK_SEALED, w->size);
+}
+
+int cs_pack_abandon(cs_pack_writer *w, sqlite3 *db)
+{
+        int r;
+
+        if (ftruncate(w->fd, (off_t) w->committed) < 0 || fsync(w->fd) < 0)
+                return negative_errno();
+        r = cs_index_begin(db);
+        if (r < 0)
+                return r;
+        r = pack_set_state(db, w->id, CS_PACK_SEALED, w->committed);
+        if (r < 0) {
+                cs_index_rollback(db);
+                return r;
+        }
+        return cs_index_commit(db);
 }
 
 void cs_pack_writer_close(cs_pack_writer *w)
@@ -241,6 +263,11 @@ static void remove_stale_tmp_files(int dir_fd)
 
                 if (len < 4 || strcmp(de->d_name + len - 4, ".tmp") != 0)
                         continue;
+                /* A writer creates its file, then locks it: a young unlocked
+                 * file may be in that window.  An hour is beyond doubt. */
+                struct stat st;
+                if (fstatat(dirfd(d), de->d_name, &st, 0) < 0 || time(NULL) - st.st_mtime < 3600)
+                        continue;
                 fd = openat(dirfd(d), de->d_name, O_RDONLY | O_CLOEXEC);
                 if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
                         (void) unlinkat(dirfd(d), de->d_name, 0);
@@ -251,15 +278,23 @@ static void remove_stale_tmp_files(int dir_fd)
 int cs_pack_recover(int dir_fd, sqlite3 *db, bool exclusive)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        uint64_t ids[256];
-        size_t n = 0;
+        _cleanup_free_ uint64_t *ids = NULL;
+        size_t n = 0, cap = 0;
         int rc, r;
 
-        r = cs_index_prepare(db, "SELECT id FROM packs WHERE state = 0 LIMIT 256", &stmt);
+        r = cs_index_prepare(db, "SELECT id FROM packs WHERE state = 0", &stmt);
         if (r < 0)
                 return r;
-        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                if (n == cap) {
+                        cap = cap ? 2 * cap : 16;
+                        uint64_t *p = reallocarray(ids, cap, sizeof(*p));
+                        if (!p)
+                                return -ENOMEM;
+                        ids = p;
+                }
                 ids[n++] = (uint64_t) sqlite3_column_int64(stmt, 0);
+        }
         if (rc != SQLITE_DONE)
                 return cs_sqlite_errno(rc);
         sqlite3_finalize(TAKE_PTR(stmt));

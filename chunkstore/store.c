@@ -296,12 +296,12 @@ cs_store *cs_store_unref(cs_store *store)
         if (!store)
                 return NULL;
         if (store->pack.fd >= 0) {
-                /* Closing our descriptor drops our lock on the pack, so the
-                 * recovery that follows sees it abandoned: it cuts off the
-                 * uncommitted tail and seals it, exactly as after a crash. */
+                /* Uncommitted puts are dropped: cut their bytes off and seal
+                 * what the catalog accounts for, as recovery would after a
+                 * crash, but without searching the catalog. */
                 pending_clear(store->pending);
+                (void) cs_pack_abandon(&store->pack, cs_index_writer(store->index));
                 cs_pack_writer_close(&store->pack);
-                (void) cs_pack_recover(store->dir_fd, cs_index_writer(store->index), false);
         }
         cs_pack_cache_free(store->packs);
         cs_index_free(store->index);
@@ -400,6 +400,8 @@ int cs_store_commit_locked(cs_store *store, bool seal)
 
         pending_clear(store->pending);
         store->pending_logical_bytes = 0;
+        if (have_pack)
+                store->pack.committed = store->pack.size;
         if (seal)
                 cs_pack_writer_close(&store->pack);
         return 0;

@@ -523,8 +523,9 @@ int cs_store_drop_stale_pins(cs_store *store, sqlite3 *db)
 
                 if (!name || sscanf(name, "pin:%d:%llu:", &pid, &start) != 2)
                         continue;
-                if (cs_process_start_time(pid, &actual) == 0 && actual == start)
-                        continue; /* its process lives */
+                int alive = cs_process_start_time(pid, &actual);
+                if ((alive == 0 && actual == start) || (alive < 0 && alive != -ESRCH))
+                        continue; /* it lives, or we cannot tell (hidepid): keep it */
                 char **p = reallocarray(stale, n + 1, sizeof(*p));
                 if (!p) {
                         r = -ENOMEM;
@@ -538,6 +539,8 @@ int cs_store_drop_stale_pins(cs_store *store, sqlite3 *db)
                 }
                 n++;
         }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = cs_sqlite_errno(rc);
         sqlite3_finalize(TAKE_PTR(stmt));
         for (size_t i = 0; i < n; i++) {
                 if (r >= 0)

@@ -333,7 +333,7 @@ int cs_store_verify(cs_store *store, unsigned flags, cs_problem_fn problem, void
                     cs_verify_report *ret_report)
 {
         _cleanup_free_ pack_facts *packs = NULL;
-        _cleanup_close_ int packs_fd = -1;
+        _cleanup_close_ int packs_fd = -1, lock_fd = -1;
         verifier v = { .store = store, .flags = flags, .problem = problem, .userdata = userdata };
         size_t n = 0;
         int r;
@@ -346,6 +346,11 @@ int cs_store_verify(cs_store *store, unsigned flags, cs_problem_fn problem, void
         packs_fd = openat(store->dir_fd, CS_PACK_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (packs_fd >= 0 && flock(packs_fd, LOCK_SH) < 0)
                 packs_fd = safe_close(packs_fd);
+        /* And the store's lock shared, as writers hold it: gc's sweep waits,
+         * so a forget + gc cannot remove chunks our walk is about to find. */
+        lock_fd = openat(store->dir_fd, CS_LOCK_FILE, O_RDONLY | O_CLOEXEC);
+        if (lock_fd >= 0 && flock(lock_fd, LOCK_SH) < 0)
+                lock_fd = safe_close(lock_fd);
         r = cs_index_reader_acquire(store->index, &v.db);
         if (r < 0)
                 return r;

@@ -4,6 +4,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cs-internal.h"
 #include "tap.h"
@@ -165,8 +167,50 @@ static void test_damaged_tree(void)
         cs_store_unref(s);
 }
 
+static void test_pins(void)
+{
+        char path[512];
+        cs_store *s = NULL;
+        cs_chunk_id a, tree;
+        cs_gc_report rep;
+        uint64_t pin = 0;
+        pid_t child;
+        int status;
+
+        tap_path(path, sizeof(path), "gc-pins");
+        cs_store_init(path, &(cs_init_params) { .block_size = BLOCK });
+        cs_store_open(path, CS_OPEN_WRITE, &s);
+        a = put_text(s, 77);
+        tree = put_tree(s, &a, 1);
+        cs_store_commit(s);
+
+        ok(cs_store_pin(s, &tree, &pin) == 0 && pin > 0, "pin a tree");
+        is_int(cs_store_gc(s, 0, &rep), 0, "gc");
+        ok(reads_back(s, &a, 77), "a pinned tree survives gc");
+        is_int(cs_store_unpin(s, pin), 0, "unpin it");
+
+        /* A process that pins and dies leaves a stale pin: gc drops it. */
+        fflush(stdout);
+        child = fork();
+        if (child == 0) {
+                cs_store *c = NULL;
+                uint64_t p;
+                cs_store_open(path, 0, &c);
+                _exit(cs_store_pin(c, &tree, &p) == 0 ? 0 : 1);
+        }
+        waitpid(child, &status, 0);
+        ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a child process pinned the tree and exited");
+        is_int(cs_store_gc(s, 0, &rep), 0, "gc after the child is gone");
+        is_int(cs_store_has(s, &a, NULL), 0, "the dead process's pin no longer keeps the tree");
+        cs_stats st;
+        cs_store_stats(s, &st);
+        is_int(st.roots, 0, "and the stale pin row is gone");
+        cs_store_unref(s);
+}
+
 int main(void)
 {
+        test_pins();
         test_sweep();
         test_compaction();
         test_damaged_tree();

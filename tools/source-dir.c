@@ -677,8 +677,12 @@ static int complete_file(walker *w, int dir_fd, node *n)
                         n->omit = true;
                         return 0;
                 }
-                if (r < 0)
+                if (r == -ENOMEM)
                         return r;
+                if (r < 0) {
+                        n->omit = true;
+                        return add_error(w, n->name, r, "cannot read again after it changed");
+                }
                 f = n->task;
         }
 
