@@ -439,6 +439,106 @@ typedef struct cs_put_counters {
 } cs_put_counters;
 void cs_store_put_counters(cs_store *store, cs_put_counters *ret);
 
+/* --- Clones ------------------------------------------------------------------
+ *
+ * A clone is a writable copy of a point that stores only what it changes
+ * (clone.c has the design notes).  Creating one takes constant time.
+ */
+
+typedef struct cs_clone cs_clone;
+
+typedef struct cs_clone_info {
+        char name[CS_TIMELINE_NAME_MAX + 1];
+        char base_timeline[CS_TIMELINE_NAME_MAX + 1];
+        char base_point[CS_POINT_NAME_MAX];
+        cs_chunk_id base_root;
+        int64_t created;
+        uint64_t local_bytes; /* allocated by its delta files */
+} cs_clone_info;
+
+bool cs_clone_name_is_valid(const char *name);
+/* -EEXIST if the name is taken. */
+int cs_clone_create(cs_store *store, const char *name, const cs_point_info *from);
+int cs_clone_list(cs_store *store, cs_clone_info **ret, size_t *ret_n);
+int cs_clone_find(cs_store *store, const char *name, cs_clone_info *ret);
+/* -EBUSY if the clone is open (mounted) and wait is false. */
+int cs_clone_destroy(cs_store *store, const char *name, bool wait);
+/* Replaces the clone's contents with the point's (rewind, refresh); its
+ * base becomes that point.  -EBUSY if it is open and wait is false. */
+int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, bool wait);
+/* Folds the clone into a point tree (put into the store, not yet a
+ * point): unchanged subtrees and files are the base's own chunks, so this
+ * costs what the clone changed.  -EBUSY if the clone is open. */
+int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree);
+
+/* Opens a clone for use (a mount): one process at a time (-EBUSY). */
+int cs_clone_open(cs_store *store, const char *name, cs_clone **ret);
+cs_clone *cs_clone_close(cs_clone *c);
+const char *cs_clone_name(const cs_clone *c);
+
+#define CS_CLONE_ROOT 1
+
+typedef struct cs_clone_attr {
+        uint64_t ino;        /* the clone's own inode number */
+        uint64_t stable_ino; /* st_ino: stable for the clone's life */
+        uint32_t mode, uid, gid, nlink;
+        uint64_t size, rdev, blocks;
+        struct timespec atime, mtime, ctime;
+} cs_clone_attr;
+
+typedef bool (*cs_clone_dirent_fn)(void *userdata, const void *name, size_t name_len, uint64_t stable_ino,
+                                   uint32_t mode, uint64_t next);
+
+enum {
+        CS_SET_MODE = 1 << 0,
+        CS_SET_UID = 1 << 1,
+        CS_SET_GID = 1 << 2,
+        CS_SET_SIZE = 1 << 3,
+        CS_SET_ATIME = 1 << 4,
+        CS_SET_MTIME = 1 << 5,
+        CS_SET_CTIME = 1 << 6,
+};
+enum {
+        CS_RENAME_NOREPLACE = 1 << 0,
+        CS_RENAME_EXCHANGE = 1 << 1,
+};
+enum {
+        CS_FALLOC_KEEP_SIZE = 1 << 0,
+        CS_FALLOC_PUNCH_HOLE = 1 << 1,
+};
+enum {
+        CS_XATTR_CREATE = 1 << 0,
+        CS_XATTR_REPLACE = 1 << 1,
+};
+
+/* Inode operations: thread-safe, each one transaction.  Permission checks
+ * are the caller's (the kernel's, with default_permissions). */
+int cs_clone_getattr(cs_clone *c, uint64_t ino, cs_clone_attr *ret);
+int cs_clone_lookup(cs_clone *c, uint64_t parent, const char *name, cs_clone_attr *ret);
+int cs_clone_readdir(cs_clone *c, uint64_t ino, uint64_t offset, cs_clone_dirent_fn fn, void *userdata);
+int cs_clone_readlink(cs_clone *c, uint64_t ino, char *buf, size_t size);
+/* Makes a file, directory, symlink (target), FIFO, socket or device. */
+int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_t mode, uint64_t rdev, uint32_t uid,
+                         uint32_t gid, const char *target, cs_clone_attr *ret);
+int cs_clone_link(cs_clone *c, uint64_t ino, uint64_t parent, const char *name, cs_clone_attr *ret);
+/* child_open: the inode is open, so it outlives its last name until
+ * cs_clone_release_inode(). */
+int cs_clone_unlink(cs_clone *c, uint64_t parent, const char *name, bool dir_expected, bool child_open,
+                    uint64_t *ret_ino);
+int cs_clone_rename(cs_clone *c, uint64_t parent, const char *name, uint64_t new_parent, const char *new_name,
+                    unsigned flags, bool replaced_open, uint64_t *ret_replaced);
+int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsigned valid, cs_clone_attr *ret);
+ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset);
+ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset);
+int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uint64_t length);
+/* Durable: the delta file and every earlier change of the clone. */
+int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync);
+int cs_clone_getxattr(cs_clone *c, uint64_t ino, const char *name, void *buf, size_t size);
+int cs_clone_listxattr(cs_clone *c, uint64_t ino, char *buf, size_t size);
+int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *value, size_t size, int flags);
+int cs_clone_removexattr(cs_clone *c, uint64_t ino, const char *name);
+int cs_clone_release_inode(cs_clone *c, uint64_t ino);
+
 #ifdef __cplusplus
 }
 #endif

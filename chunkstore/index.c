@@ -14,7 +14,9 @@
  *       timelines(id, name, created)
  *       points(id, timeline, name, label, root, created, files,
  *              logical_bytes, added_bytes)
- *     gc keeps everything reachable from roots.id and points.root.
+ *       clones(name, base_timeline, base_point, base_root, created)
+ *     gc keeps everything reachable from roots.id, points.root and
+ *     clones.base_root.
  *     A chunks row exists only once its record's bytes are durable in its
  *     pack (see store.c: fdatasync before COMMIT).  Pack ids are
  *     AUTOINCREMENT: never reused, so a reader's cached descriptor of a
@@ -73,6 +75,8 @@ static const char schema_sql[] =
         "                    logical_bytes INTEGER NOT NULL, added_bytes INTEGER NOT NULL,"
         "                    UNIQUE(timeline, name));"
         "CREATE UNIQUE INDEX points_by_label ON points(timeline, label) WHERE label IS NOT NULL;"
+        "CREATE TABLE clones(name TEXT PRIMARY KEY, base_timeline TEXT NOT NULL, base_point TEXT NOT NULL,"
+        "                    base_root BLOB NOT NULL, created INTEGER NOT NULL);"
         "INSERT INTO meta VALUES('schema', 1), ('logical_bytes', 0);"
         "COMMIT;";
 

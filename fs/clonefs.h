@@ -47,13 +47,23 @@ void cfs_cache_prefetch(cfs_cache *c, const cs_chunk_id *ids, size_t n);
 /* --- inode.c ----------------------------------------------------------- */
 
 typedef enum cfs_node_kind {
-        CFS_NODE_ROOT,      /* the mount's root: "timelines" */
+        CFS_NODE_ROOT,      /* the mount's root: "timelines", "clones" */
         CFS_NODE_TIMELINES, /* timelines/: one directory per timeline */
         CFS_NODE_TIMELINE,  /* timelines/T/: points, "latest" and labels */
         CFS_NODE_LINK,      /* timelines/T/latest and label symlinks */
         CFS_NODE_POINT,     /* timelines/T/P/: a point's root directory */
         CFS_NODE_ENTRY,     /* anything inside a point */
+        CFS_NODE_CLONES,    /* clones/: one directory per clone */
+        CFS_NODE_CLONE,     /* an inode of a clone, its root included: writable */
 } cfs_node_kind;
+
+/* A clone opened by the mount: kept open (and so locked against other
+ * users) until unmount. */
+typedef struct cfs_clone {
+        cs_clone *clone;
+        uint64_t key;
+        struct cfs_clone *next;
+} cfs_clone;
 
 /* A point in use by the mount: pinned in the store while any node of it lives. */
 typedef struct cfs_point {
@@ -80,6 +90,9 @@ struct cfs_node {
         cs_entry entry;   /* POINT (the root) and ENTRY: a deep copy */
         void *entry_storage;
         char *target;     /* LINK */
+        cfs_clone *clone; /* CLONE */
+        uint64_t cino;    /* CLONE: the clone's inode number */
+        uint64_t opens;   /* CLONE: open handles, under table_lock */
 
         pthread_mutex_t dir_lock;
         cs_dir *dir;      /* directories in points, loaded on first use */
@@ -89,6 +102,7 @@ struct cfs_node {
 
 typedef struct cfs_options {
         char *point;     /* -o point=TIMELINE@POINT */
+        char *clone;     /* -o clone=NAME */
         char *cache_size;
         int debug;
         int prefetch_kib;
@@ -103,6 +117,9 @@ typedef struct cfs_context {
         cfs_cache *cache;
         size_t prefetch_blocks;
         const uint8_t *zeros; /* one block of zeros, for holes */
+
+        pthread_mutex_t clones_lock;
+        cfs_clone *clones;
 
         pthread_mutex_t table_lock;
         cfs_node **table;
@@ -142,7 +159,17 @@ typedef bool (*cfs_dirent_fn)(void *userdata, const char *name, size_t name_len,
                               uint32_t mode, off_t next);
 int cfs_node_list(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add, void *userdata);
 
-/* --- ops.c --------------------------------------------------------------- */
+/* Opens (once) the clone called name. */
+int cfs_clone_get(cfs_context *ctx, const char *name, cfs_clone **ret);
+void cfs_clones_close(cfs_context *ctx);
+/* The node of a clone inode, counting one kernel lookup. */
+int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const cs_clone_attr *attr,
+                       const char *name, cfs_node **ret);
+/* Makes the mount's root a clone's root (-o clone=NAME). */
+int cfs_nodes_root_clone(cfs_context *ctx, const char *name);
+void cfs_stat_from_clone(cfs_context *ctx, const cs_clone_attr *a, struct stat *st);
+
+/* --- ops.c, ops-clone.c ----------------------------------------------------- */
 
 extern const struct fuse_lowlevel_ops cfs_ops;
 

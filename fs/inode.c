@@ -34,7 +34,9 @@
 #include "util/macro.h"
 
 #define TIMELINES_NAME "timelines"
+#define CLONES_NAME "clones"
 #define KEY_TIMELINES 2
+#define KEY_CLONES 3
 
 /* --- Keys ------------------------------------------------------------- */
 
@@ -71,6 +73,11 @@ static uint64_t child_key(uint64_t parent, const char *name, size_t len)
         return mix(parent, name, len);
 }
 
+static uint64_t clone_node_key(const cfs_clone *cl, uint64_t cino)
+{
+        return mix(cl->key, &cino, sizeof(cino));
+}
+
 static uint64_t entry_ino(const cfs_node *parent, const cs_entry *e)
 {
         uint64_t point_key = parent->point ? parent->point->key : parent->key;
@@ -86,10 +93,12 @@ static uint64_t entry_ino(const cfs_node *parent, const cs_entry *e)
 
 static int make_point(cfs_context *ctx, cfs_node *parent, const cs_point_info *info, cfs_node **ret);
 static void node_free(cfs_context *ctx, cfs_node *n);
+static cfs_node *node_new(cfs_node_kind kind, uint64_t key, const char *name, size_t name_len);
 
 int cfs_nodes_init(cfs_context *ctx, const cs_point_info *point)
 {
         pthread_mutex_init(&ctx->table_lock, NULL);
+        pthread_mutex_init(&ctx->clones_lock, NULL);
         ctx->table_size = 4096;
         ctx->table = calloc(ctx->table_size, sizeof(*ctx->table));
         if (!ctx->table)
@@ -207,6 +216,8 @@ void cfs_nodes_done(cfs_context *ctx)
                 point_free(ctx, ctx->root.point);
         free(ctx->root.name);
         cs_dir_free(ctx->root.dir);
+        cfs_clones_close(ctx);
+        pthread_mutex_destroy(&ctx->clones_lock);
         pthread_mutex_destroy(&ctx->root.dir_lock);
         pthread_mutex_destroy(&ctx->table_lock);
 }
@@ -244,6 +255,111 @@ void cfs_node_forget(cfs_context *ctx, cfs_node *n, uint64_t nlookup)
         n->nlookup = n->nlookup > nlookup ? n->nlookup - nlookup : 0;
         release_locked(ctx, n);
         pthread_mutex_unlock(&ctx->table_lock);
+}
+
+/* --- Clones ------------------------------------------------------------ */
+
+int cfs_clone_get(cfs_context *ctx, const char *name, cfs_clone **ret)
+{
+        cfs_clone *cl;
+        int r;
+
+        pthread_mutex_lock(&ctx->clones_lock);
+        for (cl = ctx->clones; cl; cl = cl->next)
+                if (strcmp(cs_clone_name(cl->clone), name) == 0)
+                        break;
+        if (!cl) {
+                cl = calloc(1, sizeof(*cl));
+                r = cl ? cs_clone_open(ctx->store, name, &cl->clone) : -ENOMEM;
+                if (r < 0) {
+                        free(cl);
+                        pthread_mutex_unlock(&ctx->clones_lock);
+                        return r;
+                }
+                cl->key = mix(0x636c6f6e65, name, strlen(name));
+                cl->next = ctx->clones;
+                ctx->clones = cl;
+        }
+        pthread_mutex_unlock(&ctx->clones_lock);
+        *ret = cl;
+        return 0;
+}
+
+void cfs_clones_close(cfs_context *ctx)
+{
+        for (cfs_clone *cl = ctx->clones, *next; cl; cl = next) {
+                next = cl->next;
+                cs_clone_close(cl->clone);
+                free(cl);
+        }
+        ctx->clones = NULL;
+}
+
+int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const cs_clone_attr *attr,
+                       const char *name, cfs_node **ret)
+{
+        uint64_t key = clone_node_key(cl, attr->ino);
+        cfs_node *n;
+
+        pthread_mutex_lock(&ctx->table_lock);
+        n = table_find(ctx, key);
+        if (n) {
+                n->nlookup++;
+                pthread_mutex_unlock(&ctx->table_lock);
+                *ret = n;
+                return 0;
+        }
+        n = node_new(CFS_NODE_CLONE, key, name, strlen(name));
+        if (!n) {
+                pthread_mutex_unlock(&ctx->table_lock);
+                return -ENOMEM;
+        }
+        n->clone = cl;
+        n->cino = attr->ino;
+        n->ino = attr->stable_ino;
+        n->parent = parent;
+        if (parent != &ctx->root)
+                parent->refs++;
+        n->nlookup = 1;
+        table_insert(ctx, n);
+        pthread_mutex_unlock(&ctx->table_lock);
+        *ret = n;
+        return 0;
+}
+
+int cfs_nodes_root_clone(cfs_context *ctx, const char *name)
+{
+        cs_clone_attr attr;
+        cfs_clone *cl;
+        int r;
+
+        r = cfs_clone_get(ctx, name, &cl);
+        if (r >= 0)
+                r = cs_clone_getattr(cl->clone, CS_CLONE_ROOT, &attr);
+        if (r < 0)
+                return r;
+        ctx->root.kind = CFS_NODE_CLONE;
+        ctx->root.clone = cl;
+        ctx->root.cino = CS_CLONE_ROOT;
+        ctx->root.key = clone_node_key(cl, CS_CLONE_ROOT);
+        return 0;
+}
+
+void cfs_stat_from_clone(cfs_context *ctx, const cs_clone_attr *a, struct stat *st)
+{
+        memset(st, 0, sizeof(*st));
+        st->st_ino = a->stable_ino;
+        st->st_mode = a->mode;
+        st->st_uid = a->uid;
+        st->st_gid = a->gid;
+        st->st_nlink = a->nlink;
+        st->st_size = (off_t) a->size;
+        st->st_rdev = (dev_t) a->rdev;
+        st->st_atim = a->atime;
+        st->st_mtim = a->mtime;
+        st->st_ctim = a->ctime;
+        st->st_blksize = ctx->block_size;
+        st->st_blocks = (blkcnt_t) a->blocks;
 }
 
 bool cfs_node_immutable(const cfs_node *n)
@@ -361,10 +477,33 @@ static int make_child(cfs_context *ctx, cfs_node *parent, const char *name, cfs_
 
         switch (parent->kind) {
         case CFS_NODE_ROOT:
-                if (strcmp(name, TIMELINES_NAME) != 0)
+                if (strcmp(name, TIMELINES_NAME) == 0)
+                        n = node_new(CFS_NODE_TIMELINES, KEY_TIMELINES, name, len);
+                else if (strcmp(name, CLONES_NAME) == 0)
+                        n = node_new(CFS_NODE_CLONES, KEY_CLONES, name, len);
+                else
                         return -ENOENT;
-                n = node_new(CFS_NODE_TIMELINES, KEY_TIMELINES, name, len);
                 break;
+        case CFS_NODE_CLONES: {
+                cs_clone_attr attr;
+                cfs_clone *cl;
+                if (!cs_clone_name_is_valid(name))
+                        return -ENOENT;
+                r = cfs_clone_get(ctx, name, &cl);
+                if (r >= 0)
+                        r = cs_clone_getattr(cl->clone, CS_CLONE_ROOT, &attr);
+                if (r < 0)
+                        return r;
+                n = node_new(CFS_NODE_CLONE, clone_node_key(cl, CS_CLONE_ROOT), name, len);
+                if (n) {
+                        n->clone = cl;
+                        n->cino = CS_CLONE_ROOT;
+                        n->ino = attr.stable_ino;
+                }
+                break;
+        }
+        case CFS_NODE_CLONE:
+                return -EIO; /* cfs_node_lookup() handles clone inodes */
         case CFS_NODE_TIMELINES:
                 if (!cs_name_is_valid(name))
                         return -ENOENT;
@@ -427,15 +566,26 @@ static int make_child(cfs_context *ctx, cfs_node *parent, const char *name, cfs_
 int cfs_node_lookup(cfs_context *ctx, cfs_node *parent, const char *name, cfs_node **ret)
 {
         cfs_node *made = NULL, *n;
-        bool virtual_level = parent->kind == CFS_NODE_TIMELINES || parent->kind == CFS_NODE_TIMELINE;
+        bool virtual_level = parent->kind == CFS_NODE_TIMELINES || parent->kind == CFS_NODE_TIMELINE ||
+                             parent->kind == CFS_NODE_CLONES;
         int r;
+
+        if (parent->kind == CFS_NODE_CLONE) {
+                cs_clone_attr attr;
+                r = cs_clone_lookup(parent->clone->clone, parent->cino, name, &attr);
+                if (r < 0)
+                        return r;
+                return cfs_node_for_clone(ctx, parent, parent->clone, &attr, name, ret);
+        }
 
         /* Inside a point nothing changes: a node we have is the answer.  The
          * virtual levels always ask the catalog (design note 3). */
         if (!virtual_level || parent->kind == CFS_NODE_ROOT) {
                 uint64_t key = child_key(parent->key, name, strlen(name));
                 if (parent->kind == CFS_NODE_ROOT)
-                        key = strcmp(name, TIMELINES_NAME) == 0 ? KEY_TIMELINES : 0;
+                        key = strcmp(name, TIMELINES_NAME) == 0 ? KEY_TIMELINES
+                              : strcmp(name, CLONES_NAME) == 0  ? KEY_CLONES
+                                                                : 0;
                 pthread_mutex_lock(&ctx->table_lock);
                 n = key ? table_find(ctx, key) : NULL;
                 if (n && n->parent == parent) {
@@ -502,6 +652,12 @@ static uint64_t allocated_blocks(cfs_context *ctx, const cs_entry *e)
 
 void cfs_node_stat(cfs_context *ctx, const cfs_node *n, struct stat *st)
 {
+        if (n->kind == CFS_NODE_CLONE) {
+                cs_clone_attr attr = {};
+                (void) cs_clone_getattr(n->clone->clone, n->cino, &attr);
+                cfs_stat_from_clone(ctx, &attr, st);
+                return;
+        }
         memset(st, 0, sizeof(*st));
         st->st_ino = n->ino;
         st->st_blksize = ctx->block_size;
@@ -597,9 +753,26 @@ int cfs_node_list(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add,
 
         switch (n->kind) {
         case CFS_NODE_ROOT:
-                if (first == 0)
-                        add(userdata, TIMELINES_NAME, strlen(TIMELINES_NAME), as_ino(KEY_TIMELINES), S_IFDIR, 1);
+                if (first == 0 &&
+                    !add(userdata, TIMELINES_NAME, strlen(TIMELINES_NAME), as_ino(KEY_TIMELINES), S_IFDIR, 1))
+                        return 0;
+                if (first <= 1)
+                        add(userdata, CLONES_NAME, strlen(CLONES_NAME), as_ino(KEY_CLONES), S_IFDIR, 2);
                 return 0;
+        case CFS_NODE_CLONES: {
+                _cleanup_free_ cs_clone_info *list = NULL;
+                size_t count = 0;
+                r = cs_clone_list(ctx->store, &list, &count);
+                if (r < 0)
+                        return r;
+                for (size_t i = (size_t) first; i < count; i++)
+                        if (!add(userdata, list[i].name, strlen(list[i].name),
+                                 as_ino(child_key(n->key, list[i].name, strlen(list[i].name))), S_IFDIR, (off_t) i + 1))
+                                break;
+                return 0;
+        }
+        case CFS_NODE_CLONE:
+                return -EIO; /* ops-clone.c lists clone directories */
         case CFS_NODE_TIMELINES:
                 return list_timelines(ctx, n, first, add, userdata);
         case CFS_NODE_TIMELINE:

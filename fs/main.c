@@ -35,6 +35,7 @@ enum {
 #define CFS_OPT(t, p) { t, offsetof(cfs_options, p), 1 }
 static const struct fuse_opt cfs_opt_spec[] = {
         CFS_OPT("point=%s", point),
+        CFS_OPT("clone=%s", clone),
         CFS_OPT("cache_size=%s", cache_size),
         CFS_OPT("prefetch_kib=%u", prefetch_kib),
         FUSE_OPT_KEY("debug", KEY_DEBUG),
@@ -72,10 +73,12 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 static void usage(const char *program)
 {
         printf("Usage: %s STORE MOUNTPOINT [-f] [-o OPTION[,OPTION...]]\n\n"
-               "Mounts a clonefs store: timelines/<timeline>/<point>/ read-only.\n\n"
+               "Mounts a clonefs store: timelines/<timeline>/<point>/ read-only,\n"
+               "clones/<clone>/ writable.\n\n"
                "Options:\n"
                "  -f                      stay in the foreground\n"
                "  -o point=TIMELINE@POINT mount one point as the root\n"
+               "  -o clone=NAME           mount one clone, writable, as the root\n"
                "  -o cache_size=SIZE      decompressed data kept in memory (default 256M)\n"
                "  -o prefetch_kib=N       read ahead of sequential readers (default 8192)\n"
                "  -o allow_other          let other users in (file permissions still apply)\n"
@@ -224,10 +227,25 @@ int main(int argc, char **argv)
         ctx.zeros = zeros;
         if (ctx.opts.point && find_point_option(ctx.store, ctx.opts.point, &point) < 0)
                 goto out2;
+        if (ctx.opts.point && ctx.opts.clone) {
+                fprintf(stderr, "clonefs: -o point and -o clone exclude each other\n");
+                goto out2;
+        }
         r = cfs_nodes_init(&ctx, ctx.opts.point ? &point : NULL);
         if (r < 0) {
                 fprintf(stderr, "clonefs: cannot load the mount's root: %s\n", strerror(-r));
                 goto out2;
+        }
+        if (ctx.opts.clone) {
+                r = cfs_nodes_root_clone(&ctx, ctx.opts.clone);
+                if (r < 0) {
+                        fprintf(stderr, "clonefs: -o clone=%s: %s\n", ctx.opts.clone,
+                                r == -ENOENT   ? "no such clone"
+                                : r == -EBUSY  ? "the clone is in use by another mount"
+                                : r == -EINVAL ? "invalid clone name"
+                                               : strerror(-r));
+                        goto out3;
+                }
         }
 
         /* Permissions are the kernel's to enforce, for every uid. */
@@ -295,6 +313,8 @@ out1:
         free(ps.store);
         free(cmd.mountpoint);
         free(ctx.opts.point);
+        free(ctx.opts.clone);
+        free(ctx.opts.clone);
         free(ctx.opts.cache_size);
         fuse_opt_free_args(&args);
         return status;

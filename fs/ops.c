@@ -8,8 +8,8 @@
  * Points are immutable, so their entries and attributes are cached by the
  * kernel for a day and file pages are kept across opens (keep_cache); the
  * virtual levels (timelines/, timelines/T/) get one-second timeouts so new
- * and forgotten points show within a second.  Every write is EROFS: there
- * is nothing writable yet.
+ * and forgotten points show within a second.  Writes are for clones
+ * (ops-clone.c); anywhere else they are EROFS.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "clonefs.h"
+#include "ops-clone.h"
 #include "util/macro.h"
 
 #define IMMUTABLE_TIMEOUT 86400.0
@@ -128,7 +129,10 @@ static void cfs_op_lookup(fuse_req_t req, fuse_ino_t parent_ino, const char *nam
                 fuse_reply_err(req, -r);
                 return;
         }
-        reply_node(req, ctx, n);
+        if (n->kind == CFS_NODE_CLONE)
+                cfs_clone_op_lookup_reply(req, ctx, n);
+        else
+                reply_node(req, ctx, n);
 }
 
 static void cfs_op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -156,6 +160,10 @@ static void cfs_op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
         struct stat st;
 
         DEBUG_OP(ctx, "cfs_getattr(ino=%" PRIu64 ")\n", (uint64_t) ino);
+        if (n->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_getattr(req, ctx, n);
+                return;
+        }
         cfs_node_stat(ctx, n, &st);
         fuse_reply_attr(req, &st, timeout_of(n));
 }
@@ -166,7 +174,9 @@ static void cfs_op_readlink(fuse_req_t req, fuse_ino_t ino)
         cfs_node *n = cfs_node_get(ctx, ino);
 
         DEBUG_OP(ctx, "cfs_readlink(ino=%" PRIu64 ")\n", (uint64_t) ino);
-        if (n->kind == CFS_NODE_LINK)
+        if (n->kind == CFS_NODE_CLONE)
+                cfs_clone_op_readlink(req, ctx, n);
+        else if (n->kind == CFS_NODE_LINK)
                 fuse_reply_readlink(req, n->target);
         else if (cfs_node_immutable(n) && S_ISLNK(n->entry.mode))
                 fuse_reply_readlink(req, n->entry.target); /* NUL-terminated by copy_entry */
@@ -224,6 +234,10 @@ static void cfs_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
         int r = 0;
 
         DEBUG_OP(ctx, "cfs_readdir(ino=%" PRIu64 ", off=%lld)\n", (uint64_t) ino, (long long) off);
+        if (n->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_readdir(req, ctx, n, size, off);
+                return;
+        }
         b.buf = malloc(size);
         if (!b.buf) {
                 fuse_reply_err(req, ENOMEM);
@@ -255,6 +269,10 @@ static void cfs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
         cfs_handle *h;
 
         DEBUG_OP(ctx, "cfs_open(ino=%" PRIu64 ", flags=0%o)\n", (uint64_t) ino, fi->flags);
+        if (n->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_open(req, ctx, n, fi);
+                return;
+        }
         if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
                 fuse_reply_err(req, EROFS);
                 return;
@@ -287,6 +305,10 @@ static void cfs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
         cfs_handle *h = (cfs_handle *) (uintptr_t) fi->fh;
 
         DEBUG_OP(ctx, "cfs_release(ino=%" PRIu64 ")\n", (uint64_t) ino);
+        if (cfs_node_get(ctx, ino)->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_release(req, ctx, fi);
+                return;
+        }
         cfs_node_unref(ctx, h->node);
         pthread_mutex_destroy(&h->lock);
         free(h);
@@ -323,7 +345,7 @@ static void cfs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
 {
         cfs_context *ctx = cfs_ctx(req);
         cfs_handle *h = (cfs_handle *) (uintptr_t) fi->fh;
-        const cs_entry *e = &h->node->entry;
+        const cs_entry *e = &h->node->entry; /* only used for point files */
         const uint32_t bs = ctx->block_size;
         uint64_t end, first, last, n;
         cs_chunk_id ids_small[32], *ids = ids_small;
@@ -333,6 +355,10 @@ static void cfs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
         int r = 0;
 
         DEBUG_OP(ctx, "cfs_read(ino=%" PRIu64 ", size=%zu, off=%lld)\n", (uint64_t) ino, size, (long long) off);
+        if (cfs_node_get(ctx, ino)->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_read(req, ctx, cfs_node_get(ctx, ino), size, off);
+                return;
+        }
         if ((uint64_t) off >= e->size || size == 0) {
                 fuse_reply_buf(req, NULL, 0);
                 return;
@@ -406,6 +432,10 @@ static void cfs_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, 
         int r = 0;
 
         DEBUG_OP(ctx, "cfs_lseek(ino=%" PRIu64 ", off=%lld, whence=%d)\n", (uint64_t) ino, (long long) off, whence);
+        if (cfs_node_get(ctx, ino)->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_lseek(req, ctx, cfs_node_get(ctx, ino), off, whence);
+                return;
+        }
         if (whence != SEEK_DATA && whence != SEEK_HOLE) {
                 fuse_reply_err(req, EINVAL);
                 return;
@@ -442,6 +472,10 @@ static void cfs_op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, si
         cfs_node *n = cfs_node_get(ctx, ino);
 
         DEBUG_OP(ctx, "cfs_getxattr(ino=%" PRIu64 ", name=%s)\n", (uint64_t) ino, name);
+        if (n->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_getxattr(req, ctx, n, name, size);
+                return;
+        }
         if (cfs_node_immutable(n))
                 for (size_t i = 0; i < n->entry.n_xattrs; i++) {
                         const cs_xattr *x = &n->entry.xattrs[i];
@@ -466,6 +500,10 @@ static void cfs_op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
         char *buf, *p;
 
         DEBUG_OP(ctx, "cfs_listxattr(ino=%" PRIu64 ")\n", (uint64_t) ino);
+        if (n->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_listxattr(req, ctx, n, size);
+                return;
+        }
         if (cfs_node_immutable(n))
                 for (size_t i = 0; i < n->entry.n_xattrs; i++)
                         total += strlen(n->entry.xattrs[i].name) + 1;
@@ -506,59 +544,172 @@ static void cfs_op_statfs(fuse_req_t req, fuse_ino_t ino)
         fuse_reply_statfs(req, &st);
 }
 
-/* --- Everything that would write ---------------------------------------- */
+/* --- Everything that writes: clones only ---------------------------------- */
+
+#define CLONE_OR_EROFS(n)                               \
+        do {                                            \
+                if ((n)->kind != CFS_NODE_CLONE) {      \
+                        fuse_reply_err(req, EROFS);     \
+                        return;                         \
+                }                                       \
+        } while (0)
 
 static void cfs_op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *n = cfs_node_get(ctx, ino);
+
+        DEBUG_OP(ctx, "cfs_setattr(ino=%" PRIu64 ", to_set=0x%x)\n", (uint64_t) ino, to_set);
+        CLONE_OR_EROFS(n);
+        cfs_clone_op_setattr(req, ctx, n, attr, to_set);
 }
 
 static void cfs_op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *p = cfs_node_get(ctx, parent);
+
+        DEBUG_OP(ctx, "cfs_mknod(parent=%" PRIu64 ", name=%s, mode=0%o)\n", (uint64_t) parent, name, mode);
+        CLONE_OR_EROFS(p);
+        cfs_clone_op_mknod(req, ctx, p, name, mode, rdev, NULL);
 }
 
 static void cfs_op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *p = cfs_node_get(ctx, parent);
+
+        DEBUG_OP(ctx, "cfs_mkdir(parent=%" PRIu64 ", name=%s)\n", (uint64_t) parent, name);
+        CLONE_OR_EROFS(p);
+        cfs_clone_op_mknod(req, ctx, p, name, S_IFDIR | (mode & 07777), 0, NULL);
 }
 
 static void cfs_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *p = cfs_node_get(ctx, parent);
+
+        DEBUG_OP(ctx, "cfs_unlink(parent=%" PRIu64 ", name=%s)\n", (uint64_t) parent, name);
+        CLONE_OR_EROFS(p);
+        cfs_clone_op_unlink(req, ctx, p, name, false);
+}
+
+static void cfs_op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *p = cfs_node_get(ctx, parent);
+
+        DEBUG_OP(ctx, "cfs_rmdir(parent=%" PRIu64 ", name=%s)\n", (uint64_t) parent, name);
+        CLONE_OR_EROFS(p);
+        cfs_clone_op_unlink(req, ctx, p, name, true);
 }
 
 static void cfs_op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *p = cfs_node_get(ctx, parent);
+
+        DEBUG_OP(ctx, "cfs_symlink(parent=%" PRIu64 ", name=%s)\n", (uint64_t) parent, name);
+        CLONE_OR_EROFS(p);
+        cfs_clone_op_mknod(req, ctx, p, name, S_IFLNK | 0777, 0, link);
 }
 
 static void cfs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                           const char *newname, unsigned int flags)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *p = cfs_node_get(ctx, parent), *np = cfs_node_get(ctx, newparent);
+
+        DEBUG_OP(ctx, "cfs_rename(%s -> %s, flags=%u)\n", name, newname, flags);
+        if (p->kind != CFS_NODE_CLONE && np->kind == CFS_NODE_CLONE) {
+                fuse_reply_err(req, EXDEV);
+                return;
+        }
+        CLONE_OR_EROFS(p);
+        cfs_clone_op_rename(req, ctx, p, name, np, newname, flags);
 }
 
 static void cfs_op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *n = cfs_node_get(ctx, ino), *np = cfs_node_get(ctx, newparent);
+
+        DEBUG_OP(ctx, "cfs_link(ino=%" PRIu64 ", name=%s)\n", (uint64_t) ino, newname);
+        if (n->kind != CFS_NODE_CLONE && np->kind == CFS_NODE_CLONE) {
+                fuse_reply_err(req, EXDEV);
+                return;
+        }
+        CLONE_OR_EROFS(n);
+        cfs_clone_op_link(req, ctx, n, np, newname);
 }
 
 static void cfs_op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
                           struct fuse_file_info *fi)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *p = cfs_node_get(ctx, parent);
+
+        DEBUG_OP(ctx, "cfs_create(parent=%" PRIu64 ", name=%s)\n", (uint64_t) parent, name);
+        CLONE_OR_EROFS(p);
+        cfs_clone_op_create(req, ctx, p, name, mode, fi);
+}
+
+static void cfs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                         struct fuse_file_info *fi)
+{
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *n = cfs_node_get(ctx, ino);
+
+        DEBUG_OP(ctx, "cfs_write(ino=%" PRIu64 ", size=%zu, off=%lld)\n", (uint64_t) ino, size, (long long) off);
+        CLONE_OR_EROFS(n);
+        cfs_clone_op_write(req, ctx, n, buf, size, off);
+}
+
+static void cfs_op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *n = cfs_node_get(ctx, ino);
+
+        DEBUG_OP(ctx, "cfs_fsync(ino=%" PRIu64 ")\n", (uint64_t) ino);
+        if (n->kind != CFS_NODE_CLONE) {
+                fuse_reply_err(req, 0); /* points are always durable */
+                return;
+        }
+        cfs_clone_op_fsync(req, ctx, n, datasync);
+}
+
+static void cfs_op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+        fuse_reply_err(req, 0);
+}
+
+static void cfs_op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                             struct fuse_file_info *fi)
+{
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *n = cfs_node_get(ctx, ino);
+
+        CLONE_OR_EROFS(n);
+        cfs_clone_op_fallocate(req, ctx, n, mode, offset, length);
 }
 
 static void cfs_op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
                             int flags)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *n = cfs_node_get(ctx, ino);
+
+        CLONE_OR_EROFS(n);
+        cfs_clone_op_setxattr(req, ctx, n, name, value, size, flags);
 }
 
 static void cfs_op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-        fuse_reply_err(req, EROFS);
+        cfs_context *ctx = cfs_ctx(req);
+        cfs_node *n = cfs_node_get(ctx, ino);
+
+        CLONE_OR_EROFS(n);
+        cfs_clone_op_removexattr(req, ctx, n, name);
 }
 
 static void cfs_op_init(void *userdata, struct fuse_conn_info *conn)
@@ -569,7 +720,8 @@ static void cfs_op_init(void *userdata, struct fuse_conn_info *conn)
                 conn->want |= FUSE_CAP_CACHE_SYMLINKS;
         if (conn->capable & FUSE_CAP_ASYNC_READ)
                 conn->want |= FUSE_CAP_ASYNC_READ;
-        /* Nothing here is written, so no write-back machinery. */
+        /* Writes go straight to the clone: its fsync is what makes them
+         * durable, and a write-back cache would delay them past it. */
         conn->want &= ~(unsigned) FUSE_CAP_WRITEBACK_CACHE;
 }
 
@@ -593,11 +745,15 @@ const struct fuse_lowlevel_ops cfs_ops = {
         .mknod = cfs_op_mknod,
         .mkdir = cfs_op_mkdir,
         .unlink = cfs_op_unlink,
-        .rmdir = cfs_op_unlink,
+        .rmdir = cfs_op_rmdir,
         .symlink = cfs_op_symlink,
         .rename = cfs_op_rename,
         .link = cfs_op_link,
         .create = cfs_op_create,
+        .write = cfs_op_write,
+        .fsync = cfs_op_fsync,
+        .flush = cfs_op_flush,
+        .fallocate = cfs_op_fallocate,
         .setxattr = cfs_op_setxattr,
         .removexattr = cfs_op_removexattr,
 };

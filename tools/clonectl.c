@@ -31,6 +31,7 @@ int arg_threads;
 uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_keep_monthly;
 bool arg_dry_run;
 bool arg_prune;
+const char *arg_to;
 
 typedef struct verb {
         const char *name;
@@ -55,6 +56,10 @@ static const verb verbs[] = {
           "       [--keep-weekly N] [--keep-monthly N] [--dry-run] [--prune]\n"
           "                                            remove points" },
         { "gc", 0, 0, verb_gc, "gc [--dry-run]                            reclaim unreferenced space" },
+        { "clone", 1, 3, verb_clone,
+          "clone create NAME --from TIMELINE@POINT|CLONE   a writable copy, in milliseconds\n"
+          "  clone list | destroy NAME | snapshot NAME [--label L] | export NAME DIR\n"
+          "  clone rewind NAME [--to POINT] | refresh NAME" },
 };
 
 static void help(void)
@@ -94,6 +99,7 @@ enum {
         ARG_KEEP_MONTHLY,
         ARG_DRY_RUN,
         ARG_PRUNE,
+        ARG_TO,
 };
 
 static int parse_count(const char *option, const char *value, uint64_t *ret)
@@ -134,6 +140,7 @@ static int parse_argv(int argc, char **argv)
                 { "keep-monthly", required_argument, NULL, ARG_KEEP_MONTHLY },
                 { "dry-run", no_argument, NULL, ARG_DRY_RUN },
                 { "prune", no_argument, NULL, ARG_PRUNE },
+                { "to", required_argument, NULL, ARG_TO },
                 {}
         };
         int c, r;
@@ -220,6 +227,9 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_PRUNE:
                         arg_prune = true;
+                        break;
+                case ARG_TO:
+                        arg_to = optarg;
                         break;
                 case 'v':
                         log_setup(NULL, LOG_LEVEL_DEBUG);

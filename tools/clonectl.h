@@ -28,6 +28,7 @@ extern int arg_threads;
 extern uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_keep_monthly;
 extern bool arg_dry_run;
 extern bool arg_prune;
+extern const char *arg_to;
 
 /* Opens the store named by --store, $CLONEFS_STORE or /var/lib/clonefs,
  * reporting any failure in one line that names the store. */
@@ -43,6 +44,7 @@ int verb_restore(int argc, char **argv);
 int verb_diff(int argc, char **argv);
 int verb_forget(int argc, char **argv);
 int verb_gc(int argc, char **argv);
+int verb_clone(int argc, char **argv);
 
 /* Splits "TIMELINE@POINT" (POINT optional: *ret_point is then NULL),
  * reporting a malformed spec in one line. */

@@ -1,0 +1,2061 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Writable clones: a point plus an overlay that holds only what the clone
+ * changed, with copy-on-write per block, never per file.
+ *
+ * Design notes
+ *
+ *  1. Layout: STORE/clones/NAME/ holds state.db (SQLite, WAL) and data/,
+ *     one sparse "delta file" per inode the clone wrote to, named by the
+ *     inode number in hex.  A changed block sits in the delta file at its
+ *     natural offset; blocks(ino, block) says which blocks are local.  A
+ *     file created in the clone is wholly local (inodes.local_all = 1) and
+ *     needs no rows.  The catalog's clones table names the clone and its
+ *     base point; the base root is a gc root.
+ *  2. state.db: inodes (attributes; for base-backed files the base content
+ *     and base_size, the bytes of base content still visible after
+ *     truncation; for directories whether their listing is materialized),
+ *     dentries(parent, name, ino), xattrs, blocks, base_links (a base
+ *     hardlink group's inode) and meta (base root, generation).
+ *  3. Lazy: creating a clone writes the root inode only, so it takes
+ *     constant time.  A directory's entries are copied into dentries and
+ *     inodes the first time anything looks inside it (materialized); file
+ *     data is never copied, only referenced.
+ *  4. Reads: local block -> delta file (holes read as zeros); else below
+ *     base_size -> the base chunk; else zeros.  Writes: a block not yet
+ *     local is filled from its source, patched and written whole into the
+ *     delta file, then marked local.
+ *  5. Durability: state.db runs synchronous=NORMAL: every change is in the
+ *     WAL (so kill -9 loses nothing that returned), and fsync() of a file
+ *     is fdatasync() of its delta file followed by a synchronous commit
+ *     of state.db, which makes every earlier change durable too.
+ *  6. Locking: one mutex per open clone serializes its metadata and
+ *     writes.  Between processes, clones/NAME/lock is held exclusively by
+ *     whoever uses the clone: the one mount that has it open (a second is
+ *     refused, so no two page caches disagree), or clonectl's snapshot,
+ *     rewind, refresh, export and destroy, which therefore refuse (or
+ *     wait for) a mount that has the clone open.
+ */
+#include <dirent.h>
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cs-internal.h"
+
+#define CLONE_DIR "clones"
+
+struct cs_clone {
+        cs_store *store;
+        char *name;
+        int dir_fd;  /* clones/NAME */
+        int data_fd; /* clones/NAME/data */
+        int lock_fd;
+        sqlite3 *db;
+        pthread_mutex_t lock;
+        uint32_t block_size;
+        uint64_t key; /* for stable inode numbers */
+        uint8_t *buf; /* one block, under lock */
+};
+
+static const char clone_schema[] =
+        "PRAGMA journal_mode=WAL;"
+        "BEGIN;"
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+        "CREATE TABLE inodes(ino INTEGER PRIMARY KEY AUTOINCREMENT, mode INTEGER NOT NULL,"
+        "  uid INTEGER NOT NULL, gid INTEGER NOT NULL, nlink INTEGER NOT NULL, size INTEGER NOT NULL,"
+        "  rdev INTEGER NOT NULL DEFAULT 0, atime INTEGER NOT NULL, atime_ns INTEGER NOT NULL,"
+        "  mtime INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+        "  base BLOB, base_size INTEGER NOT NULL DEFAULT 0, local_all INTEGER NOT NULL DEFAULT 0,"
+        "  materialized INTEGER NOT NULL DEFAULT 1, target BLOB);"
+        "CREATE TABLE dentries(parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,"
+        "  PRIMARY KEY(parent, name)) WITHOUT ROWID;"
+        "CREATE TABLE xattrs(ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,"
+        "  PRIMARY KEY(ino, name)) WITHOUT ROWID;"
+        "CREATE TABLE blocks(ino INTEGER NOT NULL, block INTEGER NOT NULL, PRIMARY KEY(ino, block)) WITHOUT ROWID;"
+        "CREATE TABLE base_links(grp INTEGER PRIMARY KEY, ino INTEGER NOT NULL);"
+        "INSERT INTO meta VALUES('schema', 1), ('generation', 1);"
+        "COMMIT;";
+
+bool cs_clone_name_is_valid(const char *name)
+{
+        return cs_name_is_valid(name);
+}
+
+/* --- Small SQL helpers ---------------------------------------------------- */
+
+static int prep(cs_clone *c, const char *sql, sqlite3_stmt **ret)
+{
+        return cs_index_prepare(c->db, sql, ret);
+}
+
+/* --- Base content encoding: segmented flag, then ids -------------------- */
+
+static int content_blob(const cs_content *content, uint8_t **ret, size_t *ret_size)
+{
+        size_t size = 1 + content->n * CS_CHUNK_ID_SIZE;
+        uint8_t *b = malloc(size);
+
+        if (!b)
+                return -ENOMEM;
+        b[0] = content->segmented;
+        if (content->n)
+                memcpy(b + 1, content->ids, content->n * CS_CHUNK_ID_SIZE);
+        *ret = b;
+        *ret_size = size;
+        return 0;
+}
+
+static int content_from_blob(const void *blob, size_t size, cs_content *ret)
+{
+        const uint8_t *b = blob;
+
+        if (size < 1 || (size - 1) % CS_CHUNK_ID_SIZE)
+                return -EBADMSG;
+        *ret = (cs_content) {
+                .segmented = b[0] != 0,
+                .n = (size - 1) / CS_CHUNK_ID_SIZE,
+                .ids = (const cs_chunk_id *) (b + 1),
+        };
+        return 0;
+}
+
+/* --- Catalog: the clones table -------------------------------------------- */
+
+static int ensure_clones_table(sqlite3 *db)
+{
+        return cs_index_exec(db, "CREATE TABLE IF NOT EXISTS clones(name TEXT PRIMARY KEY, base_timeline TEXT NOT NULL,"
+                                 " base_point TEXT NOT NULL, base_root BLOB NOT NULL, created INTEGER NOT NULL)");
+}
+
+static void now(struct timespec *t)
+{
+        clock_gettime(CLOCK_REALTIME, t);
+}
+
+static int open_state_db(int clone_dir_fd, bool create, sqlite3 **ret)
+{
+        char link[64], *dir, *path;
+        sqlite3 *db = NULL;
+        int rc, r;
+
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", clone_dir_fd);
+        dir = realpath(link, NULL);
+        if (!dir)
+                return negative_errno();
+        r = asprintf(&path, "%s/state.db", dir);
+        free(dir);
+        if (r < 0)
+                return -ENOMEM;
+        if (create) {
+                int fd = openat(clone_dir_fd, "state.db", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                if (fd < 0) {
+                        r = negative_errno();
+                        free(path);
+                        return r;
+                }
+                close(fd);
+        }
+        rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+        free(path);
+        if (rc != SQLITE_OK) {
+                r = cs_sqlite_errno(rc);
+                sqlite3_close(db);
+                return r;
+        }
+        sqlite3_busy_timeout(db, 60000);
+        int persist = 1;
+        sqlite3_file_control(db, NULL, SQLITE_FCNTL_PERSIST_WAL, &persist);
+        r = cs_index_exec(db, "PRAGMA synchronous=NORMAL");
+        if (r >= 0 && create)
+                r = cs_index_exec(db, clone_schema);
+        if (r < 0) {
+                sqlite3_close(db);
+                return r;
+        }
+        *ret = db;
+        return 0;
+}
+
+/* Writes the root inode from the base point's root entry. */
+static int write_root(sqlite3 *db, cs_store *store, const cs_chunk_id *base_root)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
+        cs_entry root;
+        int r;
+
+        r = cs_point_load(store, base_root, &root, &keep);
+        if (r < 0)
+                return r;
+        r = cs_index_prepare(db,
+                             "INSERT INTO inodes(ino, mode, uid, gid, nlink, size, atime, atime_ns, mtime, mtime_ns,"
+                             " ctime, ctime_ns, base, materialized) VALUES(1, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, 0)",
+                             &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, root.mode);
+        sqlite3_bind_int64(stmt, 2, root.uid);
+        sqlite3_bind_int64(stmt, 3, root.gid);
+        sqlite3_bind_int64(stmt, 4, root.nlink ? root.nlink : 2);
+        sqlite3_bind_int64(stmt, 5, root.mtime_sec);
+        sqlite3_bind_int64(stmt, 6, root.mtime_nsec);
+        sqlite3_bind_int64(stmt, 7, root.mtime_sec);
+        sqlite3_bind_int64(stmt, 8, root.mtime_nsec);
+        sqlite3_bind_int64(stmt, 9, root.ctime_sec);
+        sqlite3_bind_int64(stmt, 10, root.ctime_nsec);
+        sqlite3_bind_blob(stmt, 11, root.subdir.bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+        r = cs_index_step(stmt);
+        if (r < 0)
+                return r;
+        sqlite3_finalize(TAKE_PTR(stmt));
+        for (size_t i = 0; i < root.n_xattrs && r >= 0; i++) {
+                r = cs_index_prepare(db, "INSERT INTO xattrs VALUES(1, ?, ?)", &stmt);
+                if (r < 0)
+                        break;
+                sqlite3_bind_text(stmt, 1, root.xattrs[i].name, -1, SQLITE_STATIC);
+                sqlite3_bind_blob(stmt, 2, root.xattrs[i].value, (int) root.xattrs[i].size, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+                sqlite3_finalize(TAKE_PTR(stmt));
+        }
+        if (r < 0)
+                return r;
+        r = cs_index_prepare(db, "INSERT OR REPLACE INTO meta VALUES('base_root', ?)", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_blob(stmt, 1, base_root->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+        return cs_index_step(stmt);
+}
+
+static int clones_dir(cs_store *store, bool create, int *ret_fd)
+{
+        int fd;
+
+        if (create && mkdirat(store->dir_fd, CLONE_DIR, 0700) < 0 && errno != EEXIST)
+                return negative_errno();
+        fd = openat(store->dir_fd, CLONE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        *ret_fd = fd;
+        return 0;
+}
+
+static int remove_tree_at(int dir_fd, const char *name)
+{
+        _cleanup_close_ int fd = -1;
+        struct dirent *de;
+        DIR *d;
+        int r = 0;
+
+        fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOENT ? 0 : negative_errno();
+        d = fdopendir(TAKE_FD(fd));
+        if (!d)
+                return negative_errno();
+        while ((de = readdir(d))) {
+                if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+                        continue;
+                if (de->d_type == DT_DIR)
+                        r = remove_tree_at(dirfd(d), de->d_name);
+                else if (unlinkat(dirfd(d), de->d_name, 0) < 0)
+                        r = negative_errno();
+                if (r < 0)
+                        break;
+        }
+        closedir(d);
+        if (r >= 0 && unlinkat(dir_fd, name, AT_REMOVEDIR) < 0)
+                r = negative_errno();
+        return r;
+}
+
+int cs_clone_create(cs_store *store, const char *name, const cs_point_info *from)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_close_ int dir_fd = -1, clone_fd = -1;
+        sqlite3 *cat, *db = NULL;
+        int r;
+
+        if (!store || !cs_clone_name_is_valid(name) || !from)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        r = clones_dir(store, true, &dir_fd);
+        if (r < 0)
+                return r;
+        if (mkdirat(dir_fd, name, 0700) < 0)
+                return negative_errno(); /* EEXIST: the name is taken */
+        clone_fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (clone_fd < 0)
+                return negative_errno();
+        if (mkdirat(clone_fd, "data", 0700) < 0) {
+                r = negative_errno();
+                goto fail;
+        }
+        r = open_state_db(clone_fd, true, &db);
+        if (r >= 0)
+                r = write_root(db, store, &from->root);
+        sqlite3_close(db);
+        if (r < 0)
+                goto fail;
+
+        /* The catalog row last: a clone is listed once it is complete. */
+        pthread_mutex_lock(&store->write_lock);
+        cat = cs_index_writer(store->index);
+        r = ensure_clones_table(cat);
+        if (r >= 0)
+                r = cs_index_prepare(cat, "INSERT INTO clones VALUES(?, ?, ?, ?, strftime('%s','now'))", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+                sqlite3_bind_text(stmt, 2, from->timeline, -1, SQLITE_STATIC);
+                sqlite3_bind_text(stmt, 3, from->name, -1, SQLITE_STATIC);
+                sqlite3_bind_blob(stmt, 4, from->root.bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+        }
+        pthread_mutex_unlock(&store->write_lock);
+        if (r >= 0)
+                return 0;
+fail:
+        (void) remove_tree_at(dir_fd, name);
+        return r;
+}
+
+static int read_clone_row(sqlite3_stmt *stmt, cs_clone_info *c)
+{
+        *c = (cs_clone_info) {};
+        snprintf(c->name, sizeof(c->name), "%s", (const char *) sqlite3_column_text(stmt, 0));
+        snprintf(c->base_timeline, sizeof(c->base_timeline), "%s", (const char *) sqlite3_column_text(stmt, 1));
+        snprintf(c->base_point, sizeof(c->base_point), "%s", (const char *) sqlite3_column_text(stmt, 2));
+        if (sqlite3_column_bytes(stmt, 3) != CS_CHUNK_ID_SIZE)
+                return -EBADMSG;
+        memcpy(c->base_root.bytes, sqlite3_column_blob(stmt, 3), CS_CHUNK_ID_SIZE);
+        c->created = sqlite3_column_int64(stmt, 4);
+        return 0;
+}
+
+/* Bytes a clone stores itself: its delta files as allocated on disk. */
+static uint64_t local_bytes(cs_store *store, const char *name)
+{
+        _cleanup_close_ int dir_fd = -1;
+        struct dirent *de;
+        uint64_t total = 0;
+        char path[PATH_MAX];
+        DIR *d;
+
+        snprintf(path, sizeof(path), CLONE_DIR "/%s/data", name);
+        dir_fd = openat(store->dir_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd < 0)
+                return 0;
+        d = fdopendir(TAKE_FD(dir_fd));
+        if (!d)
+                return 0;
+        while ((de = readdir(d))) {
+                struct stat st;
+                if (de->d_name[0] != '.' && fstatat(dirfd(d), de->d_name, &st, 0) == 0)
+                        total += (uint64_t) st.st_blocks * 512;
+        }
+        closedir(d);
+        return total;
+}
+
+int cs_clone_list(cs_store *store, cs_clone_info **ret, size_t *ret_n)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_free_ cs_clone_info *list = NULL;
+        size_t n = 0, cap = 0;
+        sqlite3 *db;
+        int rc = SQLITE_DONE, r;
+
+        if (!store || !ret || !ret_n)
+                return -EINVAL;
+        r = cs_index_reader_acquire(store->index, &db);
+        if (r < 0)
+                return r;
+        r = cs_index_prepare(db, "SELECT name, base_timeline, base_point, base_root, created FROM clones ORDER BY name",
+                             &stmt);
+        if (r == -EIO && strstr(sqlite3_errmsg(db), "no such table"))
+                r = 0; /* no clone was ever made */
+        while (r >= 0 && stmt && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                if (n == cap) {
+                        cap = cap ? 2 * cap : 16;
+                        cs_clone_info *l = reallocarray(list, cap, sizeof(*l));
+                        if (!l) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        list = l;
+                }
+                r = read_clone_row(stmt, &list[n]);
+                if (r >= 0)
+                        list[n].local_bytes = local_bytes(store, list[n].name);
+                n++;
+        }
+        if (r >= 0 && stmt && rc != SQLITE_DONE)
+                r = cs_sqlite_errno(rc);
+        sqlite3_finalize(TAKE_PTR(stmt));
+        cs_index_reader_release(store->index, db);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(list);
+        *ret_n = n;
+        return 0;
+}
+
+int cs_clone_find(cs_store *store, const char *name, cs_clone_info *ret)
+{
+        _cleanup_free_ cs_clone_info *list = NULL;
+        size_t n = 0;
+        int r = cs_clone_list(store, &list, &n);
+
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(list[i].name, name) == 0) {
+                        *ret = list[i];
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **ret);
+static void clone_closep(cs_clone **c);
+
+int cs_clone_destroy(cs_store *store, const char *name, bool force)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_(clone_closep) cs_clone *holder = NULL;
+        _cleanup_close_ int dir_fd = -1;
+        cs_clone_info info;
+        sqlite3 *cat;
+        int r;
+
+        if (!store || !name)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        r = cs_clone_find(store, name, &info);
+        if (r < 0)
+                return r;
+        r = clone_open(store, name, force, &holder);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&store->write_lock);
+        cat = cs_index_writer(store->index);
+        r = cs_index_prepare(cat, "DELETE FROM clones WHERE name = ?", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+        }
+        pthread_mutex_unlock(&store->write_lock);
+        if (r < 0)
+                return r;
+        r = clones_dir(store, false, &dir_fd);
+        if (r < 0)
+                return r;
+        return remove_tree_at(dir_fd, name);
+}
+
+/* --- Opening ----------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t x)
+{
+        x ^= x >> 30;
+        x *= 0xbf58476d1ce4e5b9ull;
+        x ^= x >> 27;
+        x *= 0x94d049bb133111ebull;
+        x ^= x >> 31;
+        return x;
+}
+
+static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **ret)
+{
+        cs_clone *c;
+        char path[PATH_MAX];
+        int r;
+
+        if (!store || !name || !ret || !cs_clone_name_is_valid(name))
+                return -EINVAL;
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->dir_fd = c->data_fd = c->lock_fd = -1;
+        c->store = store;
+        c->block_size = cs_store_block_size(store);
+        pthread_mutex_init(&c->lock, NULL);
+        c->name = strdup(name);
+        c->buf = malloc(c->block_size);
+        if (!c->name || !c->buf) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (const char *p = name; *p; p++)
+                c->key = mix64(c->key ^ (uint8_t) *p);
+        snprintf(path, sizeof(path), CLONE_DIR "/%s", name);
+        c->dir_fd = openat(store->dir_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (c->dir_fd < 0) {
+                r = negative_errno();
+                goto fail;
+        }
+        c->data_fd = openat(c->dir_fd, "data", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        c->lock_fd = openat(c->dir_fd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (c->data_fd < 0 || c->lock_fd < 0) {
+                r = negative_errno();
+                goto fail;
+        }
+        if (flock(c->lock_fd, LOCK_EX | (wait ? 0 : LOCK_NB)) < 0) {
+                r = errno == EWOULDBLOCK ? -EBUSY : negative_errno();
+                goto fail;
+        }
+        r = open_state_db(c->dir_fd, false, &c->db);
+        if (r < 0)
+                goto fail;
+        /* Files unlinked while open when the last user died: gone now. */
+        (void) cs_index_exec(c->db, "DELETE FROM xattrs WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
+                                    "DELETE FROM blocks WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
+                                    "DELETE FROM inodes WHERE nlink = 0");
+        *ret = c;
+        return 0;
+fail:
+        cs_clone_close(c);
+        return r;
+}
+
+int cs_clone_open(cs_store *store, const char *name, cs_clone **ret)
+{
+        return clone_open(store, name, false, ret);
+}
+
+static void clone_closep(cs_clone **c)
+{
+        cs_clone_close(*c);
+}
+
+cs_clone *cs_clone_close(cs_clone *c)
+{
+        if (!c)
+                return NULL;
+        if (c->db)
+                sqlite3_close(c->db);
+        safe_close(c->lock_fd);
+        safe_close(c->data_fd);
+        safe_close(c->dir_fd);
+        pthread_mutex_destroy(&c->lock);
+        free(c->buf);
+        free(c->name);
+        return mfree(c);
+}
+
+const char *cs_clone_name(const cs_clone *c)
+{
+        return c->name;
+}
+
+/* --- Inodes -------------------------------------------------------------------- */
+
+#define INODE_COLUMNS                                                                    \
+        "ino, mode, uid, gid, nlink, size, rdev, atime, atime_ns, mtime, mtime_ns, ctime," \
+        " ctime_ns, base, base_size, local_all, materialized, target"
+
+typedef struct inode {
+        cs_clone_attr attr;
+        uint8_t *base; /* owned blob */
+        size_t base_len;
+        uint64_t base_size;
+        bool local_all;
+        bool materialized;
+} inode;
+
+static void inode_clear(inode *i)
+{
+        free(i->base);
+        i->base = NULL;
+}
+
+static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r;
+
+        r = prep(c, "SELECT " INODE_COLUMNS " FROM inodes WHERE ino = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_DONE)
+                return -ENOENT;
+        if (rc != SQLITE_ROW)
+                return cs_sqlite_errno(rc);
+        *ret = (inode) {};
+        cs_clone_attr *a = &ret->attr;
+        a->ino = ino;
+        a->stable_ino = mix64(c->key ^ ino) | 2;
+        a->mode = (uint32_t) sqlite3_column_int64(stmt, 1);
+        a->uid = (uint32_t) sqlite3_column_int64(stmt, 2);
+        a->gid = (uint32_t) sqlite3_column_int64(stmt, 3);
+        a->nlink = (uint32_t) sqlite3_column_int64(stmt, 4);
+        a->size = (uint64_t) sqlite3_column_int64(stmt, 5);
+        a->rdev = (uint64_t) sqlite3_column_int64(stmt, 6);
+        a->atime = (struct timespec) { sqlite3_column_int64(stmt, 7), sqlite3_column_int64(stmt, 8) };
+        a->mtime = (struct timespec) { sqlite3_column_int64(stmt, 9), sqlite3_column_int64(stmt, 10) };
+        a->ctime = (struct timespec) { sqlite3_column_int64(stmt, 11), sqlite3_column_int64(stmt, 12) };
+        if (sqlite3_column_type(stmt, 13) == SQLITE_BLOB) {
+                ret->base_len = (size_t) sqlite3_column_bytes(stmt, 13);
+                ret->base = malloc(MAX(ret->base_len, 1u));
+                if (!ret->base)
+                        return -ENOMEM;
+                memcpy(ret->base, sqlite3_column_blob(stmt, 13), ret->base_len);
+        }
+        ret->base_size = (uint64_t) sqlite3_column_int64(stmt, 14);
+        ret->local_all = sqlite3_column_int(stmt, 15) != 0;
+        ret->materialized = sqlite3_column_int(stmt, 16) != 0;
+        a->blocks = DIV_ROUND_UP(a->size, 512);
+        return 0;
+}
+
+static int update_attr(cs_clone *c, const cs_clone_attr *a)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r = prep(c,
+                     "UPDATE inodes SET mode = ?, uid = ?, gid = ?, nlink = ?, size = ?, atime = ?, atime_ns = ?,"
+                     " mtime = ?, mtime_ns = ?, ctime = ?, ctime_ns = ? WHERE ino = ?",
+                     &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, a->mode);
+        sqlite3_bind_int64(stmt, 2, a->uid);
+        sqlite3_bind_int64(stmt, 3, a->gid);
+        sqlite3_bind_int64(stmt, 4, a->nlink);
+        sqlite3_bind_int64(stmt, 5, (int64_t) a->size);
+        sqlite3_bind_int64(stmt, 6, a->atime.tv_sec);
+        sqlite3_bind_int64(stmt, 7, a->atime.tv_nsec);
+        sqlite3_bind_int64(stmt, 8, a->mtime.tv_sec);
+        sqlite3_bind_int64(stmt, 9, a->mtime.tv_nsec);
+        sqlite3_bind_int64(stmt, 10, a->ctime.tv_sec);
+        sqlite3_bind_int64(stmt, 11, a->ctime.tv_nsec);
+        sqlite3_bind_int64(stmt, 12, (int64_t) a->ino);
+        return cs_index_step(stmt);
+}
+
+static int insert_inode(cs_clone *c, const cs_clone_attr *a, const void *base, size_t base_len, uint64_t base_size,
+                        bool local_all, bool materialized, const char *target, size_t target_len, uint64_t *ret_ino)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r = prep(c,
+                     "INSERT INTO inodes(mode, uid, gid, nlink, size, rdev, atime, atime_ns, mtime, mtime_ns, ctime,"
+                     " ctime_ns, base, base_size, local_all, materialized, target)"
+                     " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, a->mode);
+        sqlite3_bind_int64(stmt, 2, a->uid);
+        sqlite3_bind_int64(stmt, 3, a->gid);
+        sqlite3_bind_int64(stmt, 4, a->nlink);
+        sqlite3_bind_int64(stmt, 5, (int64_t) a->size);
+        sqlite3_bind_int64(stmt, 6, (int64_t) a->rdev);
+        sqlite3_bind_int64(stmt, 7, a->atime.tv_sec);
+        sqlite3_bind_int64(stmt, 8, a->atime.tv_nsec);
+        sqlite3_bind_int64(stmt, 9, a->mtime.tv_sec);
+        sqlite3_bind_int64(stmt, 10, a->mtime.tv_nsec);
+        sqlite3_bind_int64(stmt, 11, a->ctime.tv_sec);
+        sqlite3_bind_int64(stmt, 12, a->ctime.tv_nsec);
+        if (base)
+                sqlite3_bind_blob(stmt, 13, base, (int) base_len, SQLITE_STATIC);
+        else
+                sqlite3_bind_null(stmt, 13);
+        sqlite3_bind_int64(stmt, 14, (int64_t) base_size);
+        sqlite3_bind_int(stmt, 15, local_all);
+        sqlite3_bind_int(stmt, 16, materialized);
+        if (target)
+                sqlite3_bind_blob(stmt, 17, target, (int) target_len, SQLITE_STATIC);
+        else
+                sqlite3_bind_null(stmt, 17);
+        r = cs_index_step(stmt);
+        if (r < 0)
+                return r;
+        *ret_ino = (uint64_t) sqlite3_last_insert_rowid(c->db);
+        return 0;
+}
+
+static int add_dentry(cs_clone *c, uint64_t parent, const char *name, size_t len, uint64_t ino)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r = prep(c, "INSERT INTO dentries VALUES(?, ?, ?)", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) parent);
+        sqlite3_bind_blob(stmt, 2, name, (int) len, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 3, (int64_t) ino);
+        return cs_index_step(stmt);
+}
+
+static int find_dentry(cs_clone *c, uint64_t parent, const char *name, uint64_t *ret_ino)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r = prep(c, "SELECT ino FROM dentries WHERE parent = ? AND name = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) parent);
+        sqlite3_bind_blob(stmt, 2, name, (int) strlen(name), SQLITE_STATIC);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW) {
+                *ret_ino = (uint64_t) sqlite3_column_int64(stmt, 0);
+                return 1;
+        }
+        return rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
+}
+
+/* Copies a base directory's entries into the clone (design note 3). */
+static int materialize(cs_clone *c, inode *dir)
+{
+        _cleanup_(cs_dir_freep) cs_dir *d = NULL;
+        cs_chunk_id base_dir;
+        int r;
+
+        if (dir->materialized || !S_ISDIR(dir->attr.mode))
+                return 0;
+        if (!dir->base || dir->base_len != CS_CHUNK_ID_SIZE)
+                return -EBADMSG;
+        memcpy(base_dir.bytes, dir->base, CS_CHUNK_ID_SIZE);
+        r = cs_dir_load(c->store, &base_dir, &d);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < cs_dir_size(d) && r >= 0; i++) {
+                const cs_entry *e = cs_dir_entry(d, i);
+                _cleanup_free_ uint8_t *blob = NULL;
+                size_t blob_len = 0;
+                uint64_t ino = 0;
+                int64_t grp_ino = 0;
+                cs_clone_attr a = {
+                        .mode = e->mode,
+                        .uid = e->uid,
+                        .gid = e->gid,
+                        .nlink = e->nlink ? e->nlink : 1,
+                        .size = S_ISREG(e->mode) || S_ISLNK(e->mode) ? e->size : 0,
+                        .rdev = e->rdev,
+                        .atime = { e->mtime_sec, e->mtime_nsec },
+                        .mtime = { e->mtime_sec, e->mtime_nsec },
+                        .ctime = { e->ctime_sec, e->ctime_nsec },
+                };
+
+                if (S_ISREG(e->mode) && e->link_group) {
+                        r = cs_index_query_int(c->db, "SELECT ino FROM base_links WHERE grp = ?",
+                                               (int64_t) e->link_group, &grp_ino);
+                        if (r < 0)
+                                break;
+                        if (grp_ino) {
+                                r = add_dentry(c, dir->attr.ino, e->name, e->name_len, (uint64_t) grp_ino);
+                                continue;
+                        }
+                }
+                if (S_ISREG(e->mode))
+                        r = content_blob(&e->content, &blob, &blob_len);
+                if (r >= 0)
+                        r = insert_inode(c, &a, S_ISREG(e->mode) ? blob : S_ISDIR(e->mode) ? e->subdir.bytes : NULL,
+                                         S_ISREG(e->mode) ? blob_len : S_ISDIR(e->mode) ? CS_CHUNK_ID_SIZE : 0,
+                                         S_ISREG(e->mode) ? e->size : 0, false, !S_ISDIR(e->mode),
+                                         S_ISLNK(e->mode) ? e->target : NULL, e->size, &ino);
+                if (r >= 0)
+                        r = add_dentry(c, dir->attr.ino, e->name, e->name_len, ino);
+                for (size_t x = 0; r >= 0 && x < e->n_xattrs; x++) {
+                        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+                        r = prep(c, "INSERT INTO xattrs VALUES(?, ?, ?)", &stmt);
+                        if (r < 0)
+                                break;
+                        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+                        sqlite3_bind_text(stmt, 2, e->xattrs[x].name, -1, SQLITE_STATIC);
+                        sqlite3_bind_blob(stmt, 3, e->xattrs[x].value, (int) e->xattrs[x].size, SQLITE_STATIC);
+                        r = cs_index_step(stmt);
+                }
+                if (r >= 0 && S_ISREG(e->mode) && e->link_group) {
+                        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+                        r = prep(c, "INSERT INTO base_links VALUES(?, ?)", &stmt);
+                        if (r >= 0) {
+                                sqlite3_bind_int64(stmt, 1, (int64_t) e->link_group);
+                                sqlite3_bind_int64(stmt, 2, (int64_t) ino);
+                                r = cs_index_step(stmt);
+                        }
+                }
+        }
+        if (r >= 0) {
+                char sql[96];
+                snprintf(sql, sizeof(sql), "UPDATE inodes SET materialized = 1 WHERE ino = %" PRIu64, dir->attr.ino);
+                r = cs_index_exec(c->db, sql);
+        }
+        if (r >= 0)
+                dir->materialized = true;
+        return r;
+}
+
+/* Loads a directory inode, materialized.  Runs inside a transaction. */
+static int load_dir(cs_clone *c, uint64_t ino, inode *ret)
+{
+        int r = load_inode(c, ino, ret);
+        if (r < 0)
+                return r;
+        if (!S_ISDIR(ret->attr.mode)) {
+                inode_clear(ret);
+                return -ENOTDIR;
+        }
+        r = materialize(c, ret);
+        if (r < 0)
+                inode_clear(ret);
+        return r;
+}
+
+/* Every operation runs as one transaction under the clone's mutex. */
+static int begin(cs_clone *c)
+{
+        pthread_mutex_lock(&c->lock);
+        int r = cs_index_begin(c->db);
+        if (r < 0)
+                pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+static int end(cs_clone *c, int r)
+{
+        if (r >= 0) {
+                int k = cs_index_commit(c->db);
+                if (k < 0)
+                        r = k;
+        } else {
+                cs_index_rollback(c->db);
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+int cs_clone_getattr(cs_clone *c, uint64_t ino, cs_clone_attr *ret)
+{
+        inode i;
+        int r;
+
+        pthread_mutex_lock(&c->lock);
+        r = load_inode(c, ino, &i);
+        pthread_mutex_unlock(&c->lock);
+        if (r < 0)
+                return r;
+        *ret = i.attr;
+        inode_clear(&i);
+        return 0;
+}
+
+int cs_clone_lookup(cs_clone *c, uint64_t parent, const char *name, cs_clone_attr *ret)
+{
+        inode dir, child;
+        uint64_t ino;
+        int r;
+
+        if (strlen(name) > CS_NAME_MAX)
+                return -ENAMETOOLONG;
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_dir(c, parent, &dir);
+        if (r >= 0) {
+                inode_clear(&dir);
+                r = find_dentry(c, parent, name, &ino);
+                if (r == 0)
+                        r = -ENOENT;
+        }
+        if (r >= 0) {
+                r = load_inode(c, ino, &child);
+                if (r >= 0) {
+                        *ret = child.attr;
+                        inode_clear(&child);
+                }
+        }
+        return end(c, r);
+}
+
+int cs_clone_readdir(cs_clone *c, uint64_t ino, uint64_t offset, cs_clone_dirent_fn fn, void *userdata)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        inode dir;
+        uint64_t index = 0;
+        int rc = SQLITE_DONE, r;
+
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_dir(c, ino, &dir);
+        if (r >= 0) {
+                inode_clear(&dir);
+                r = prep(c,
+                         "SELECT d.name, d.ino, i.mode FROM dentries d JOIN inodes i ON i.ino = d.ino"
+                         " WHERE d.parent = ? ORDER BY d.name LIMIT -1 OFFSET ?",
+                         &stmt);
+        }
+        if (r >= 0) {
+                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+                sqlite3_bind_int64(stmt, 2, (int64_t) offset);
+                index = offset;
+                while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                        uint64_t child = (uint64_t) sqlite3_column_int64(stmt, 1);
+                        if (!fn(userdata, sqlite3_column_blob(stmt, 0), (size_t) sqlite3_column_bytes(stmt, 0),
+                                mix64(c->key ^ child) | 2, (uint32_t) sqlite3_column_int64(stmt, 2), ++index))
+                                break;
+                }
+                if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                        r = cs_sqlite_errno(rc);
+        }
+        sqlite3_finalize(TAKE_PTR(stmt));
+        return end(c, r);
+}
+
+int cs_clone_readlink(cs_clone *c, uint64_t ino, char *buf, size_t size)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r;
+
+        pthread_mutex_lock(&c->lock);
+        r = prep(c, "SELECT target FROM inodes WHERE ino = ?", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+                rc = sqlite3_step(stmt);
+                if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) == SQLITE_BLOB) {
+                        size_t len = (size_t) sqlite3_column_bytes(stmt, 0);
+                        if (len + 1 > size)
+                                r = -ENAMETOOLONG;
+                        else {
+                                memcpy(buf, sqlite3_column_blob(stmt, 0), len);
+                                buf[len] = 0;
+                                r = 0;
+                        }
+                } else {
+                        r = rc == SQLITE_ROW || rc == SQLITE_DONE ? -EINVAL : cs_sqlite_errno(rc);
+                }
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+/* Parent's mtime and ctime move when its entries change. */
+static int touch_dir(cs_clone *c, inode *dir, int nlink_delta)
+{
+        struct timespec t;
+        now(&t);
+        dir->attr.mtime = dir->attr.ctime = t;
+        dir->attr.nlink = (uint32_t) ((int) dir->attr.nlink + nlink_delta);
+        return update_attr(c, &dir->attr);
+}
+
+int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_t mode, uint64_t rdev, uint32_t uid,
+                         uint32_t gid, const char *target, cs_clone_attr *ret)
+{
+        inode dir, made;
+        uint64_t existing, ino;
+        struct timespec t;
+        int r;
+
+        if (strlen(name) > CS_NAME_MAX)
+                return -ENAMETOOLONG;
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_dir(c, parent, &dir);
+        if (r < 0)
+                return end(c, r);
+        r = find_dentry(c, parent, name, &existing);
+        if (r > 0)
+                r = -EEXIST;
+        if (r >= 0) {
+                /* setgid directories hand their group (and, to directories,
+                 * the bit itself) to what is made in them. */
+                if (dir.attr.mode & S_ISGID) {
+                        gid = dir.attr.gid;
+                        if (S_ISDIR(mode))
+                                mode |= S_ISGID;
+                }
+                now(&t);
+                cs_clone_attr a = {
+                        .mode = mode,
+                        .uid = uid,
+                        .gid = gid,
+                        .nlink = S_ISDIR(mode) ? 2 : 1,
+                        .size = target ? strlen(target) : 0,
+                        .rdev = rdev,
+                        .atime = t,
+                        .mtime = t,
+                        .ctime = t,
+                };
+                r = insert_inode(c, &a, NULL, 0, 0, S_ISREG(mode), true, target, target ? strlen(target) : 0, &ino);
+        }
+        if (r >= 0)
+                r = add_dentry(c, parent, name, strlen(name), ino);
+        if (r >= 0)
+                r = touch_dir(c, &dir, S_ISDIR(mode) ? 1 : 0);
+        if (r >= 0)
+                r = load_inode(c, ino, &made);
+        if (r >= 0) {
+                *ret = made.attr;
+                inode_clear(&made);
+        }
+        inode_clear(&dir);
+        return end(c, r);
+}
+
+int cs_clone_link(cs_clone *c, uint64_t ino, uint64_t parent, const char *name, cs_clone_attr *ret)
+{
+        inode dir, target;
+        uint64_t existing;
+        struct timespec t;
+        int r;
+
+        if (strlen(name) > CS_NAME_MAX)
+                return -ENAMETOOLONG;
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_dir(c, parent, &dir);
+        if (r < 0)
+                return end(c, r);
+        r = load_inode(c, ino, &target);
+        if (r >= 0 && S_ISDIR(target.attr.mode))
+                r = -EPERM;
+        if (r >= 0) {
+                r = find_dentry(c, parent, name, &existing);
+                if (r > 0)
+                        r = -EEXIST;
+        }
+        if (r >= 0)
+                r = add_dentry(c, parent, name, strlen(name), ino);
+        if (r >= 0) {
+                now(&t);
+                target.attr.nlink++;
+                target.attr.ctime = t;
+                r = update_attr(c, &target.attr);
+        }
+        if (r >= 0)
+                r = touch_dir(c, &dir, 0);
+        if (r >= 0)
+                *ret = target.attr;
+        inode_clear(&target);
+        inode_clear(&dir);
+        return end(c, r);
+}
+
+static int remove_dentry(cs_clone *c, uint64_t parent, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r = prep(c, "DELETE FROM dentries WHERE parent = ? AND name = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) parent);
+        sqlite3_bind_blob(stmt, 2, name, (int) strlen(name), SQLITE_STATIC);
+        return cs_index_step(stmt);
+}
+
+/* An inode nobody names and nobody has open is deleted with its data. */
+static int drop_if_unused(cs_clone *c, const inode *i, bool open)
+{
+        char sql[256], path[32];
+
+        if (i->attr.nlink > 0 || open)
+                return 0;
+        snprintf(sql, sizeof(sql),
+                 "DELETE FROM xattrs WHERE ino = %1$" PRIu64 "; DELETE FROM blocks WHERE ino = %1$" PRIu64
+                 "; DELETE FROM inodes WHERE ino = %1$" PRIu64 "; DELETE FROM base_links WHERE ino = %1$" PRIu64,
+                 i->attr.ino);
+        snprintf(path, sizeof(path), "%" PRIx64, i->attr.ino);
+        (void) unlinkat(c->data_fd, path, 0);
+        return cs_index_exec(c->db, sql);
+}
+
+int cs_clone_unlink(cs_clone *c, uint64_t parent, const char *name, bool dir_expected, bool child_open,
+                    uint64_t *ret_ino)
+{
+        inode dir, child;
+        uint64_t ino;
+        int64_t entries = 0;
+        struct timespec t;
+        int r;
+
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_dir(c, parent, &dir);
+        if (r < 0)
+                return end(c, r);
+        r = find_dentry(c, parent, name, &ino);
+        if (r == 0)
+                r = -ENOENT;
+        if (r >= 0)
+                r = load_inode(c, ino, &child);
+        if (r < 0) {
+                inode_clear(&dir);
+                return end(c, r);
+        }
+        if (dir_expected && !S_ISDIR(child.attr.mode))
+                r = -ENOTDIR;
+        else if (!dir_expected && S_ISDIR(child.attr.mode))
+                r = -EISDIR;
+        if (r >= 0 && dir_expected) {
+                r = materialize(c, &child);
+                if (r >= 0)
+                        r = cs_index_query_int(c->db, "SELECT COUNT(*) FROM dentries WHERE parent = ?", (int64_t) ino,
+                                               &entries);
+                if (r >= 0 && entries > 0)
+                        r = -ENOTEMPTY;
+        }
+        if (r >= 0)
+                r = remove_dentry(c, parent, name);
+        if (r >= 0) {
+                now(&t);
+                child.attr.nlink = dir_expected ? 0 : child.attr.nlink - 1;
+                child.attr.ctime = t;
+                r = update_attr(c, &child.attr);
+        }
+        if (r >= 0)
+                r = touch_dir(c, &dir, dir_expected ? -1 : 0);
+        if (r >= 0)
+                r = drop_if_unused(c, &child, child_open);
+        if (r >= 0 && ret_ino)
+                *ret_ino = ino;
+        inode_clear(&child);
+        inode_clear(&dir);
+        return end(c, r);
+}
+
+/* 1 if ancestor is dir or one of its parents (moving a directory into
+ * its own subtree must fail). */
+static int is_ancestor(cs_clone *c, uint64_t ancestor, uint64_t dir)
+{
+        for (int depth = 0; depth < 100000; depth++) {
+                int64_t parent = 0;
+                int r;
+                if (dir == ancestor)
+                        return 1;
+                if (dir == CS_CLONE_ROOT)
+                        return 0;
+                r = cs_index_query_int(c->db, "SELECT parent FROM dentries WHERE ino = ? LIMIT 1", (int64_t) dir, &parent);
+                if (r < 0)
+                        return r;
+                if (parent == 0)
+                        return 0;
+                dir = (uint64_t) parent;
+        }
+        return -ELOOP;
+}
+
+int cs_clone_rename(cs_clone *c, uint64_t parent, const char *name, uint64_t new_parent, const char *new_name,
+                    unsigned flags, bool replaced_open, uint64_t *ret_replaced)
+{
+        inode from_dir, to_dir, moved, old = {};
+        uint64_t ino, old_ino = 0;
+        bool have_old = false, from_loaded = false, to_loaded = false;
+        struct timespec t;
+        int r;
+
+        if (strlen(new_name) > CS_NAME_MAX)
+                return -ENAMETOOLONG;
+        if (flags & ~(CS_RENAME_NOREPLACE | CS_RENAME_EXCHANGE))
+                return -EINVAL;
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_dir(c, parent, &from_dir);
+        from_loaded = r >= 0;
+        if (r >= 0) {
+                r = load_dir(c, new_parent, &to_dir);
+                to_loaded = r >= 0;
+        }
+        if (r >= 0) {
+                r = find_dentry(c, parent, name, &ino);
+                if (r == 0)
+                        r = -ENOENT;
+        }
+        if (r >= 0)
+                r = load_inode(c, ino, &moved);
+        if (r < 0)
+                goto out_dirs;
+        r = find_dentry(c, new_parent, new_name, &old_ino);
+        if (r > 0) {
+                have_old = true;
+                r = load_inode(c, old_ino, &old);
+        }
+        if (r < 0)
+                goto out_moved;
+        if (old_ino == ino) {
+                r = 0; /* rename onto itself (or another link of itself): nothing happens */
+                goto out_old;
+        }
+        if ((flags & CS_RENAME_NOREPLACE) && have_old) {
+                r = -EEXIST;
+                goto out_old;
+        }
+        if ((flags & CS_RENAME_EXCHANGE) && !have_old) {
+                r = -ENOENT;
+                goto out_old;
+        }
+        if (S_ISDIR(moved.attr.mode) && parent != new_parent) {
+                r = is_ancestor(c, ino, new_parent);
+                if (r > 0)
+                        r = -EINVAL;
+                if (r < 0)
+                        goto out_old;
+        }
+        if (have_old && !(flags & CS_RENAME_EXCHANGE)) {
+                if (S_ISDIR(moved.attr.mode) && !S_ISDIR(old.attr.mode))
+                        r = -ENOTDIR;
+                else if (!S_ISDIR(moved.attr.mode) && S_ISDIR(old.attr.mode))
+                        r = -EISDIR;
+                else if (S_ISDIR(old.attr.mode)) {
+                        int64_t entries = 0;
+                        r = materialize(c, &old);
+                        if (r >= 0)
+                                r = cs_index_query_int(c->db, "SELECT COUNT(*) FROM dentries WHERE parent = ?",
+                                                       (int64_t) old_ino, &entries);
+                        if (r >= 0 && entries)
+                                r = -ENOTEMPTY;
+                }
+                if (r < 0)
+                        goto out_old;
+        }
+        if (have_old && (flags & CS_RENAME_EXCHANGE) && S_ISDIR(old.attr.mode) && parent != new_parent) {
+                r = is_ancestor(c, old_ino, parent);
+                if (r > 0)
+                        r = -EINVAL;
+                if (r < 0)
+                        goto out_old;
+        }
+
+        now(&t);
+        r = remove_dentry(c, parent, name);
+        if (r >= 0 && have_old)
+                r = remove_dentry(c, new_parent, new_name);
+        if (r >= 0)
+                r = add_dentry(c, new_parent, new_name, strlen(new_name), ino);
+        if (r >= 0 && (flags & CS_RENAME_EXCHANGE))
+                r = add_dentry(c, parent, name, strlen(name), old_ino);
+        if (r < 0)
+                goto out_old;
+        moved.attr.ctime = t;
+        r = update_attr(c, &moved.attr);
+        if (r >= 0 && have_old) {
+                old.attr.ctime = t;
+                if (!(flags & CS_RENAME_EXCHANGE))
+                        old.attr.nlink = S_ISDIR(old.attr.mode) ? 0 : old.attr.nlink - 1;
+                r = update_attr(c, &old.attr);
+                if (r >= 0 && !(flags & CS_RENAME_EXCHANGE)) {
+                        r = drop_if_unused(c, &old, replaced_open);
+                        if (ret_replaced)
+                                *ret_replaced = old_ino;
+                }
+        }
+        /* Directory link counts: ".." moves with a directory. */
+        if (r >= 0) {
+                int from_delta = 0, to_delta = 0;
+                if (parent != new_parent) {
+                        if (S_ISDIR(moved.attr.mode)) {
+                                from_delta--;
+                                to_delta++;
+                        }
+                        if (have_old && (flags & CS_RENAME_EXCHANGE) && S_ISDIR(old.attr.mode)) {
+                                from_delta++;
+                                to_delta--;
+                        }
+                }
+                if (have_old && !(flags & CS_RENAME_EXCHANGE) && S_ISDIR(old.attr.mode))
+                        to_delta--;
+                if (parent == new_parent) {
+                        r = touch_dir(c, &from_dir, from_delta + to_delta);
+                } else {
+                        r = touch_dir(c, &from_dir, from_delta);
+                        if (r >= 0)
+                                r = touch_dir(c, &to_dir, to_delta);
+                }
+        }
+out_old:
+        if (have_old)
+                inode_clear(&old);
+out_moved:
+        inode_clear(&moved);
+out_dirs:
+        if (from_loaded)
+                inode_clear(&from_dir);
+        if (to_loaded)
+                inode_clear(&to_dir);
+        return end(c, r);
+}
+
+/* --- File data -------------------------------------------------------------- */
+
+static int block_is_local(cs_clone *c, const inode *i, uint64_t k)
+{
+        int64_t n = 0;
+        char sql[128];
+        int r;
+
+        if (i->local_all)
+                return 1;
+        snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM blocks WHERE ino = %" PRIu64 " AND block = ?", i->attr.ino);
+        r = cs_index_query_int(c->db, sql, (int64_t) k, &n);
+        return r < 0 ? r : n > 0;
+}
+
+static int open_data(cs_clone *c, uint64_t ino, bool create)
+{
+        char name[32];
+        int fd;
+
+        snprintf(name, sizeof(name), "%" PRIx64, ino);
+        fd = openat(c->data_fd, name, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+        return fd < 0 ? negative_errno() : fd;
+}
+
+/* Fills buf (one block) with block k as the clone sees it. */
+static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *buf)
+{
+        uint64_t start = k * c->block_size;
+        int local = block_is_local(c, i, k);
+
+        memset(buf, 0, c->block_size);
+        if (local < 0)
+                return local;
+        if (local) {
+                if (data_fd < 0)
+                        return 0; /* never written: a hole */
+                ssize_t n = pread(data_fd, buf, c->block_size, (off_t) start);
+                return n < 0 ? negative_errno() : 0;
+        }
+        if (start >= i->base_size || !i->base)
+                return 0;
+        cs_content content;
+        cs_chunk_id id;
+        int r = content_from_blob(i->base, i->base_len, &content);
+        if (r >= 0)
+                r = cs_content_blocks(c->store, &content, k, 1, &id);
+        if (r < 0)
+                return r;
+        if (!cs_chunk_id_is_zero(&id)) {
+                r = cs_store_get(c->store, &id, buf, c->block_size);
+                if (r < 0)
+                        return r;
+        }
+        /* Base bytes past a truncation are gone. */
+        if (i->base_size - start < c->block_size)
+                memset(buf + (i->base_size - start), 0, c->block_size - (size_t) (i->base_size - start));
+        return 0;
+}
+
+ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset)
+{
+        _cleanup_close_ int fd = -1;
+        inode i;
+        size_t done = 0;
+        int r;
+
+        pthread_mutex_lock(&c->lock);
+        r = load_inode(c, ino, &i);
+        if (r < 0) {
+                pthread_mutex_unlock(&c->lock);
+                return r;
+        }
+        fd = open_data(c, ino, false);
+        if (fd == -ENOENT)
+                fd = -1;
+        else if (fd < 0)
+                r = fd;
+        if (offset < i.attr.size)
+                size = (size_t) MIN((uint64_t) size, i.attr.size - offset);
+        else
+                size = 0;
+        while (r >= 0 && done < size) {
+                uint64_t pos = offset + done, k = pos / c->block_size, in = pos % c->block_size;
+                size_t take = MIN(size - done, (size_t) (c->block_size - in));
+                r = read_block(c, &i, fd, k, c->buf);
+                if (r >= 0)
+                        memcpy((uint8_t *) buf + done, c->buf + in, take);
+                done += take;
+        }
+        inode_clear(&i);
+        pthread_mutex_unlock(&c->lock);
+        return r < 0 ? r : (ssize_t) size;
+}
+
+static int mark_local(cs_clone *c, uint64_t ino, uint64_t k)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r = prep(c, "INSERT OR IGNORE INTO blocks VALUES(?, ?)", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        sqlite3_bind_int64(stmt, 2, (int64_t) k);
+        return cs_index_step(stmt);
+}
+
+static int write_all(int fd, const void *buf, size_t size, uint64_t offset)
+{
+        for (size_t done = 0; done < size;) {
+                ssize_t n = pwrite(fd, (const uint8_t *) buf + done, size - done, (off_t) (offset + done));
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                done += (size_t) n;
+        }
+        return 0;
+}
+
+/* Makes block k local (design note 4), leaving its content in c->buf. */
+static int make_local(cs_clone *c, inode *i, int fd, uint64_t k)
+{
+        int r = block_is_local(c, i, k);
+        if (r != 0)
+                return r < 0 ? r : 0;
+        r = read_block(c, i, fd, k, c->buf);
+        if (r >= 0)
+                r = write_all(fd, c->buf, c->block_size, k * c->block_size);
+        if (r >= 0)
+                r = mark_local(c, i->attr.ino, k);
+        return r;
+}
+
+ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
+{
+        _cleanup_close_ int fd = -1;
+        struct timespec t;
+        inode i;
+        size_t done = 0;
+        int r;
+
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_inode(c, ino, &i);
+        if (r < 0)
+                return end(c, r);
+        if (!S_ISREG(i.attr.mode))
+                r = -EINVAL;
+        if (r >= 0) {
+                fd = open_data(c, ino, true);
+                if (fd < 0)
+                        r = fd;
+        }
+        while (r >= 0 && done < size) {
+                uint64_t pos = offset + done, k = pos / c->block_size, in = pos % c->block_size;
+                size_t take = MIN(size - done, (size_t) (c->block_size - in));
+                /* A whole block needs no old content; a part of one does. */
+                if (take < c->block_size)
+                        r = make_local(c, &i, fd, k);
+                else if (!i.local_all)
+                        r = mark_local(c, ino, k);
+                if (r >= 0)
+                        r = write_all(fd, (const uint8_t *) buf + done, take, pos);
+                done += take;
+        }
+        if (r >= 0) {
+                now(&t);
+                i.attr.size = MAX(i.attr.size, offset + size);
+                i.attr.mtime = i.attr.ctime = t;
+                r = update_attr(c, &i.attr);
+        }
+        inode_clear(&i);
+        r = end(c, r);
+        return r < 0 ? r : (ssize_t) size;
+}
+
+/* Drops local blocks from block `first` on, and base bytes past `size`. */
+static int cut(cs_clone *c, inode *i, int fd, uint64_t size)
+{
+        char sql[160];
+        int r;
+
+        if (size % c->block_size) {
+                /* The block holding the new end keeps its head only. */
+                uint64_t k = size / c->block_size;
+                r = make_local(c, i, fd, k);
+                if (r < 0)
+                        return r;
+        }
+        snprintf(sql, sizeof(sql), "DELETE FROM blocks WHERE ino = %" PRIu64 " AND block >= %" PRIu64, i->attr.ino,
+                 DIV_ROUND_UP(size, c->block_size));
+        r = cs_index_exec(c->db, sql);
+        if (r < 0)
+                return r;
+        if (ftruncate(fd, (off_t) size) < 0)
+                return negative_errno();
+        if (i->base_size > size) {
+                snprintf(sql, sizeof(sql), "UPDATE inodes SET base_size = %" PRIu64 " WHERE ino = %" PRIu64, size,
+                         i->attr.ino);
+                r = cs_index_exec(c->db, sql);
+                i->base_size = size;
+        }
+        return r;
+}
+
+int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsigned valid, cs_clone_attr *ret)
+{
+        _cleanup_close_ int fd = -1;
+        struct timespec t;
+        inode i;
+        int r;
+
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_inode(c, ino, &i);
+        if (r < 0)
+                return end(c, r);
+        now(&t);
+        if (valid & CS_SET_SIZE) {
+                if (!S_ISREG(i.attr.mode))
+                        r = S_ISDIR(i.attr.mode) ? -EISDIR : -EINVAL;
+                if (r >= 0 && attr->size < i.attr.size) {
+                        fd = open_data(c, ino, true);
+                        r = fd < 0 ? fd : cut(c, &i, fd, attr->size);
+                }
+                if (r >= 0) {
+                        i.attr.size = attr->size;
+                        i.attr.mtime = t;
+                }
+        }
+        if (valid & CS_SET_MODE)
+                i.attr.mode = (i.attr.mode & S_IFMT) | (attr->mode & 07777);
+        if (valid & CS_SET_UID)
+                i.attr.uid = attr->uid;
+        if (valid & CS_SET_GID)
+                i.attr.gid = attr->gid;
+        if (valid & CS_SET_ATIME)
+                i.attr.atime = attr->atime;
+        if (valid & CS_SET_MTIME)
+                i.attr.mtime = attr->mtime;
+        i.attr.ctime = (valid & CS_SET_CTIME) ? attr->ctime : t;
+        if (r >= 0)
+                r = update_attr(c, &i.attr);
+        if (r >= 0)
+                *ret = i.attr;
+        inode_clear(&i);
+        return end(c, r);
+}
+
+int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uint64_t length)
+{
+        _cleanup_close_ int fd = -1;
+        struct timespec t;
+        inode i;
+        int r;
+
+        if (mode & ~(CS_FALLOC_KEEP_SIZE | CS_FALLOC_PUNCH_HOLE))
+                return -EOPNOTSUPP;
+        if ((mode & CS_FALLOC_PUNCH_HOLE) && !(mode & CS_FALLOC_KEEP_SIZE))
+                return -EINVAL;
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_inode(c, ino, &i);
+        if (r < 0)
+                return end(c, r);
+        fd = open_data(c, ino, true);
+        if (fd < 0)
+                r = fd;
+        if (r >= 0 && (mode & CS_FALLOC_PUNCH_HOLE)) {
+                uint64_t end_off = MIN(offset + length, i.attr.size);
+                for (uint64_t k = offset / c->block_size; r >= 0 && k * c->block_size < end_off; k++) {
+                        uint64_t bs = k * c->block_size, from = MAX(offset, bs), to = MIN(end_off, bs + c->block_size);
+                        if (from == bs && to == bs + c->block_size && !i.local_all)
+                                r = mark_local(c, ino, k); /* all zeros: no old content needed */
+                        else
+                                r = make_local(c, &i, fd, k);
+                        if (r >= 0 && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) from,
+                                                (off_t) (to - from)) < 0)
+                                r = negative_errno();
+                }
+        } else if (r >= 0) {
+                if (fallocate(fd, mode & CS_FALLOC_KEEP_SIZE ? FALLOC_FL_KEEP_SIZE : 0, (off_t) offset,
+                              (off_t) length) < 0)
+                        r = negative_errno();
+                if (r >= 0 && !(mode & CS_FALLOC_KEEP_SIZE) && offset + length > i.attr.size) {
+                        /* Growing: the new bytes read as zeros (base stops here). */
+                        if (i.base_size > i.attr.size)
+                                r = cut(c, &i, fd, i.attr.size);
+                        i.attr.size = offset + length;
+                }
+        }
+        if (r >= 0) {
+                now(&t);
+                i.attr.mtime = i.attr.ctime = t;
+                r = update_attr(c, &i.attr);
+        }
+        inode_clear(&i);
+        return end(c, r);
+}
+
+int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
+{
+        _cleanup_close_ int fd = -1;
+        int r;
+
+        fd = open_data(c, ino, false);
+        if (fd >= 0 && (datasync ? fdatasync(fd) : fsync(fd)) < 0)
+                return negative_errno();
+        /* A synchronous commit makes every earlier one durable (note 5). */
+        pthread_mutex_lock(&c->lock);
+        r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
+                                 " UPDATE meta SET value = value WHERE key = 'generation'; COMMIT;"
+                                 " PRAGMA synchronous=NORMAL");
+        if (r >= 0 && fsync(c->data_fd) < 0)
+                r = negative_errno();
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+/* --- Extended attributes ------------------------------------------------------ */
+
+int cs_clone_getxattr(cs_clone *c, uint64_t ino, const char *name, void *buf, size_t size)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r;
+
+        pthread_mutex_lock(&c->lock);
+        r = prep(c, "SELECT value FROM xattrs WHERE ino = ? AND name = ?", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+                sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+                rc = sqlite3_step(stmt);
+                if (rc == SQLITE_ROW) {
+                        int len = sqlite3_column_bytes(stmt, 0);
+                        if (size == 0)
+                                r = len;
+                        else if ((size_t) len > size)
+                                r = -ERANGE;
+                        else {
+                                memcpy(buf, sqlite3_column_blob(stmt, 0), (size_t) len);
+                                r = len;
+                        }
+                } else {
+                        r = rc == SQLITE_DONE ? -ENODATA : cs_sqlite_errno(rc);
+                }
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+int cs_clone_listxattr(cs_clone *c, uint64_t ino, char *buf, size_t size)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        size_t total = 0;
+        int rc, r;
+
+        pthread_mutex_lock(&c->lock);
+        r = prep(c, "SELECT name FROM xattrs WHERE ino = ? ORDER BY name", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+                while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                        size_t len = (size_t) sqlite3_column_bytes(stmt, 0) + 1;
+                        if (size && total + len <= size)
+                                memcpy(buf + total, sqlite3_column_text(stmt, 0), len);
+                        total += len;
+                }
+                if (rc != SQLITE_DONE)
+                        r = cs_sqlite_errno(rc);
+                else if (size && total > size)
+                        r = -ERANGE;
+                else
+                        r = (int) total;
+        }
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *value, size_t size, int flags)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int64_t exists = 0;
+        char sql[128];
+        inode i;
+        int r;
+
+        r = begin(c);
+        if (r < 0)
+                return r;
+        snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM xattrs WHERE ino = %" PRIu64 " AND name = ?", ino);
+        r = prep(c, sql, &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+                exists = sqlite3_column_int64(stmt, 0);
+                sqlite3_finalize(TAKE_PTR(stmt));
+        }
+        if (r >= 0 && (flags & CS_XATTR_CREATE) && exists)
+                r = -EEXIST;
+        if (r >= 0 && (flags & CS_XATTR_REPLACE) && !exists)
+                r = -ENODATA;
+        if (r >= 0)
+                r = prep(c, "INSERT OR REPLACE INTO xattrs VALUES(?, ?, ?)", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+                sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+                sqlite3_bind_blob(stmt, 3, value, (int) size, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+        }
+        if (r >= 0)
+                r = load_inode(c, ino, &i);
+        if (r >= 0) {
+                now(&i.attr.ctime);
+                r = update_attr(c, &i.attr);
+                inode_clear(&i);
+        }
+        return end(c, r);
+}
+
+int cs_clone_removexattr(cs_clone *c, uint64_t ino, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        inode i;
+        int r;
+
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = prep(c, "DELETE FROM xattrs WHERE ino = ? AND name = ?", &stmt);
+        if (r >= 0) {
+                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+                sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+                if (r >= 0 && sqlite3_changes(c->db) == 0)
+                        r = -ENODATA;
+        }
+        if (r >= 0)
+                r = load_inode(c, ino, &i);
+        if (r >= 0) {
+                now(&i.attr.ctime);
+                r = update_attr(c, &i.attr);
+                inode_clear(&i);
+        }
+        return end(c, r);
+}
+
+/* Called when the last open handle of an unlinked inode goes. */
+int cs_clone_release_inode(cs_clone *c, uint64_t ino)
+{
+        inode i;
+        int r;
+
+        r = begin(c);
+        if (r < 0)
+                return r;
+        r = load_inode(c, ino, &i);
+        if (r == -ENOENT)
+                return end(c, 0);
+        if (r >= 0) {
+                r = drop_if_unused(c, &i, false);
+                inode_clear(&i);
+        }
+        return end(c, r);
+}
+
+/* --- Reset, fold ---------------------------------------------------------------- */
+
+static int empty_data_dir(cs_clone *c)
+{
+        _cleanup_close_ int fd = dup(c->data_fd);
+        struct dirent *de;
+        DIR *d;
+        int r = 0;
+
+        if (fd < 0)
+                return negative_errno();
+        d = fdopendir(TAKE_FD(fd));
+        if (!d)
+                return negative_errno();
+        rewinddir(d);
+        while ((de = readdir(d)))
+                if (de->d_name[0] != '.' && unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT)
+                        r = negative_errno();
+        closedir(d);
+        return r;
+}
+
+int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, bool wait)
+{
+        _cleanup_(clone_closep) cs_clone *c = NULL;
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        sqlite3 *cat;
+        int r;
+
+        if (!store || !name || !to)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        r = clone_open(store, name, wait, &c);
+        if (r < 0)
+                return r;
+        /* The new state commits first: a crash after it leaves old delta
+         * files that no row names, removed just below or by the next reset. */
+        r = cs_index_begin(c->db);
+        if (r >= 0)
+                r = cs_index_exec(c->db, "DELETE FROM dentries; DELETE FROM xattrs; DELETE FROM blocks;"
+                                         " DELETE FROM base_links; DELETE FROM inodes;"
+                                         " UPDATE meta SET value = value + 1 WHERE key = 'generation'");
+        if (r >= 0)
+                r = write_root(c->db, store, &to->root);
+        if (r >= 0)
+                r = cs_index_commit(c->db);
+        else
+                cs_index_rollback(c->db);
+        if (r >= 0)
+                r = empty_data_dir(c);
+        if (r < 0)
+                return r;
+
+        pthread_mutex_lock(&store->write_lock);
+        cat = cs_index_writer(store->index);
+        r = cs_index_prepare(cat, "UPDATE clones SET base_timeline = ?, base_point = ?, base_root = ? WHERE name = ?",
+                             &stmt);
+        if (r >= 0) {
+                sqlite3_bind_text(stmt, 1, to->timeline, -1, SQLITE_STATIC);
+                sqlite3_bind_text(stmt, 2, to->name, -1, SQLITE_STATIC);
+                sqlite3_bind_blob(stmt, 3, to->root.bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+                sqlite3_bind_text(stmt, 4, name, -1, SQLITE_STATIC);
+                r = cs_index_step(stmt);
+        }
+        pthread_mutex_unlock(&store->write_lock);
+        return r;
+}
+
+static int fold_dir(cs_clone *c, uint64_t ino, cs_chunk_id *ret);
+
+/* Reads the xattrs of an inode into e (storage in *ret_keep, freed by the caller). */
+static int load_xattrs(cs_clone *c, uint64_t ino, cs_entry *e, cs_xattr **ret_items, char ***ret_strings, size_t *ret_n)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        cs_xattr *items = NULL;
+        char **strings = NULL;
+        size_t n = 0;
+        int rc, r;
+
+        r = prep(c, "SELECT name, value FROM xattrs WHERE ino = ? ORDER BY name", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                cs_xattr *x = reallocarray(items, n + 1, sizeof(*x));
+                char **s = reallocarray(strings, 2 * (n + 1), sizeof(*s));
+                if (x)
+                        items = x;
+                if (s)
+                        strings = s;
+                if (!x || !s) {
+                        r = -ENOMEM;
+                        break;
+                }
+                int len = sqlite3_column_bytes(stmt, 1);
+                strings[2 * n] = strdup((const char *) sqlite3_column_text(stmt, 0));
+                strings[2 * n + 1] = malloc((size_t) MAX(len, 1));
+                if (!strings[2 * n] || !strings[2 * n + 1]) {
+                        free(strings[2 * n]);
+                        free(strings[2 * n + 1]);
+                        r = -ENOMEM;
+                        break;
+                }
+                memcpy(strings[2 * n + 1], sqlite3_column_blob(stmt, 1), (size_t) len);
+                items[n] = (cs_xattr) { .name = strings[2 * n], .value = strings[2 * n + 1], .size = (uint32_t) len };
+                n++;
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = cs_sqlite_errno(rc);
+        e->xattrs = items;
+        e->n_xattrs = n;
+        *ret_items = items;
+        *ret_strings = strings;
+        *ret_n = n;
+        return r;
+}
+
+static void free_xattrs(cs_xattr *items, char **strings, size_t n)
+{
+        for (size_t i = 0; i < 2 * n; i++)
+                free(strings[i]);
+        free(strings);
+        free(items);
+}
+
+/* The block list of a regular file, built from its local and base blocks. */
+static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *ret_n)
+{
+        _cleanup_close_ int fd = -1;
+        uint64_t n = DIV_ROUND_UP(i->attr.size, c->block_size);
+        cs_chunk_id *blocks = calloc(MAX(n, 1u), sizeof(*blocks));
+        cs_content content = {};
+        int r = 0;
+
+        if (!blocks)
+                return -ENOMEM;
+        fd = open_data(c, i->attr.ino, false);
+        if (fd == -ENOENT)
+                fd = -1;
+        else if (fd < 0)
+                r = fd;
+        if (r >= 0 && i->base)
+                r = content_from_blob(i->base, i->base_len, &content);
+        for (uint64_t k = 0; r >= 0 && k < n; k++) {
+                size_t len = (size_t) MIN((uint64_t) c->block_size, i->attr.size - k * c->block_size);
+                int local = block_is_local(c, i, k);
+                cs_chunk_info info;
+
+                if (local < 0) {
+                        r = local;
+                        break;
+                }
+                if (!local && k * c->block_size < i->base_size && i->base) {
+                        /* A base block whose length still fits is reused as is. */
+                        r = cs_content_blocks(c->store, &content, k, 1, &blocks[k]);
+                        if (r < 0)
+                                break;
+                        if (cs_chunk_id_is_zero(&blocks[k]))
+                                continue;
+                        r = cs_store_has(c->store, &blocks[k], &info);
+                        if (r < 0)
+                                break;
+                        if (r > 0 && info.size == len && (k + 1) * c->block_size <= i->base_size)
+                                continue;
+                } else if (!local) {
+                        blocks[k] = (cs_chunk_id) {};
+                        continue;
+                }
+                r = read_block(c, i, fd, k, c->buf);
+                if (r >= 0)
+                        r = cs_store_put(c->store, CS_KIND_DATA, c->buf, len, &blocks[k]);
+        }
+        if (r < 0) {
+                free(blocks);
+                return r;
+        }
+        *ret_blocks = blocks;
+        *ret_n = (size_t) n;
+        return 0;
+}
+
+static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t ino, cs_dir_builder *b)
+{
+        _cleanup_free_ cs_chunk_id *blocks = NULL, *segments = NULL;
+        _cleanup_free_ char *target = NULL;
+        cs_xattr *items = NULL;
+        char **strings = NULL;
+        size_t n_xattrs = 0, n_blocks = 0;
+        inode i;
+        int r;
+
+        r = load_inode(c, ino, &i);
+        if (r < 0)
+                return r;
+        cs_entry e = {
+                .name = name,
+                .name_len = name_len,
+                .mode = i.attr.mode,
+                .uid = i.attr.uid,
+                .gid = i.attr.gid,
+                .nlink = i.attr.nlink,
+                .size = i.attr.size,
+                .mtime_sec = i.attr.mtime.tv_sec,
+                .mtime_nsec = (uint32_t) i.attr.mtime.tv_nsec,
+                .ctime_sec = i.attr.ctime.tv_sec,
+                .ctime_nsec = (uint32_t) i.attr.ctime.tv_nsec,
+                .rdev = i.attr.rdev,
+                .link_group = S_ISREG(i.attr.mode) && i.attr.nlink > 1 ? ino : 0,
+        };
+        r = load_xattrs(c, ino, &e, &items, &strings, &n_xattrs);
+        if (r >= 0 && S_ISDIR(i.attr.mode)) {
+                if (!i.materialized && i.base && i.base_len == CS_CHUNK_ID_SIZE)
+                        memcpy(e.subdir.bytes, i.base, CS_CHUNK_ID_SIZE); /* untouched: the base's own tree */
+                else
+                        r = fold_dir(c, ino, &e.subdir);
+        } else if (r >= 0 && S_ISLNK(i.attr.mode)) {
+                target = malloc(PATH_MAX + 1);
+                r = target ? cs_clone_readlink(c, ino, target, PATH_MAX + 1) : -ENOMEM;
+                e.target = target;
+                e.size = target && r >= 0 ? strlen(target) : 0;
+        } else if (r >= 0 && S_ISREG(i.attr.mode)) {
+                r = fold_file(c, &i, &blocks, &n_blocks);
+                if (r >= 0)
+                        r = cs_content_build(c->store, blocks, n_blocks, &e.content, &segments);
+        }
+        if (r >= 0)
+                r = cs_dir_builder_add(b, &e);
+        free_xattrs(items, strings, n_xattrs);
+        inode_clear(&i);
+        return r;
+}
+
+static int fold_dir(cs_clone *c, uint64_t ino, cs_chunk_id *ret)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL;
+        int rc, r;
+
+        r = cs_dir_builder_new(c->store, &b);
+        if (r >= 0)
+                r = prep(c, "SELECT name, ino FROM dentries WHERE parent = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                r = fold_entry(c, sqlite3_column_blob(stmt, 0), (size_t) sqlite3_column_bytes(stmt, 0),
+                               (uint64_t) sqlite3_column_int64(stmt, 1), b);
+                if (r < 0)
+                        return r;
+        }
+        if (rc != SQLITE_DONE)
+                return cs_sqlite_errno(rc);
+        return cs_dir_builder_finish(b, ret);
+}
+
+int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree)
+{
+        _cleanup_(clone_closep) cs_clone *c = NULL;
+        cs_entry root = {};
+        cs_xattr *items = NULL;
+        char **strings = NULL;
+        size_t n_xattrs = 0;
+        inode i;
+        int r;
+
+        if (!store || !name || !ret_point_tree)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        r = clone_open(store, name, false, &c);
+        if (r < 0)
+                return r;
+        /* One read transaction: the clone is locked, but be exact anyway. */
+        r = cs_index_exec(c->db, "BEGIN");
+        if (r < 0)
+                return r;
+        r = load_inode(c, CS_CLONE_ROOT, &i);
+        if (r >= 0) {
+                root = (cs_entry) {
+                        .mode = i.attr.mode,
+                        .uid = i.attr.uid,
+                        .gid = i.attr.gid,
+                        .nlink = i.attr.nlink,
+                        .mtime_sec = i.attr.mtime.tv_sec,
+                        .mtime_nsec = (uint32_t) i.attr.mtime.tv_nsec,
+                        .ctime_sec = i.attr.ctime.tv_sec,
+                        .ctime_nsec = (uint32_t) i.attr.ctime.tv_nsec,
+                };
+                r = load_xattrs(c, CS_CLONE_ROOT, &root, &items, &strings, &n_xattrs);
+                if (r >= 0 && !i.materialized && i.base && i.base_len == CS_CHUNK_ID_SIZE)
+                        memcpy(root.subdir.bytes, i.base, CS_CHUNK_ID_SIZE);
+                else if (r >= 0)
+                        r = fold_dir(c, CS_CLONE_ROOT, &root.subdir);
+                if (r >= 0)
+                        r = cs_point_build(store, &root, ret_point_tree);
+                free_xattrs(items, strings, n_xattrs);
+                inode_clear(&i);
+        }
+        (void) cs_index_exec(c->db, "COMMIT");
+        return r;
+}

@@ -1,0 +1,471 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * FUSE operations on clones: clones/<name>/ and -o clone=NAME.  A thin
+ * translation onto cs_clone_* (chunkstore/clone.c does the copy-on-write);
+ * permissions are the kernel's (default_permissions).
+ *
+ * Clone files use the page cache without keep_cache: everything written
+ * goes through this daemon, and a reopen revalidates.  An inode unlinked
+ * while open lives until its last handle is released (opens).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <sys/xattr.h>
+#include <time.h>
+
+#include "clonefs.h"
+#include "ops-clone.h"
+#include "util/macro.h"
+
+#define CLONE_TIMEOUT 1.0
+
+typedef struct clone_handle {
+        cfs_node *node;
+} clone_handle;
+
+static void reply_clone_entry(fuse_req_t req, cfs_context *ctx, cfs_node *n, const cs_clone_attr *attr)
+{
+        struct fuse_entry_param e = {
+                .ino = cfs_node_ino(ctx, n),
+                .generation = 1,
+                .attr_timeout = CLONE_TIMEOUT,
+                .entry_timeout = CLONE_TIMEOUT,
+        };
+
+        cfs_stat_from_clone(ctx, attr, &e.attr);
+        if (fuse_reply_entry(req, &e) != 0)
+                cfs_node_forget(ctx, n, 1);
+}
+
+/* Whether the inode cino of n's clone is open through this mount. */
+static bool inode_open(cfs_context *ctx, cfs_node *dir, const char *name)
+{
+        cs_clone_attr attr;
+        cfs_node *n;
+        bool open = false;
+
+        if (cs_clone_lookup(dir->clone->clone, dir->cino, name, &attr) < 0)
+                return false;
+        if (cfs_node_for_clone(ctx, dir, dir->clone, &attr, name, &n) < 0)
+                return false;
+        pthread_mutex_lock(&ctx->table_lock);
+        open = n->opens > 0;
+        pthread_mutex_unlock(&ctx->table_lock);
+        cfs_node_forget(ctx, n, 1);
+        return open;
+}
+
+void cfs_clone_op_getattr(fuse_req_t req, cfs_context *ctx, cfs_node *n)
+{
+        cs_clone_attr attr;
+        struct stat st;
+        int r = cs_clone_getattr(n->clone->clone, n->cino, &attr);
+
+        if (r < 0) {
+                fuse_reply_err(req, -r);
+                return;
+        }
+        cfs_stat_from_clone(ctx, &attr, &st);
+        fuse_reply_attr(req, &st, CLONE_TIMEOUT);
+}
+
+void cfs_clone_op_lookup_reply(fuse_req_t req, cfs_context *ctx, cfs_node *n)
+{
+        cs_clone_attr attr;
+        int r = cs_clone_getattr(n->clone->clone, n->cino, &attr);
+
+        if (r < 0) {
+                cfs_node_forget(ctx, n, 1);
+                fuse_reply_err(req, -r);
+                return;
+        }
+        reply_clone_entry(req, ctx, n, &attr);
+}
+
+void cfs_clone_op_setattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, struct stat *st, int to_set)
+{
+        cs_clone_attr in = {}, out;
+        struct timespec t;
+        unsigned valid = 0;
+        struct stat reply;
+        int r;
+
+        clock_gettime(CLOCK_REALTIME, &t);
+        if (to_set & FUSE_SET_ATTR_MODE) {
+                valid |= CS_SET_MODE;
+                in.mode = st->st_mode;
+        }
+        if (to_set & FUSE_SET_ATTR_UID) {
+                valid |= CS_SET_UID;
+                in.uid = st->st_uid;
+        }
+        if (to_set & FUSE_SET_ATTR_GID) {
+                valid |= CS_SET_GID;
+                in.gid = st->st_gid;
+        }
+        if (to_set & FUSE_SET_ATTR_SIZE) {
+                valid |= CS_SET_SIZE;
+                in.size = (uint64_t) st->st_size;
+        }
+        if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW)) {
+                valid |= CS_SET_ATIME;
+                in.atime = (to_set & FUSE_SET_ATTR_ATIME_NOW) ? t : st->st_atim;
+        }
+        if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
+                valid |= CS_SET_MTIME;
+                in.mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? t : st->st_mtim;
+        }
+        if (to_set & FUSE_SET_ATTR_CTIME) {
+                valid |= CS_SET_CTIME;
+                in.ctime = st->st_ctim;
+        }
+        r = cs_clone_setattr(n->clone->clone, n->cino, &in, valid, &out);
+        if (r < 0) {
+                fuse_reply_err(req, -r);
+                return;
+        }
+        cfs_stat_from_clone(ctx, &out, &reply);
+        fuse_reply_attr(req, &reply, CLONE_TIMEOUT);
+}
+
+void cfs_clone_op_readlink(fuse_req_t req, cfs_context *ctx, cfs_node *n)
+{
+        char target[PATH_MAX + 1];
+        int r = cs_clone_readlink(n->clone->clone, n->cino, target, sizeof(target));
+
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else
+                fuse_reply_readlink(req, target);
+}
+
+/* Makes any kind of node and replies with its entry. */
+static int make_node(fuse_req_t req, cfs_context *ctx, cfs_node *parent, const char *name, mode_t mode, dev_t rdev,
+                     const char *target, cfs_node **ret_node)
+{
+        const struct fuse_ctx *caller = fuse_req_ctx(req);
+        cs_clone_attr attr;
+        cfs_node *n;
+        int r;
+
+        r = cs_clone_create_node(parent->clone->clone, parent->cino, name, mode, rdev, caller->uid, caller->gid,
+                                 target, &attr);
+        if (r < 0)
+                return r;
+        r = cfs_node_for_clone(ctx, parent, parent->clone, &attr, name, &n);
+        if (r < 0)
+                return r;
+        if (ret_node) {
+                *ret_node = n;
+                return 0;
+        }
+        reply_clone_entry(req, ctx, n, &attr);
+        return 0;
+}
+
+void cfs_clone_op_mknod(fuse_req_t req, cfs_context *ctx, cfs_node *parent, const char *name, mode_t mode,
+                        dev_t rdev, const char *target)
+{
+        int r = make_node(req, ctx, parent, name, mode, rdev, target, NULL);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+}
+
+void cfs_clone_op_unlink(fuse_req_t req, cfs_context *ctx, cfs_node *parent, const char *name, bool dir)
+{
+        bool open = !dir && inode_open(ctx, parent, name);
+        int r = cs_clone_unlink(parent->clone->clone, parent->cino, name, dir, open, NULL);
+
+        fuse_reply_err(req, -MIN(r, 0));
+}
+
+void cfs_clone_op_rename(fuse_req_t req, cfs_context *ctx, cfs_node *parent, const char *name, cfs_node *new_parent,
+                         const char *new_name, unsigned flags)
+{
+        unsigned cs_flags = 0;
+        int r;
+
+        if (new_parent->kind != CFS_NODE_CLONE || new_parent->clone != parent->clone) {
+                fuse_reply_err(req, EXDEV);
+                return;
+        }
+        if (flags & RENAME_NOREPLACE)
+                cs_flags |= CS_RENAME_NOREPLACE;
+        if (flags & RENAME_EXCHANGE)
+                cs_flags |= CS_RENAME_EXCHANGE;
+        if (flags & ~(unsigned) (RENAME_NOREPLACE | RENAME_EXCHANGE)) {
+                fuse_reply_err(req, EINVAL);
+                return;
+        }
+        r = cs_clone_rename(parent->clone->clone, parent->cino, name, new_parent->cino, new_name, cs_flags,
+                            inode_open(ctx, new_parent, new_name), NULL);
+        fuse_reply_err(req, -MIN(r, 0));
+}
+
+void cfs_clone_op_link(fuse_req_t req, cfs_context *ctx, cfs_node *n, cfs_node *new_parent, const char *new_name)
+{
+        cs_clone_attr attr;
+        cfs_node *linked;
+        int r;
+
+        if (new_parent->kind != CFS_NODE_CLONE || new_parent->clone != n->clone) {
+                fuse_reply_err(req, EXDEV);
+                return;
+        }
+        r = cs_clone_link(n->clone->clone, n->cino, new_parent->cino, new_name, &attr);
+        if (r >= 0)
+                r = cfs_node_for_clone(ctx, new_parent, n->clone, &attr, new_name, &linked);
+        if (r < 0) {
+                fuse_reply_err(req, -r);
+                return;
+        }
+        reply_clone_entry(req, ctx, linked, &attr);
+}
+
+static int handle_new(cfs_context *ctx, cfs_node *n, struct fuse_file_info *fi)
+{
+        clone_handle *h = calloc(1, sizeof(*h));
+
+        if (!h)
+                return -ENOMEM;
+        h->node = n;
+        pthread_mutex_lock(&ctx->table_lock);
+        n->refs++;
+        n->opens++;
+        pthread_mutex_unlock(&ctx->table_lock);
+        fi->fh = (uint64_t) (uintptr_t) h;
+        fi->keep_cache = 0;
+        return 0;
+}
+
+void cfs_clone_op_open(fuse_req_t req, cfs_context *ctx, cfs_node *n, struct fuse_file_info *fi)
+{
+        cs_clone_attr attr;
+        int r = cs_clone_getattr(n->clone->clone, n->cino, &attr);
+
+        if (r >= 0 && S_ISDIR(attr.mode))
+                r = -EISDIR;
+        if (r >= 0)
+                r = handle_new(ctx, n, fi);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else
+                fuse_reply_open(req, fi);
+}
+
+void cfs_clone_op_create(fuse_req_t req, cfs_context *ctx, cfs_node *parent, const char *name, mode_t mode,
+                         struct fuse_file_info *fi)
+{
+        struct fuse_entry_param e = { .generation = 1, .attr_timeout = CLONE_TIMEOUT, .entry_timeout = CLONE_TIMEOUT };
+        cs_clone_attr attr;
+        cfs_node *n;
+        int r;
+
+        r = make_node(req, ctx, parent, name, S_IFREG | (mode & 07777), 0, NULL, &n);
+        if (r >= 0)
+                r = cs_clone_getattr(n->clone->clone, n->cino, &attr);
+        if (r >= 0)
+                r = handle_new(ctx, n, fi);
+        if (r < 0) {
+                fuse_reply_err(req, -r);
+                return;
+        }
+        e.ino = cfs_node_ino(ctx, n);
+        cfs_stat_from_clone(ctx, &attr, &e.attr);
+        fuse_reply_create(req, &e, fi);
+}
+
+void cfs_clone_op_release(fuse_req_t req, cfs_context *ctx, struct fuse_file_info *fi)
+{
+        clone_handle *h = (clone_handle *) (uintptr_t) fi->fh;
+        cfs_node *n = h->node;
+        bool last;
+
+        pthread_mutex_lock(&ctx->table_lock);
+        last = --n->opens == 0;
+        pthread_mutex_unlock(&ctx->table_lock);
+        if (last)
+                (void) cs_clone_release_inode(n->clone->clone, n->cino); /* an unlinked inode goes now */
+        cfs_node_unref(ctx, n);
+        free(h);
+        fuse_reply_err(req, 0);
+}
+
+void cfs_clone_op_read(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off)
+{
+        uint8_t *buf = malloc(MAX(size, 1u));
+        ssize_t got;
+
+        if (!buf) {
+                fuse_reply_err(req, ENOMEM);
+                return;
+        }
+        got = cs_clone_read(n->clone->clone, n->cino, buf, size, (uint64_t) off);
+        if (got < 0)
+                fuse_reply_err(req, (int) -got);
+        else
+                fuse_reply_buf(req, (const char *) buf, (size_t) got);
+        free(buf);
+}
+
+void cfs_clone_op_write(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *buf, size_t size, off_t off)
+{
+        ssize_t done = cs_clone_write(n->clone->clone, n->cino, buf, size, (uint64_t) off);
+
+        if (done < 0)
+                fuse_reply_err(req, (int) -done);
+        else
+                fuse_reply_write(req, (size_t) done);
+}
+
+void cfs_clone_op_fsync(fuse_req_t req, cfs_context *ctx, cfs_node *n, int datasync)
+{
+        int r = cs_clone_fsync(n->clone->clone, n->cino, datasync != 0);
+        fuse_reply_err(req, -MIN(r, 0));
+}
+
+void cfs_clone_op_fallocate(fuse_req_t req, cfs_context *ctx, cfs_node *n, int mode, off_t offset, off_t length)
+{
+        int cs_mode = 0, r;
+
+        if (mode & FALLOC_FL_KEEP_SIZE)
+                cs_mode |= CS_FALLOC_KEEP_SIZE;
+        if (mode & FALLOC_FL_PUNCH_HOLE)
+                cs_mode |= CS_FALLOC_PUNCH_HOLE;
+        if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE)) {
+                fuse_reply_err(req, EOPNOTSUPP);
+                return;
+        }
+        r = cs_clone_fallocate(n->clone->clone, n->cino, cs_mode, (uint64_t) offset, (uint64_t) length);
+        fuse_reply_err(req, -MIN(r, 0));
+}
+
+void cfs_clone_op_lseek(fuse_req_t req, cfs_context *ctx, cfs_node *n, off_t off, int whence)
+{
+        cs_clone_attr attr;
+        int r = cs_clone_getattr(n->clone->clone, n->cino, &attr);
+
+        if (r < 0) {
+                fuse_reply_err(req, -r);
+                return;
+        }
+        if (off < 0 || (uint64_t) off >= attr.size) {
+                fuse_reply_err(req, ENXIO);
+                return;
+        }
+        /* Clone files are reported as all data: holes are an optimization,
+         * never a promise. */
+        if (whence == SEEK_DATA)
+                fuse_reply_lseek(req, off);
+        else if (whence == SEEK_HOLE)
+                fuse_reply_lseek(req, (off_t) attr.size);
+        else
+                fuse_reply_err(req, EINVAL);
+}
+
+typedef struct clone_dir_buffer {
+        fuse_req_t req;
+        char *buf;
+        size_t size, used;
+} clone_dir_buffer;
+
+static bool add_clone_dirent(void *userdata, const void *name, size_t name_len, uint64_t ino, uint32_t mode,
+                             uint64_t next)
+{
+        clone_dir_buffer *b = userdata;
+        struct stat st = { .st_ino = ino, .st_mode = mode & S_IFMT };
+        char name_z[CS_NAME_MAX + 1];
+        size_t len = MIN(name_len, (size_t) CS_NAME_MAX), need;
+
+        memcpy(name_z, name, len);
+        name_z[len] = 0;
+        need = fuse_add_direntry(b->req, b->buf + b->used, b->size - b->used, name_z, &st, (off_t) next + 2);
+        if (need > b->size - b->used)
+                return false;
+        b->used += need;
+        return true;
+}
+
+void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off)
+{
+        clone_dir_buffer b = { .req = req, .size = size };
+        int r = 0;
+
+        b.buf = malloc(size);
+        if (!b.buf) {
+                fuse_reply_err(req, ENOMEM);
+                return;
+        }
+        for (; off < 2; off++) {
+                struct stat st = { .st_ino = n->ino, .st_mode = S_IFDIR };
+                size_t need = fuse_add_direntry(req, b.buf + b.used, b.size - b.used, off == 0 ? "." : "..", &st,
+                                                off + 1);
+                if (need > b.size - b.used)
+                        break;
+                b.used += need;
+        }
+        if (off >= 2)
+                r = cs_clone_readdir(n->clone->clone, n->cino, (uint64_t) (off - 2), add_clone_dirent, &b);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else
+                fuse_reply_buf(req, b.buf, b.used);
+        free(b.buf);
+}
+
+void cfs_clone_op_getxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *name, size_t size)
+{
+        char *buf = size ? malloc(size) : NULL;
+        int r;
+
+        if (size && !buf) {
+                fuse_reply_err(req, ENOMEM);
+                return;
+        }
+        r = cs_clone_getxattr(n->clone->clone, n->cino, name, buf, size);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else if (size == 0)
+                fuse_reply_xattr(req, (size_t) r);
+        else
+                fuse_reply_buf(req, buf, (size_t) r);
+        free(buf);
+}
+
+void cfs_clone_op_listxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size)
+{
+        char *buf = size ? malloc(size) : NULL;
+        int r;
+
+        if (size && !buf) {
+                fuse_reply_err(req, ENOMEM);
+                return;
+        }
+        r = cs_clone_listxattr(n->clone->clone, n->cino, buf, size);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else if (size == 0)
+                fuse_reply_xattr(req, (size_t) r);
+        else
+                fuse_reply_buf(req, buf, (size_t) r);
+        free(buf);
+}
+
+void cfs_clone_op_setxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *name, const char *value,
+                           size_t size, int flags)
+{
+        int cs_flags = (flags & XATTR_CREATE ? CS_XATTR_CREATE : 0) | (flags & XATTR_REPLACE ? CS_XATTR_REPLACE : 0);
+        int r = cs_clone_setxattr(n->clone->clone, n->cino, name, value, size, cs_flags);
+        fuse_reply_err(req, -MIN(r, 0));
+}
+
+void cfs_clone_op_removexattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *name)
+{
+        int r = cs_clone_removexattr(n->clone->clone, n->cino, name);
+        fuse_reply_err(req, -MIN(r, 0));
+}

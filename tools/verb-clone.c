@@ -1,0 +1,265 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * clonectl clone create|list|destroy|snapshot|rewind|refresh|export.
+ *
+ * A clone's snapshots are points of the timeline named after the clone.
+ * Commands that change or read a whole clone need it unmounted: a mount
+ * holds the clone exclusively, and they say so in one line.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clonectl.h"
+#include "restore.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "util/size.h"
+
+static int check_name(const char *name)
+{
+        if (!cs_clone_name_is_valid(name))
+                return log_error_errno(-EINVAL, "invalid clone name '%s': use 1-128 of A-Z a-z 0-9 . _ -", name);
+        return 0;
+}
+
+static int busy(int r, const char *name, const char *what)
+{
+        if (r == -EBUSY)
+                return log_error_errno(r, "cannot %s clone '%s': it is mounted (unmount it first)", what, name);
+        if (r == -ENOENT)
+                return log_error_errno(r, "no clone '%s'", name);
+        return log_error_errno(r, "cannot %s clone '%s': %m", what, name);
+}
+
+static double elapsed_ms(const struct timespec *start)
+{
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double) (t.tv_sec - start->tv_sec) * 1e3 + (double) (t.tv_nsec - start->tv_nsec) / 1e6;
+}
+
+/* Folds a clone into a new point of its timeline. */
+static int snapshot_clone(cs_store *store, const char *name, const char *label, cs_point_info *ret)
+{
+        cs_point_info p = {};
+        cs_put_counters before, after;
+        int r;
+
+        cs_store_put_counters(store, &before);
+        r = cs_clone_fold(store, name, &p.root);
+        if (r < 0)
+                return busy(r, name, "snapshot");
+        cs_store_put_counters(store, &after);
+        snprintf(p.timeline, sizeof(p.timeline), "%s", name);
+        if (label)
+                snprintf(p.label, sizeof(p.label), "%s", label);
+        p.created = (int64_t) time(NULL);
+        p.added_bytes = after.stored_bytes - before.stored_bytes;
+        r = cs_point_add(store, &p);
+        if (r == -EEXIST)
+                return log_error_errno(r, "label '%s' is already taken in timeline '%s'", label, name);
+        if (r < 0)
+                return log_error_errno(r, "cannot add the clone's point: %m");
+        *ret = p;
+        return 0;
+}
+
+static int clone_create(cs_store *store, const char *name)
+{
+        cs_clone_info existing;
+        cs_point_info from, probe;
+        struct timespec start;
+        int r;
+
+        if (!arg_from)
+                return log_error_errno(-EINVAL, "clone create needs --from TIMELINE@POINT or --from CLONE");
+        if (cs_clone_find(store, name, &existing) == 0)
+                return log_error_errno(-EEXIST, "clone '%s' already exists", name);
+        if (cs_point_find(store, name, "latest", &probe) == 0)
+                return log_error_errno(-EEXIST, "a timeline named '%s' exists; a clone's snapshots go to a timeline "
+                                                "of its own name, so choose another name",
+                                       name);
+        if (strchr(arg_from, '@')) {
+                r = find_point(store, arg_from, &from);
+                if (r < 0)
+                        return r;
+        } else {
+                r = check_name(arg_from);
+                if (r < 0)
+                        return r;
+                /* --from CLONE: that clone's state now, as a point of its own. */
+                r = snapshot_clone(store, arg_from, NULL, &from);
+                if (r < 0)
+                        return r;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        r = cs_clone_create(store, name, &from);
+        if (r == -EEXIST)
+                return log_error_errno(r, "clone '%s' already exists", name);
+        if (r < 0)
+                return log_error_errno(r, "cannot create clone '%s': %m", name);
+        if (arg_json)
+                printf("{\"clone\":\"%s\",\"from\":\"%s@%s\",\"milliseconds\":%.3f}\n", name, from.timeline, from.name,
+                       elapsed_ms(&start));
+        else
+                printf("created clone %s of %s@%s in %.1f ms\n", name, from.timeline, from.name, elapsed_ms(&start));
+        return 0;
+}
+
+static int clone_list(cs_store *store)
+{
+        _cleanup_free_ cs_clone_info *list = NULL;
+        size_t n = 0;
+        int r;
+
+        r = cs_clone_list(store, &list, &n);
+        if (r < 0)
+                return log_error_errno(r, "cannot list clones: %m");
+        if (arg_json) {
+                printf("[");
+                for (size_t i = 0; i < n; i++)
+                        printf("%s{\"name\":\"%s\",\"base\":\"%s@%s\",\"created\":%" PRId64 ",\"local_bytes\":%" PRIu64 "}",
+                               i ? "," : "", list[i].name, list[i].base_timeline, list[i].base_point, list[i].created,
+                               list[i].local_bytes);
+                printf("]\n");
+                return 0;
+        }
+        if (n == 0) {
+                printf("no clones (make one with 'clonectl clone create NAME --from TIMELINE@POINT')\n");
+                return 0;
+        }
+        printf("%-24s %-40s %-20s %12s\n", "CLONE", "FROM", "CREATED", "LOCAL");
+        for (size_t i = 0; i < n; i++) {
+                char from[200], when[32] = "-", size[FORMAT_BYTES_MAX];
+                time_t t = (time_t) list[i].created;
+                struct tm tm;
+                if (gmtime_r(&t, &tm))
+                        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%SZ", &tm);
+                snprintf(from, sizeof(from), "%s@%s", list[i].base_timeline, list[i].base_point);
+                printf("%-24s %-40s %-20s %12s\n", list[i].name, from, when, format_bytes(size, list[i].local_bytes));
+        }
+        return 0;
+}
+
+static int clone_reset(cs_store *store, const char *name, bool refresh)
+{
+        cs_clone_info info;
+        cs_point_info to;
+        int r;
+
+        r = cs_clone_find(store, name, &info);
+        if (r < 0)
+                return busy(r, name, refresh ? "refresh" : "rewind");
+        if (refresh) {
+                r = cs_point_find(store, info.base_timeline, "latest", &to);
+                if (r < 0)
+                        return log_error_errno(r, "timeline '%s' of clone '%s' has no points", info.base_timeline,
+                                               name);
+        } else if (arg_to) {
+                r = strchr(arg_to, '@') ? find_point(store, arg_to, &to) : cs_point_find(store, name, arg_to, &to);
+                if (r == -ENOENT)
+                        return log_error_errno(r, "no point '%s' among the snapshots of clone '%s'", arg_to, name);
+                if (r < 0)
+                        return r == -EINVAL ? r : log_error_errno(r, "cannot find point '%s': %m", arg_to);
+        } else {
+                /* Its last snapshot, or where it started. */
+                r = cs_point_find(store, name, "latest", &to);
+                if (r == -ENOENT)
+                        r = cs_point_find(store, info.base_timeline, info.base_point, &to);
+                if (r < 0)
+                        return log_error_errno(r, "clone '%s' has no snapshot and its base point is gone", name);
+        }
+        r = cs_clone_reset(store, name, &to, false);
+        if (r < 0)
+                return busy(r, name, refresh ? "refresh" : "rewind");
+        printf("clone %s now holds %s@%s\n", name, to.timeline, to.name);
+        return 0;
+}
+
+static int clone_export(cs_store *store, const char *name, const char *dir)
+{
+        restore_result res = {};
+        cs_chunk_id tree;
+        uint64_t pin = 0;
+        int r;
+
+        r = cs_clone_fold(store, name, &tree);
+        if (r < 0)
+                return busy(r, name, "export");
+        r = cs_store_commit(store);
+        if (r >= 0)
+                r = cs_store_pin(store, &tree, &pin); /* no point names it: keep gc off it */
+        if (r < 0)
+                return log_error_errno(r, "cannot export clone '%s': %m", name);
+        r = restore_point(store, &tree, dir, &res);
+        (void) cs_store_unpin(store, pin);
+        for (size_t i = 0; i < res.n_errors; i++)
+                log_error("%s", res.errors[i]);
+        if (r == -ENOTEMPTY)
+                r = log_error_errno(r, "cannot export into %s: the directory is not empty", dir);
+        else if (r < 0)
+                r = log_error_errno(r, "cannot export clone '%s' into %s: %m", name, dir);
+        else if (res.n_errors)
+                r = log_error_errno(-EIO, "%zu files could not be exported into %s", res.n_errors, dir);
+        restore_result_free(&res);
+        return r;
+}
+
+int verb_clone(int argc, char **argv)
+{
+        _cleanup_(cs_store_unrefp) cs_store *store = NULL;
+        const char *sub = argc > 1 ? argv[1] : NULL, *name = argc > 2 ? argv[2] : NULL;
+        cs_point_info p;
+        int r;
+
+        if (!sub)
+                return log_error_errno(-EINVAL, "clone needs a command: create, list, destroy, snapshot, rewind, "
+                                                "refresh or export");
+        if (strcmp(sub, "list") == 0) {
+                if (argc != 2)
+                        return log_error_errno(-EINVAL, "usage: clonectl clone list");
+                r = open_store(0, &store);
+                return r < 0 ? r : clone_list(store);
+        }
+        if (!name || argc > (strcmp(sub, "export") == 0 ? 4 : 3) || (strcmp(sub, "export") == 0 && argc != 4))
+                return log_error_errno(-EINVAL, "usage: clonectl clone %s NAME%s", sub,
+                                       strcmp(sub, "export") == 0 ? " DIR" : "");
+        r = check_name(name);
+        if (r < 0)
+                return r;
+        r = open_store(CS_OPEN_WRITE, &store);
+        if (r < 0)
+                return r;
+
+        if (strcmp(sub, "create") == 0)
+                return clone_create(store, name);
+        if (strcmp(sub, "destroy") == 0) {
+                r = cs_clone_destroy(store, name, false);
+                if (r < 0)
+                        return busy(r, name, "destroy");
+                printf("destroyed clone %s\n", name);
+                return 0;
+        }
+        if (strcmp(sub, "snapshot") == 0) {
+                if (arg_label && !cs_label_is_valid(arg_label))
+                        return log_error_errno(-EINVAL, "invalid label '%s'", arg_label);
+                r = snapshot_clone(store, name, arg_label, &p);
+                if (r < 0)
+                        return r;
+                printf("%s\n", p.name);
+                return 0;
+        }
+        if (strcmp(sub, "rewind") == 0)
+                return clone_reset(store, name, false);
+        if (strcmp(sub, "refresh") == 0)
+                return clone_reset(store, name, true);
+        if (strcmp(sub, "export") == 0)
+                return clone_export(store, name, argv[3]);
+        return log_error_errno(-EINVAL, "unknown clone command '%s' (create, list, destroy, snapshot, rewind, "
+                                        "refresh, export)",
+                               sub);
+}
