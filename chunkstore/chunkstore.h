@@ -517,9 +517,11 @@ int cs_clone_getattr(cs_clone *c, uint64_t ino, cs_clone_attr *ret);
 int cs_clone_lookup(cs_clone *c, uint64_t parent, const char *name, cs_clone_attr *ret);
 int cs_clone_readdir(cs_clone *c, uint64_t ino, uint64_t offset, cs_clone_dirent_fn fn, void *userdata);
 int cs_clone_readlink(cs_clone *c, uint64_t ino, char *buf, size_t size);
-/* Makes a file, directory, symlink (target), FIFO, socket or device. */
+/* Makes a file, directory, symlink (target), FIFO, socket or device.  A
+ * default ACL of the parent is inherited (as posix_acl_create() does);
+ * without one, umask applies to mode. */
 int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_t mode, uint64_t rdev, uint32_t uid,
-                         uint32_t gid, const char *target, cs_clone_attr *ret);
+                         uint32_t gid, uint32_t umask, const char *target, cs_clone_attr *ret);
 int cs_clone_link(cs_clone *c, uint64_t ino, uint64_t parent, const char *name, cs_clone_attr *ret);
 /* child_open: the inode is open, so it outlives its last name until
  * cs_clone_release_inode(). */

@@ -940,6 +940,113 @@ int cs_clone_readlink(cs_clone *c, uint64_t ino, char *buf, size_t size)
         return r;
 }
 
+/* --- POSIX ACL inheritance ---------------------------------------------------
+ *
+ * A new node in a directory with a default ACL gets that ACL as its access
+ * ACL, its permissions cut by the mode it was created with (as
+ * posix_acl_create() does), and, if it is a directory, the default ACL
+ * too; without one, the umask applies.  The xattr format is the kernel's:
+ * le32 version 2, then per entry le16 tag, le16 permissions, le32 id.
+ */
+
+#define ACL_DEFAULT_XATTR "system.posix_acl_default"
+#define ACL_ACCESS_XATTR "system.posix_acl_access"
+enum { ACL_USER_OBJ = 1, ACL_USER = 2, ACL_GROUP_OBJ = 4, ACL_GROUP = 8, ACL_MASK = 0x10, ACL_OTHER = 0x20 };
+
+static int put_xattr(cs_clone *c, uint64_t ino, const char *name, const void *value, size_t size)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r = prep(c, "INSERT OR REPLACE INTO xattrs VALUES(?, ?, ?)", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(stmt, 3, value, (int) size, SQLITE_STATIC);
+        return cs_index_step(stmt);
+}
+
+/* The parent's default ACL, if any (a malloc()ed copy in *ret). */
+static int default_acl(cs_clone *c, uint64_t parent, uint8_t **ret, size_t *ret_size)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r;
+
+        *ret = NULL;
+        *ret_size = 0;
+        r = prep(c, "SELECT value FROM xattrs WHERE ino = ? AND name = '" ACL_DEFAULT_XATTR "'", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) parent);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_DONE)
+                return 0;
+        if (rc != SQLITE_ROW)
+                return cs_sqlite_errno(rc);
+        *ret_size = (size_t) sqlite3_column_bytes(stmt, 0);
+        *ret = malloc(MAX(*ret_size, 1u));
+        if (!*ret)
+                return -ENOMEM;
+        memcpy(*ret, sqlite3_column_blob(stmt, 0), *ret_size);
+        return 1;
+}
+
+/* Computes the new node's mode and, through ret_acl, its access ACL
+ * (NULL when the mode says everything). */
+static int inherit_acl(const uint8_t *def, size_t size, uint32_t *mode, uint8_t **ret_acl)
+{
+        uint8_t *acl;
+        uint16_t *mask_perm = NULL, *group_perm = NULL, *user_perm = NULL, *other_perm = NULL;
+        size_t n;
+        bool extended = false;
+        uint32_t version;
+
+        *ret_acl = NULL;
+        if (size < 4 || (size - 4) % 8)
+                return -EBADMSG;
+        memcpy(&version, def, 4);
+        if (le32toh(version) != 2)
+                return -EBADMSG;
+        acl = malloc(size);
+        if (!acl)
+                return -ENOMEM;
+        memcpy(acl, def, size);
+        n = (size - 4) / 8;
+        for (size_t i = 0; i < n; i++) {
+                uint16_t *tag = (uint16_t *) (void *) (acl + 4 + 8 * i), *perm = tag + 1;
+                switch (le16toh(*tag)) {
+                case ACL_USER_OBJ:
+                        user_perm = perm;
+                        break;
+                case ACL_GROUP_OBJ:
+                        group_perm = perm;
+                        break;
+                case ACL_MASK:
+                        mask_perm = perm;
+                        break;
+                case ACL_OTHER:
+                        other_perm = perm;
+                        break;
+                default:
+                        extended = true;
+                }
+        }
+        if (!user_perm || !group_perm || !other_perm) {
+                free(acl);
+                return -EBADMSG;
+        }
+        uint16_t *g = mask_perm ? mask_perm : group_perm;
+        *user_perm = htole16(le16toh(*user_perm) & ((*mode >> 6) & 7));
+        *g = htole16(le16toh(*g) & ((*mode >> 3) & 7));
+        *other_perm = htole16(le16toh(*other_perm) & (*mode & 7));
+        *mode = (*mode & ~0777u) | (uint32_t) le16toh(*user_perm) << 6 | (uint32_t) le16toh(*g) << 3 |
+                le16toh(*other_perm);
+        if (extended || mask_perm)
+                *ret_acl = acl;
+        else
+                free(acl);
+        return 0;
+}
+
 /* Parent's mtime and ctime move when its entries change. */
 static int touch_dir(cs_clone *c, inode *dir, int nlink_delta)
 {
@@ -951,8 +1058,10 @@ static int touch_dir(cs_clone *c, inode *dir, int nlink_delta)
 }
 
 int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_t mode, uint64_t rdev, uint32_t uid,
-                         uint32_t gid, const char *target, cs_clone_attr *ret)
+                         uint32_t gid, uint32_t umask, const char *target, cs_clone_attr *ret)
 {
+        _cleanup_free_ uint8_t *def = NULL, *access = NULL;
+        size_t def_size = 0;
         inode dir, made;
         uint64_t existing, ino;
         struct timespec t;
@@ -969,6 +1078,12 @@ int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_
         r = find_dentry(c, parent, name, &existing);
         if (r > 0)
                 r = -EEXIST;
+        if (r >= 0 && !S_ISLNK(mode))
+                r = default_acl(c, parent, &def, &def_size);
+        if (r > 0)
+                r = inherit_acl(def, def_size, &mode, &access);
+        else if (r == 0 && !S_ISLNK(mode))
+                mode &= ~(umask & 0777);
         if (r >= 0) {
                 /* setgid directories hand their group (and, to directories,
                  * the bit itself) to what is made in them. */
@@ -993,6 +1108,10 @@ int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_
         }
         if (r >= 0)
                 r = add_dentry(c, parent, name, strlen(name), ino);
+        if (r >= 0 && access)
+                r = put_xattr(c, ino, ACL_ACCESS_XATTR, access, def_size);
+        if (r >= 0 && def && S_ISDIR(mode))
+                r = put_xattr(c, ino, ACL_DEFAULT_XATTR, def, def_size);
         if (r >= 0)
                 r = touch_dir(c, &dir, S_ISDIR(mode) ? 1 : 0);
         if (r >= 0)
@@ -1565,6 +1684,8 @@ int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uin
                 uint64_t end_off = MIN(offset + length, i.attr.size);
                 for (uint64_t k = offset / c->block_size; r >= 0 && k * c->block_size < end_off; k++) {
                         uint64_t bs = k * c->block_size, from = MAX(offset, bs), to = MIN(end_off, bs + c->block_size);
+                        if (from >= to)
+                                break; /* the hole starts past the end: nothing to punch */
                         if (from == bs && to == bs + c->block_size && !i.local_all)
                                 r = mark_local(c, ino, k); /* all zeros: no old content needed */
                         else
@@ -1813,8 +1934,15 @@ int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, b
 
         pthread_mutex_lock(&store->write_lock);
         cat = cs_index_writer(store->index);
-        r = cs_index_prepare(cat, "UPDATE clones SET base_timeline = ?, base_point = ?, base_root = ? WHERE name = ?",
-                             &stmt);
+        /* base_root is what gc must keep; base_timeline and base_point say
+         * where the clone came from, which a rewind to one of its own
+         * snapshots does not change (refresh goes back there). */
+        if (strcmp(to->timeline, name) == 0)
+                r = cs_index_prepare(cat, "UPDATE clones SET base_root = ?3 WHERE name = ?4", &stmt);
+        else
+                r = cs_index_prepare(cat, "UPDATE clones SET base_timeline = ?1, base_point = ?2, base_root = ?3"
+                                          " WHERE name = ?4",
+                                     &stmt);
         if (r >= 0) {
                 sqlite3_bind_text(stmt, 1, to->timeline, -1, SQLITE_STATIC);
                 sqlite3_bind_text(stmt, 2, to->name, -1, SQLITE_STATIC);

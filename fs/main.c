@@ -314,7 +314,6 @@ out1:
         free(cmd.mountpoint);
         free(ctx.opts.point);
         free(ctx.opts.clone);
-        free(ctx.opts.clone);
         free(ctx.opts.cache_size);
         fuse_opt_free_args(&args);
         return status;

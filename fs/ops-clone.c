@@ -153,8 +153,10 @@ static int make_node(fuse_req_t req, cfs_context *ctx, cfs_node *parent, const c
         cfs_node *n;
         int r;
 
+        /* The kernel leaves the umask to us (FUSE_CAP_DONT_MASK): a default
+         * ACL, where there is one, replaces it. */
         r = cs_clone_create_node(parent->clone->clone, parent->cino, name, mode, rdev, caller->uid, caller->gid,
-                                 target, &attr);
+                                 caller->umask, target, &attr);
         if (r < 0)
                 return r;
         r = cfs_node_for_clone(ctx, parent, parent->clone, &attr, name, &n);

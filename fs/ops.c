@@ -720,6 +720,12 @@ static void cfs_op_init(void *userdata, struct fuse_conn_info *conn)
                 conn->want |= FUSE_CAP_CACHE_SYMLINKS;
         if (conn->capable & FUSE_CAP_ASYNC_READ)
                 conn->want |= FUSE_CAP_ASYNC_READ;
+        /* POSIX ACLs: the kernel enforces them; clones inherit default
+         * ACLs themselves, so they also get the umask to apply. */
+        if (conn->capable & FUSE_CAP_POSIX_ACL)
+                conn->want |= FUSE_CAP_POSIX_ACL;
+        if (conn->capable & FUSE_CAP_DONT_MASK)
+                conn->want |= FUSE_CAP_DONT_MASK;
         /* Writes go straight to the clone: its fsync is what makes them
          * durable, and a write-back cache would delay them past it. */
         conn->want &= ~(unsigned) FUSE_CAP_WRITEBACK_CACHE;
