@@ -24,8 +24,10 @@
  *
  * Output: one line per measurement, space-separated key=value pairs,
  * first "bench=<mode> op=<measurement>".  MB is 10^6 bytes, as lz4 -b
- * uses.  "cpu" is user+system CPU seconds over wall seconds: 2.0 means
- * both of two cores were busy the whole time.
+ * uses.  "cpu" is our user+system CPU seconds over wall seconds: 2.0
+ * means both of two cores were busy the whole time; "other_cpu" is the
+ * same for everything else on the machine (a run where it is not near 0
+ * shared the cores with someone and is not a measurement of the store).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -63,7 +65,15 @@ static const char *arg_data_out;
 typedef struct stopwatch {
         struct timespec wall;
         struct rusage usage;
+        double machine_busy; /* CPU seconds of the whole machine, < 0 if unknown */
 } stopwatch;
+
+typedef struct cpu_use {
+        /* CPU seconds per wall second: ours in user and kernel mode, and
+         * everything else running on the machine meanwhile (other
+         * processes make a measurement worthless; < 0 if unknown). */
+        double user, sys, other;
+} cpu_use;
 
 static double ts_seconds(const struct timespec *ts)
 {
@@ -75,33 +85,51 @@ static double tv_seconds(const struct timeval *tv)
         return (double) tv->tv_sec + (double) tv->tv_usec / 1e6;
 }
 
+/* Busy CPU seconds of all CPUs since boot, from /proc/stat; < 0 if unknown. */
+static double machine_busy_seconds(void)
+{
+        _cleanup_fclose_ FILE *f = fopen("/proc/stat", "re");
+        unsigned long long user, nice, system, idle, iowait, irq, softirq, steal;
+        long hz = sysconf(_SC_CLK_TCK);
+
+        if (!f || hz <= 0 ||
+            fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle,
+                   &iowait, &irq, &softirq, &steal) != 8)
+                return -1;
+        return (double) (user + nice + system + irq + softirq + steal) / (double) hz;
+}
+
 static void stopwatch_start(stopwatch *w)
 {
+        w->machine_busy = machine_busy_seconds();
         getrusage(RUSAGE_SELF, &w->usage);
         clock_gettime(CLOCK_MONOTONIC, &w->wall);
 }
-
-typedef struct cpu_use {
-        double user, sys; /* CPU seconds per wall second */
-} cpu_use;
 
 /* Wall seconds since start; *ret_cpu (may be NULL) gets the CPU used. */
 static double stopwatch_stop(const stopwatch *w, cpu_use *ret_cpu)
 {
         struct timespec now;
         struct rusage usage;
-        double wall, user, sys;
+        double wall, user, sys, busy;
 
         clock_gettime(CLOCK_MONOTONIC, &now);
         getrusage(RUSAGE_SELF, &usage);
+        busy = machine_busy_seconds();
         wall = ts_seconds(&now) - ts_seconds(&w->wall);
         user = tv_seconds(&usage.ru_utime) - tv_seconds(&w->usage.ru_utime);
         sys = tv_seconds(&usage.ru_stime) - tv_seconds(&w->usage.ru_stime);
-        if (ret_cpu)
+        if (ret_cpu && wall > 0)
                 *ret_cpu = (cpu_use) {
-                        .user = wall > 0 ? user / wall : 0,
-                        .sys = wall > 0 ? sys / wall : 0,
+                        .user = user / wall,
+                        .sys = sys / wall,
+                        /* /proc/stat counts in ticks: tiny negatives are noise. */
+                        .other = busy < 0 || w->machine_busy < 0
+                                         ? -1
+                                         : MAX(0.0, (busy - w->machine_busy - user - sys) / wall),
                 };
+        else if (ret_cpu)
+                *ret_cpu = (cpu_use) { .other = -1 };
         return wall;
 }
 
@@ -518,9 +546,9 @@ static void print_measurement(const char *op, size_t block_size, uint64_t bytes,
                               const cpu_use *cpu, double commit_seconds, uint64_t new_chunks)
 {
         printf("bench=synthetic op=%s threads=%u block_size=%zu bytes=%" PRIu64
-               " seconds=%.3f mb_s=%.1f cpu=%.2f cpu_user=%.2f cpu_sys=%.2f",
+               " seconds=%.3f mb_s=%.1f cpu=%.2f cpu_user=%.2f cpu_sys=%.2f other_cpu=%.2f",
                op, arg_threads, block_size, bytes, seconds, mb_per_s(bytes, seconds),
-               cpu->user + cpu->sys, cpu->user, cpu->sys);
+               cpu->user + cpu->sys, cpu->user, cpu->sys, cpu->other);
         if (commit_seconds >= 0)
                 printf(" final_commit_seconds=%.3f new_chunks=%" PRIu64, commit_seconds, new_chunks);
         printf("\n");
@@ -840,9 +868,10 @@ static int verb_ingest(const char *store_path, const char *src)
 
         printf("bench=ingest op=ingest threads=%u block_size=%zu files=%zu bytes=%" PRIu64
                " zero_bytes=%" PRIu64 " new_bytes=%" PRIu64 " new_chunks=%" PRIu64
-               " seconds=%.3f mb_s=%.1f cpu=%.2f cpu_user=%.2f cpu_sys=%.2f\n",
+               " seconds=%.3f mb_s=%.1f cpu=%.2f cpu_user=%.2f cpu_sys=%.2f other_cpu=%.2f\n",
                arg_threads, block_size, plan.n_files, bytes, zero_bytes, new_bytes, new_chunks,
-               seconds, mb_per_s(bytes, seconds), cpu.user + cpu.sys, cpu.user, cpu.sys);
+               seconds, mb_per_s(bytes, seconds), cpu.user + cpu.sys, cpu.user, cpu.sys,
+               cpu.other);
         fflush(stdout);
 
         r = cs_store_stats(store, &after);

@@ -14,7 +14,8 @@
 # and prints per block size:
 #
 #   copy 1 stored     compressed bytes of the first point (stored_bytes)
-#   ingest MB/s       put speed of copy 1 (page cache warm, THREADS threads)
+#   ingest MB/s       put speed of copy 1 (page cache warm, THREADS threads),
+#                     median of REPEAT ingests into fresh stores
 #   copy 2 added      stored bytes the second point added: all of it, and
 #                     base/ alone; "changed" is the share of base/ bytes
 #                     that were in blocks the store did not have
@@ -24,9 +25,10 @@
 # as the postgres user.  Builds nothing: run "make bench" first.
 # Environment: SCALE (default 50), PGBENCH_SECONDS (default 60),
 # BLOCK_SIZES (default "8K 16K 32K 64K 128K"), THREADS (default 2),
+# REPEAT (ingests of copy 1 per block size for its speed; default 3),
 # PGBIN (default /usr/lib/postgresql/15/bin), PGPORT_BENCH (default 54329,
 # only names the socket), BENCH_TMPDIR (default /var/tmp; needs about
-# 3 x the data directory).
+# 3.5 x the data directory, ~5 GB at scale 50).
 set -eu
 
 builddir=${1:-.}
@@ -36,6 +38,7 @@ scale=${SCALE:-50}
 pgbench_seconds=${PGBENCH_SECONDS:-60}
 block_sizes=${BLOCK_SIZES:-8K 16K 32K 64K 128K}
 threads=${THREADS:-2}
+repeat=${REPEAT:-3}
 pgbin=${PGBIN:-/usr/lib/postgresql/15/bin}
 port=${PGPORT_BENCH:-54329}
 
@@ -127,6 +130,9 @@ as_pg "$pgbin/pgbench" -h "$sock" -p "$port" -T "$pgbench_seconds" -c 2 postgres
         die "pgbench failed: $(tail -3 "$sock/pgbench.log")"
 pg_stop || die "PostgreSQL did not stop"
 cp -a "$pgdata" "$work/copy2"
+# Write the copies out now, so that their writeback does not run during
+# (and slow down) whichever block size is measured first.
+sync
 
 tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$sock/pgbench.log" | tail -1)
 transactions=$(sed -n 's/^number of transactions actually processed: //p' "$sock/pgbench.log")
@@ -136,6 +142,8 @@ for c in copy1 copy2; do
                 "pg_wal/ $(du -sb "$work/$c/pg_wal" | cut -f1)"
 done
 
+# Pass 1: every block size, both copies, for the space numbers (and the
+# first speed sample).
 results=$work/results
 : >"$results"
 for b in $block_sizes; do
@@ -155,10 +163,11 @@ for b in $block_sizes; do
         s2=$(printf '%s\n' "$out2" | grep 'op=stats')
         i3=$(printf '%s\n' "$out3" | grep 'op=ingest')
         s3=$(printf '%s\n' "$out3" | grep 'op=stats')
+        kv "$i1" mb_s >"$work/speed.$b"
         db_bytes=$(stat -c %s "$store/catalog.db")
-        # block copy1_stored copy1_unique copy1_mb_s copy2_added copy2_base_added
-        # base_new_bytes base_bytes copy2_new_bytes copy2_bytes catalog_bytes db_bytes chunks
-        echo "$b $(kv "$s1" added_stored_bytes) $(kv "$s1" added_unique_bytes) $(kv "$i1" mb_s)" \
+        # block copy1_stored copy1_unique copy2_added copy2_base_added base_new_bytes
+        # base_bytes copy2_new_bytes copy2_bytes catalog_bytes db_bytes chunks
+        echo "$b $(kv "$s1" added_stored_bytes) $(kv "$s1" added_unique_bytes)" \
                 "$(($(kv "$s2" added_stored_bytes) + $(kv "$s3" added_stored_bytes)))" \
                 "$(kv "$s2" added_stored_bytes) $(kv "$i2" new_bytes) $(kv "$i2" bytes)" \
                 "$(($(kv "$i2" new_bytes) + $(kv "$i3" new_bytes))) $(kv "$i3" bytes)" \
@@ -166,13 +175,28 @@ for b in $block_sizes; do
         rm -rf "$store"
 done
 
+# Passes 2..REPEAT: copy 1 into a fresh store again, block sizes
+# interleaved so that a slow phase of the machine does not hit one size.
+for _ in $(seq 2 "$repeat"); do
+        for b in $block_sizes; do
+                rm -rf "$store"
+                "$clonectl" --store "$store" init --block-size "$b" >/dev/null
+                out1=$("$bench" ingest "$store" "$work/copy1" --threads "$threads")
+                printf '%s\n' "$out1" | grep 'op=ingest' | sed "s|^|# $b copy1 again: |"
+                kv "$(printf '%s\n' "$out1" | grep 'op=ingest')" mb_s >>"$work/speed.$b"
+                rm -rf "$store"
+        done
+done
+
 echo
 echo "Block size study: pgbench -i -s $scale (copy 1), then $pgbench_seconds s of pgbench -c 2" \
-        "at $tps tps (copy 2); MiB = 2^20 bytes, stored = lz4-compressed chunk bytes"
+        "at $tps tps (copy 2); MiB = 2^20 bytes, stored = lz4-compressed chunk bytes;" \
+        "ingest speed: median of $repeat"
 printf '%-6s %11s %9s %11s | %12s %12s %14s %14s | %10s %10s %9s\n' \
         block "copy1 MiB" ratio "ingest MB/s" "copy2 +MiB" "base/ +MiB" "base/ changed" "copy2 changed" \
         "index MiB" "(db MiB)" chunks
-while read -r b st un mbs add addb bnew bbytes cnew cbytes cat db chunks; do
+while read -r b st un add addb bnew bbytes cnew cbytes cat db chunks; do
+        mbs=$(sort -g "$work/speed.$b" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
         printf '%-6s %11s %9s %11s | %12s %12s %14s %14s | %10s %10s %9s\n' \
                 "$b" "$(mib "$st")" "$(awk -v u="$un" -v s="$st" 'BEGIN { printf "%.2fx", s ? u / s : 0 }')" \
                 "$mbs" "$(mib "$add")" "$(mib "$addb")" "$(percent "$bnew" "$bbytes")" \

@@ -69,7 +69,7 @@ pg() {
 }
 
 start_pg() {
-        pg "$pgbin/pg_ctl" -D "$pgdata" -w -l "$work/pg.log" \
+        pg "$pgbin/pg_ctl" -D "$pgdata" -w -l "$sock/pg.log" \
                 -o "-k $sock -c listen_addresses='' -p 54330" start >/dev/null
 }
 

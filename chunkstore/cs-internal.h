@@ -206,6 +206,9 @@ struct cs_store {
         pthread_mutex_t write_lock;
         cs_pack_writer pack;
         cs_pending *pending;
+        cs_pending *committing; /* the batch a commit is syncing, or NULL */
+        cs_pending *spare;      /* an empty table, reused as the next pending */
+        pthread_cond_t commit_done;
         uint64_t pending_logical_bytes;
         cs_put_counters added; /* what this handle's puts added */
         uint64_t pins;         /* pins made through this handle */
@@ -222,8 +225,9 @@ int cs_store_locate(cs_store *store, const cs_chunk_id *id, cs_location *ret_loc
  * (callers hold write_lock). */
 int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uint8_t *record,
                            size_t record_size);
-/* Commits pending puts; with seal, also seals the open pack (callers hold
- * write_lock). */
+/* Commits pending puts; with seal, also seals the open pack.  Callers hold
+ * write_lock; it is released while the pack is fdatasync()ed, so callers
+ * must not keep pointers into the writer state across the call. */
 int cs_store_commit_locked(cs_store *store, bool seal);
 
 /* timeline.c: pins.  Start time of a process (field 22 of /proc/PID/stat);

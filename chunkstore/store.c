@@ -247,6 +247,7 @@ int cs_store_open(const char *path, unsigned flags, cs_store **ret_store)
         store->pack.fd = -1;
         store->flags = flags;
         pthread_mutex_init(&store->write_lock, NULL);
+        pthread_cond_init(&store->commit_done, NULL);
 
         store->path = strdup(path);
         if (!store->path)
@@ -306,6 +307,8 @@ cs_store *cs_store_unref(cs_store *store)
         cs_pack_cache_free(store->packs);
         cs_index_free(store->index);
         pending_free(store->pending);
+        pending_free(store->spare);
+        pthread_cond_destroy(&store->commit_done);
         safe_close(store->lock_fd);
         safe_close(store->dir_fd);
         pthread_mutex_destroy(&store->write_lock);
@@ -330,10 +333,9 @@ const char *cs_store_path(const cs_store *store)
 
 /* --- Committing --------------------------------------------------------- */
 
-static int insert_pending(cs_store *store, sqlite3 *db)
+static int insert_pending(const cs_pending *p, sqlite3 *db)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *insert = NULL;
-        cs_pending *p = store->pending;
         int r;
 
         r = cs_index_prepare(db,
@@ -358,53 +360,108 @@ static int insert_pending(cs_store *store, sqlite3 *db)
         return 0;
 }
 
-int cs_store_commit_locked(cs_store *store, bool seal)
+static int write_batch(sqlite3 *db, const cs_pending *batch, uint64_t logical, const cs_pack_writer *seal_pack)
 {
-        sqlite3 *db = cs_index_writer(store->index);
-        bool have_pack = store->pack.fd >= 0;
-        int r;
+        int r = cs_index_begin(db);
 
-        if (store->pending->n == 0 && store->pending_logical_bytes == 0 && !(seal && have_pack))
-                return 0;
-
-        /* Durability order: the bytes first, then the rows that point at them. */
-        if (store->pending->n > 0) {
-                r = cs_pack_sync(&store->pack);
-                if (r < 0)
-                        return r;
-        }
-
-        r = cs_index_begin(db);
         if (r < 0)
                 return r;
-        r = insert_pending(store, db);
-        if (r >= 0 && store->pending_logical_bytes > 0) {
+        r = insert_pending(batch, db);
+        if (r >= 0 && logical > 0) {
                 char sql[128];
-                snprintf(sql, sizeof(sql),
-                         "UPDATE meta SET value = value + %llu WHERE key = 'logical_bytes'",
-                         (unsigned long long) store->pending_logical_bytes);
+                snprintf(sql, sizeof(sql), "UPDATE meta SET value = value + %llu WHERE key = 'logical_bytes'",
+                         (unsigned long long) logical);
                 r = cs_index_exec(db, sql);
         }
         /* A pack's size is recorded when it is sealed; until then recovery
          * derives it from the rows. */
-        seal = have_pack && (seal || store->pack.size >= CS_PACK_TARGET_SIZE);
-        if (r >= 0 && seal)
-                r = cs_pack_seal(&store->pack, db);
+        if (r >= 0 && seal_pack)
+                r = cs_pack_seal((cs_pack_writer *) seal_pack, db);
         if (r < 0) {
                 cs_index_rollback(db);
                 return r;
         }
-        r = cs_index_commit(db);
-        if (r < 0)
-                return r;
+        return cs_index_commit(db);
+}
 
-        pending_clear(store->pending);
+/* Returns a failed batch to the pending puts, so a later commit retries it. */
+static int restore_batch(cs_store *store, cs_pending *batch, uint64_t logical)
+{
+        int r = 0;
+
+        for (size_t i = 0; i < batch->n && r >= 0; i++)
+                if (!pending_find(store->pending, &batch->entries[i].id))
+                        r = pending_add(store->pending, &batch->entries[i].id, &batch->entries[i].loc);
+        store->pending_logical_bytes += logical;
+        return r;
+}
+
+/*
+ * Design note: the pack's fdatasync() is the slow part of a commit, so it
+ * runs without write_lock: the batch is taken out of `pending` (and looked
+ * up in `committing` meanwhile), puts go on appending to the pack or, if
+ * this commit seals it, to a new one.  The catalog work happens under
+ * write_lock again, which is also what serializes the writer connection.
+ * Commits run one at a time: a second waits on commit_done.
+ */
+int cs_store_commit_locked(cs_store *store, bool seal)
+{
+        sqlite3 *db = cs_index_writer(store->index);
+        cs_pending *batch;
+        cs_pack_writer pack;
+        uint64_t logical, batch_end;
+        int r;
+
+        while (store->committing)
+                pthread_cond_wait(&store->commit_done, &store->write_lock);
+
+        seal = store->pack.fd >= 0 && (seal || store->pack.size >= CS_PACK_TARGET_SIZE);
+        if (store->pending->n == 0 && store->pending_logical_bytes == 0 && !seal)
+                return 0;
+        if (!store->spare) {
+                store->spare = calloc(1, sizeof(*store->spare));
+                if (!store->spare)
+                        return -ENOMEM;
+        }
+
+        /* Take the batch out. */
+        batch = store->pending;
+        store->pending = TAKE_PTR(store->spare);
+        logical = store->pending_logical_bytes;
         store->pending_logical_bytes = 0;
-        if (have_pack)
-                store->pack.committed = store->pack.size;
+        pack = store->pack;
+        batch_end = store->pack.size;
         if (seal)
-                cs_pack_writer_close(&store->pack);
-        return 0;
+                store->pack = (cs_pack_writer) { .fd = -1 }; /* the next put starts a new pack */
+        store->committing = batch;
+
+        /* Durability order: the bytes first, then the rows that point at them. */
+        pthread_mutex_unlock(&store->write_lock);
+        r = batch->n > 0 || seal ? cs_pack_sync(&pack) : 0;
+        pthread_mutex_lock(&store->write_lock);
+
+        if (r >= 0)
+                r = write_batch(db, batch, logical, seal ? &pack : NULL);
+        if (r >= 0) {
+                pending_clear(batch);
+                store->spare = batch;
+                if (seal)
+                        cs_pack_writer_close(&pack);
+                else if (store->pack.id == pack.id)
+                        store->pack.committed = MAX(store->pack.committed, batch_end);
+        } else {
+                int k = restore_batch(store, batch, logical);
+                pending_free(batch);
+                if (seal && store->pack.fd < 0)
+                        store->pack = pack; /* not sealed after all: keep appending to it */
+                else if (seal)
+                        cs_pack_writer_close(&pack); /* its bytes are synced; rows retry later */
+                if (k < 0)
+                        r = k;
+        }
+        store->committing = NULL;
+        pthread_cond_broadcast(&store->commit_done);
+        return r;
 }
 
 int cs_store_commit(cs_store *store)
@@ -451,6 +508,16 @@ int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uin
         return 0;
 }
 
+/* An uncommitted put of this handle: pending, or in the batch being
+ * committed (write_lock held). */
+static pending_entry *find_uncommitted(cs_store *store, const cs_chunk_id *id)
+{
+        pending_entry *e = pending_find(store->pending, id);
+        if (!e && store->committing)
+                e = pending_find(store->committing, id);
+        return e;
+}
+
 /* 1 if this handle or the catalog already holds the chunk. */
 static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
 {
@@ -458,7 +525,7 @@ static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
         int r;
 
         pthread_mutex_lock(&store->write_lock);
-        if (pending_find(store->pending, id)) {
+        if (find_uncommitted(store, id)) {
                 store->pending_logical_bytes += size;
                 pthread_mutex_unlock(&store->write_lock);
                 return 1;
@@ -512,7 +579,7 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         pthread_mutex_lock(&store->write_lock);
         store->pending_logical_bytes += size;
         /* Another thread may have stored it while we compressed. */
-        if (pending_find(store->pending, &h.id))
+        if (find_uncommitted(store, &h.id))
                 r = 0;
         else {
                 r = cs_store_append_locked(store, &h, record, record_size);
@@ -536,7 +603,7 @@ int cs_store_locate(cs_store *store, const cs_chunk_id *id, cs_location *ret_loc
 {
         if (store->pending) {
                 pthread_mutex_lock(&store->write_lock);
-                pending_entry *e = pending_find(store->pending, id);
+                pending_entry *e = find_uncommitted(store, id);
                 if (e)
                         *ret_loc = e->loc;
                 pthread_mutex_unlock(&store->write_lock);

@@ -114,27 +114,46 @@ run_demo() {
         deps
         build
         local demo=/tmp/clonefs-demo
-        local clonectl="$build/clonectl"
+        local clonectl="$build/clonectl" clonefs="$build/clonefs"
+        if mountpoint -q "$demo/mnt" 2>/dev/null; then
+                fusermount3 -u "$demo/mnt"
+        fi
         rm -rf "$demo"
-        mkdir -p "$demo"
+        mkdir -p "$demo/mnt"
         make_sample "$demo/source"
         export CLONEFS_STORE="$demo/store"
         echo "== clonectl init"
         "$clonectl" init
-        echo "== clonectl snapshot app --from $demo/source/app"
+        echo "== clonectl snapshot app --from $demo/source/app --label first"
         "$clonectl" snapshot app --from "$demo/source/app" --label first
-        echo "== change one page, snapshot again"
+        echo "== change one page, snapshot again (only the changed block is stored)"
         printf 'changed!' | dd of="$demo/source/app/data/table.db" bs=1 seek=81920 conv=notrunc status=none
-        "$clonectl" snapshot app --from "$demo/source/app"
+        "$clonectl" snapshot app --from "$demo/source/app" --json
         echo "== clonectl points app"
         "$clonectl" points app
-        echo "== clonectl restore app@first"
-        "$clonectl" restore app@first "$demo/restored"
+        echo "== clonectl diff app@first app@latest"
+        "$clonectl" diff app@first app@latest
+        echo "== clonectl clone create dev --from app@first"
+        "$clonectl" clone create dev --from app@first
+        echo "== clonefs $CLONEFS_STORE $demo/mnt"
+        "$clonefs" "$CLONEFS_STORE" "$demo/mnt"
+        trap 'fusermount3 -u "$demo/mnt" 2>/dev/null' EXIT
+        ls "$demo/mnt" "$demo/mnt/timelines/app" "$demo/mnt/clones"
+        echo "== write into the clone: the point beside it does not change"
+        echo "setting_1 = changed in the clone" >"$demo/mnt/clones/dev/config/app.conf"
+        printf 'clone write' | dd of="$demo/mnt/clones/dev/data/table.db" bs=1 seek=4096 conv=notrunc status=none
+        echo "clone: $(head -n 1 "$demo/mnt/clones/dev/config/app.conf")"
+        echo "point: $(head -n 1 "$demo/mnt/timelines/app/first/config/app.conf")"
+        cmp "$demo/mnt/clones/dev/data/table.db" "$demo/mnt/timelines/app/first/data/table.db" || true
+        fusermount3 -u "$demo/mnt"
+        trap - EXIT
+        echo "== clonectl clone list (the clone stores only what it changed)"
+        "$clonectl" clone list
         echo "== clonectl stats"
         "$clonectl" stats
         echo "== clonectl verify --data"
         "$clonectl" verify --data
-        echo "demo store: $demo/store (CLONEFS_STORE=$demo/store $clonectl ...)"
+        echo "demo store: $demo/store (CLONEFS_STORE=$demo/store $clonectl ...; $clonefs $demo/store MOUNTPOINT)"
 }
 
 case "${1:-}" in
