@@ -372,6 +372,7 @@ void cfs_clone_op_lseek(fuse_req_t req, cfs_context *ctx, cfs_node *n, off_t off
 
 typedef struct clone_dir_buffer {
         fuse_req_t req;
+        bool plus; /* answering READDIRPLUS: entries without lookups */
         char *buf;
         size_t size, used;
 } clone_dir_buffer;
@@ -386,16 +387,21 @@ static bool add_clone_dirent(void *userdata, const void *name, size_t name_len, 
 
         memcpy(name_z, name, len);
         name_z[len] = 0;
-        need = fuse_add_direntry(b->req, b->buf + b->used, b->size - b->used, name_z, &st, (off_t) next + 2);
+        if (b->plus) {
+                struct fuse_entry_param e = { .attr = st }; /* ino 0: no lookup is implied */
+                need = fuse_add_direntry_plus(b->req, b->buf + b->used, b->size - b->used, name_z, &e, (off_t) next + 2);
+        } else {
+                need = fuse_add_direntry(b->req, b->buf + b->used, b->size - b->used, name_z, &st, (off_t) next + 2);
+        }
         if (need > b->size - b->used)
                 return false;
         b->used += need;
         return true;
 }
 
-void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off)
+void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off, bool plus)
 {
-        clone_dir_buffer b = { .req = req, .size = size };
+        clone_dir_buffer b = { .req = req, .plus = plus, .size = size };
         int r = 0;
 
         b.buf = malloc(size);
@@ -405,8 +411,10 @@ void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t 
         }
         for (; off < 2; off++) {
                 struct stat st = { .st_ino = n->ino, .st_mode = S_IFDIR };
-                size_t need = fuse_add_direntry(req, b.buf + b.used, b.size - b.used, off == 0 ? "." : "..", &st,
-                                                off + 1);
+                struct fuse_entry_param e = { .attr = st };
+                const char *dot = off == 0 ? "." : "..";
+                size_t need = plus ? fuse_add_direntry_plus(req, b.buf + b.used, b.size - b.used, dot, &e, off + 1)
+                                   : fuse_add_direntry(req, b.buf + b.used, b.size - b.used, dot, &st, off + 1);
                 if (need > b.size - b.used)
                         break;
                 b.used += need;

@@ -205,9 +205,33 @@ static void cfs_op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
 
 typedef struct dir_buffer {
         fuse_req_t req;
+        cfs_context *ctx;
+        cfs_node *dir;
+        bool plus;
         char *buf;
         size_t size, used;
 } dir_buffer;
+
+/* readdirplus: an entry inside a point comes with its attributes and a
+ * lookup, so "ls -l" or a stat of every file costs no round trip each. */
+static size_t add_plus(dir_buffer *b, const char *name, struct stat *st, off_t next)
+{
+        struct fuse_entry_param e = { .attr = *st };
+        cfs_node *n;
+
+        if (cfs_node_immutable(b->dir) && cfs_node_lookup(b->ctx, b->dir, name, &n) == 0) {
+                e.ino = cfs_node_ino(b->ctx, n);
+                e.generation = 1;
+                e.attr_timeout = timeout_of(n);
+                e.entry_timeout = entry_timeout_of(n);
+                cfs_node_stat(b->ctx, n, &e.attr);
+                size_t need = fuse_add_direntry_plus(b->req, b->buf + b->used, b->size - b->used, name, &e, next);
+                if (need > b->size - b->used)
+                        cfs_node_forget(b->ctx, n, 1); /* not sent: the lookup does not count */
+                return need;
+        }
+        return fuse_add_direntry_plus(b->req, b->buf + b->used, b->size - b->used, name, &e, next);
+}
 
 static bool add_dirent(void *userdata, const char *name, size_t name_len, uint64_t ino, uint32_t mode, off_t next)
 {
@@ -219,23 +243,26 @@ static bool add_dirent(void *userdata, const char *name, size_t name_len, uint64
         memcpy(name_z, name, MIN(name_len, (size_t) CS_NAME_MAX));
         name_z[MIN(name_len, (size_t) CS_NAME_MAX)] = 0;
         /* Our offsets count "." and "..", which come first. */
-        need = fuse_add_direntry(b->req, b->buf + b->used, b->size - b->used, name_z, &st, next + 2);
+        if (b->plus)
+                need = add_plus(b, name_z, &st, next + 2);
+        else
+                need = fuse_add_direntry(b->req, b->buf + b->used, b->size - b->used, name_z, &st, next + 2);
         if (need > b->size - b->used)
                 return false;
         b->used += need;
         return true;
 }
 
-static void cfs_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
         cfs_context *ctx = cfs_ctx(req);
         cfs_node *n = cfs_node_get(ctx, ino);
-        dir_buffer b = { .req = req, .size = size };
+        dir_buffer b = { .req = req, .ctx = ctx, .dir = n, .plus = plus, .size = size };
         int r = 0;
 
         DEBUG_OP(ctx, "cfs_readdir(ino=%" PRIu64 ", off=%lld)\n", (uint64_t) ino, (long long) off);
         if (n->kind == CFS_NODE_CLONE) {
-                cfs_clone_op_readdir(req, ctx, n, size, off);
+                cfs_clone_op_readdir(req, ctx, n, size, off, plus);
                 return;
         }
         b.buf = malloc(size);
@@ -246,7 +273,9 @@ static void cfs_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
         for (; off < 2; off++) {
                 struct stat st = { .st_ino = n->ino, .st_mode = S_IFDIR };
                 const char *dot = off == 0 ? "." : "..";
-                size_t need = fuse_add_direntry(req, b.buf + b.used, b.size - b.used, dot, &st, off + 1);
+                struct fuse_entry_param e = { .attr = st }; /* ino 0: "." and ".." are not looked up */
+                size_t need = plus ? fuse_add_direntry_plus(req, b.buf + b.used, b.size - b.used, dot, &e, off + 1)
+                                   : fuse_add_direntry(req, b.buf + b.used, b.size - b.used, dot, &st, off + 1);
                 if (need > b.size - b.used)
                         break;
                 b.used += need;
@@ -258,6 +287,17 @@ static void cfs_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
         else
                 fuse_reply_buf(req, b.buf, b.used);
         free(b.buf);
+}
+
+static void cfs_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+        readdir_common(req, ino, size, off, false);
+}
+
+/* Clone directories answer READDIRPLUS without lookups (ops-clone.c). */
+static void cfs_op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+        readdir_common(req, ino, size, off, true);
 }
 
 /* --- Files ------------------------------------------------------------- */
@@ -740,6 +780,7 @@ const struct fuse_lowlevel_ops cfs_ops = {
         .readlink = cfs_op_readlink,
         .opendir = cfs_op_opendir,
         .readdir = cfs_op_readdir,
+        .readdirplus = cfs_op_readdirplus,
         .open = cfs_op_open,
         .read = cfs_op_read,
         .release = cfs_op_release,
