@@ -457,6 +457,8 @@ typedef struct cs_clone_info {
 } cs_clone_info;
 
 bool cs_clone_name_is_valid(const char *name);
+/* The st_ino of a clone's inode (CS_CLONE_ROOT for its root). */
+uint64_t cs_clone_stable_ino(const char *name, uint64_t ino);
 /* -EEXIST if the name is taken. */
 int cs_clone_create(cs_store *store, const char *name, const cs_point_info *from);
 int cs_clone_list(cs_store *store, cs_clone_info **ret, size_t *ret_n);

@@ -428,6 +428,8 @@ int cs_clone_find(cs_store *store, const char *name, cs_clone_info *ret)
 
 static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **ret);
 static void clone_closep(cs_clone **c);
+static uint64_t mix64(uint64_t x);
+static uint64_t name_key(const char *name);
 
 int cs_clone_destroy(cs_store *store, const char *name, bool force)
 {
@@ -476,6 +478,28 @@ static uint64_t mix64(uint64_t x)
         return x;
 }
 
+static int drop_orphans(cs_clone *c)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r;
+
+        r = prep(c, "SELECT ino FROM inodes WHERE nlink = 0", &stmt);
+        if (r < 0)
+                return r;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                char name[32];
+                snprintf(name, sizeof(name), "%" PRIx64, (uint64_t) sqlite3_column_int64(stmt, 0));
+                (void) unlinkat(c->data_fd, name, 0);
+        }
+        if (rc != SQLITE_DONE)
+                return cs_sqlite_errno(rc);
+        sqlite3_finalize(TAKE_PTR(stmt));
+        return cs_index_exec(c->db, "DELETE FROM xattrs WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
+                                    "DELETE FROM blocks WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
+                                    "DELETE FROM base_links WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
+                                    "DELETE FROM inodes WHERE nlink = 0");
+}
+
 static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **ret)
 {
         cs_clone *c;
@@ -497,8 +521,7 @@ static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **r
                 r = -ENOMEM;
                 goto fail;
         }
-        for (const char *p = name; *p; p++)
-                c->key = mix64(c->key ^ (uint8_t) *p);
+        c->key = name_key(name);
         snprintf(path, sizeof(path), CLONE_DIR "/%s", name);
         c->dir_fd = openat(store->dir_fd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (c->dir_fd < 0) {
@@ -518,15 +541,29 @@ static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **r
         r = open_state_db(c->dir_fd, false, &c->db);
         if (r < 0)
                 goto fail;
-        /* Files unlinked while open when the last user died: gone now. */
-        (void) cs_index_exec(c->db, "DELETE FROM xattrs WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
-                                    "DELETE FROM blocks WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
-                                    "DELETE FROM inodes WHERE nlink = 0");
+        /* Files unlinked while open when the last user died: gone now,
+         * their delta files with them. */
+        r = drop_orphans(c);
+        if (r < 0)
+                goto fail;
         *ret = c;
         return 0;
 fail:
         cs_clone_close(c);
         return r;
+}
+
+static uint64_t name_key(const char *name)
+{
+        uint64_t key = 0;
+        for (const char *p = name; *p; p++)
+                key = mix64(key ^ (uint8_t) *p);
+        return key;
+}
+
+uint64_t cs_clone_stable_ino(const char *name, uint64_t ino)
+{
+        return mix64(name_key(name) ^ ino) | 2;
 }
 
 int cs_clone_open(cs_store *store, const char *name, cs_clone **ret)
@@ -1725,8 +1762,10 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
         /* A synchronous commit makes every earlier one durable (note 5). */
         pthread_mutex_lock(&c->lock);
         r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
-                                 " UPDATE meta SET value = value WHERE key = 'generation'; COMMIT;"
-                                 " PRAGMA synchronous=NORMAL");
+                                 " UPDATE meta SET value = value WHERE key = 'generation'; COMMIT;");
+        if (r < 0)
+                cs_index_rollback(c->db);
+        (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
         if (r >= 0 && fsync(c->data_fd) < 0)
                 r = negative_errno();
         pthread_mutex_unlock(&c->lock);

@@ -130,6 +130,8 @@ static int push_query(sqlite3 *db, const char *sql, id_stack *st, const int64_t 
         int rc, r;
 
         r = cs_index_prepare(db, sql, &stmt);
+        if (r < 0 && strstr(sqlite3_errmsg(db), "no such table"))
+                return 0; /* a catalog from before that table: nothing to push */
         if (r < 0)
                 return r;
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {

@@ -445,6 +445,8 @@ static int make_point(cfs_context *ctx, cfs_node *parent, const cs_point_info *i
 
         /* Pin, then check the point still exists (design note 4). */
         r = cs_store_pin(ctx->store, &p->root, &p->pin);
+        if (r == -EROFS || r == -EACCES || r == -EPERM)
+                r = 0; /* a catalog we cannot write, nobody here can gc either */
         if (r < 0) {
                 free(p);
                 return r;
@@ -767,7 +769,7 @@ int cfs_node_list(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add,
                         return r;
                 for (size_t i = (size_t) first; i < count; i++)
                         if (!add(userdata, list[i].name, strlen(list[i].name),
-                                 as_ino(child_key(n->key, list[i].name, strlen(list[i].name))), S_IFDIR, (off_t) i + 1))
+                                 cs_clone_stable_ino(list[i].name, CS_CLONE_ROOT), S_IFDIR, (off_t) i + 1))
                                 break;
                 return 0;
         }

@@ -165,6 +165,62 @@ static int find_point_option(cs_store *store, const char *spec, cs_point_info *r
         return r;
 }
 
+/* Checks what the mount will need, in one line on stderr if it fails. */
+static int check_store(const char *path, const cfs_options *opts)
+{
+        _cleanup_(cs_store_unrefp) cs_store *store = NULL;
+        cs_point_info point;
+        int r;
+
+        r = open_store(path, &store);
+        if (r < 0)
+                return r;
+        if (opts->point)
+                return find_point_option(store, opts->point, &point);
+        if (opts->clone) {
+                cs_clone *c = NULL;
+                r = cs_clone_open(store, opts->clone, &c);
+                cs_clone_close(c);
+                if (r < 0)
+                        fprintf(stderr, "clonefs: -o clone=%s: %s\n", opts->clone,
+                                r == -ENOENT   ? "no such clone"
+                                : r == -EBUSY  ? "the clone is in use by another mount"
+                                : r == -EINVAL ? "invalid clone name"
+                                               : strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+/* Opens the store for the daemon and builds the mount's root. */
+static int open_root(cfs_context *ctx, uint8_t **ret_zeros)
+{
+        cs_point_info point;
+        int r;
+
+        r = cs_store_open(ctx->store_path, 0, &ctx->store);
+        if (r < 0)
+                return r;
+        ctx->block_size = cs_store_block_size(ctx->store);
+        ctx->prefetch_blocks = MAX((size_t) ctx->opts.prefetch_kib * 1024 / ctx->block_size, 1u);
+        *ret_zeros = calloc(1, ctx->block_size);
+        if (!*ret_zeros)
+                return -ENOMEM;
+        ctx->zeros = *ret_zeros;
+        if (ctx->opts.point) {
+                const char *at = strchr(ctx->opts.point, '@');
+                char timeline[CS_TIMELINE_NAME_MAX + 1];
+                snprintf(timeline, sizeof(timeline), "%.*s", (int) (at - ctx->opts.point), ctx->opts.point);
+                r = cs_point_find(ctx->store, timeline, at + 1, &point);
+                if (r < 0)
+                        return r;
+        }
+        r = cfs_nodes_init(ctx, ctx->opts.point ? &point : NULL);
+        if (r >= 0 && ctx->opts.clone)
+                r = cfs_nodes_root_clone(ctx, ctx->opts.clone);
+        return r;
+}
+
 int main(int argc, char **argv)
 {
         struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -173,7 +229,6 @@ int main(int argc, char **argv)
         struct fuse_session *se = NULL;
         cfs_context ctx = {};
         parse_state ps = { .opts.prefetch_kib = DEFAULT_PREFETCH_KIB };
-        cs_point_info point;
         uint64_t cache_size = DEFAULT_CACHE_SIZE;
         char *store_path = NULL, fsname[PATH_MAX + 16];
         uint8_t *zeros = NULL;
@@ -214,39 +269,18 @@ int main(int argc, char **argv)
                 goto out1;
         }
 
-        /* Everything that can fail is checked before we detach. */
-        if (open_store(store_path, &ctx.store) < 0)
-                goto out1;
-        ctx.store_path = store_path;
-        ctx.block_size = cs_store_block_size(ctx.store);
-        ctx.debug = ps.debug;
-        ctx.prefetch_blocks = MAX((size_t) ctx.opts.prefetch_kib * 1024 / ctx.block_size, 1u);
-        zeros = calloc(1, ctx.block_size);
-        if (!zeros)
-                goto out2;
-        ctx.zeros = zeros;
-        if (ctx.opts.point && find_point_option(ctx.store, ctx.opts.point, &point) < 0)
-                goto out2;
+        /* Everything that can fail is checked before we detach, on a handle
+         * of its own: SQLite connections must not cross the fork, so the
+         * daemon opens the store again afterwards (open_root()). */
         if (ctx.opts.point && ctx.opts.clone) {
                 fprintf(stderr, "clonefs: -o point and -o clone exclude each other\n");
-                goto out2;
+                goto out1;
         }
-        r = cfs_nodes_init(&ctx, ctx.opts.point ? &point : NULL);
-        if (r < 0) {
-                fprintf(stderr, "clonefs: cannot load the mount's root: %s\n", strerror(-r));
-                goto out2;
-        }
-        if (ctx.opts.clone) {
-                r = cfs_nodes_root_clone(&ctx, ctx.opts.clone);
-                if (r < 0) {
-                        fprintf(stderr, "clonefs: -o clone=%s: %s\n", ctx.opts.clone,
-                                r == -ENOENT   ? "no such clone"
-                                : r == -EBUSY  ? "the clone is in use by another mount"
-                                : r == -EINVAL ? "invalid clone name"
-                                               : strerror(-r));
-                        goto out3;
-                }
-        }
+        r = check_store(store_path, &ctx.opts);
+        if (r < 0)
+                goto out1;
+        ctx.store_path = store_path;
+        ctx.debug = ps.debug;
 
         /* Permissions are the kernel's to enforce, for every uid. */
         if (fuse_opt_add_arg(&args, "-odefault_permissions") < 0 || fuse_opt_add_arg(&args, "-osubtype=clonefs") < 0)
@@ -273,6 +307,11 @@ int main(int argc, char **argv)
         if (!cmd.foreground) {
                 openlog("clonefs", LOG_PID, LOG_DAEMON);
                 fuse_set_log_func(log_to_syslog);
+        }
+        r = open_root(&ctx, &zeros);
+        if (r < 0) {
+                fuse_log(FUSE_LOG_ERR, "clonefs: cannot set up the mount: %s\n", strerror(-r));
+                goto out6;
         }
         /* Threads only now: fuse_daemonize() forks. */
         r = cfs_cache_new(ctx.store, (size_t) cache_size, 2, &ctx.cache);
@@ -304,9 +343,10 @@ out5:
 out4:
         fuse_session_destroy(se);
 out3:
-        cfs_nodes_done(&ctx);
-out2:
-        cs_store_unref(ctx.store);
+        if (ctx.store) {
+                cfs_nodes_done(&ctx);
+                cs_store_unref(ctx.store);
+        }
         free(zeros);
 out1:
         free(store_path);

@@ -370,62 +370,105 @@ void cfs_clone_op_lseek(fuse_req_t req, cfs_context *ctx, cfs_node *n, off_t off
                 fuse_reply_err(req, EINVAL);
 }
 
-typedef struct clone_dir_buffer {
-        fuse_req_t req;
-        bool plus; /* answering READDIRPLUS: entries without lookups */
-        char *buf;
-        size_t size, used;
-} clone_dir_buffer;
+/* A clone directory's listing, taken at opendir: a readdir that pages
+ * through a changing directory would skip or repeat entries otherwise. */
+typedef struct dir_listing {
+        size_t n, capacity;
+        struct listing_entry {
+                char *name;
+                uint64_t ino;
+                uint32_t mode;
+        } *entries;
+} dir_listing;
 
-static bool add_clone_dirent(void *userdata, const void *name, size_t name_len, uint64_t ino, uint32_t mode,
-                             uint64_t next)
+static void listing_free(dir_listing *l)
 {
-        clone_dir_buffer *b = userdata;
-        struct stat st = { .st_ino = ino, .st_mode = mode & S_IFMT };
-        char name_z[CS_NAME_MAX + 1];
-        size_t len = MIN(name_len, (size_t) CS_NAME_MAX), need;
+        if (!l)
+                return;
+        for (size_t i = 0; i < l->n; i++)
+                free(l->entries[i].name);
+        free(l->entries);
+        free(l);
+}
 
-        memcpy(name_z, name, len);
-        name_z[len] = 0;
-        if (b->plus) {
-                struct fuse_entry_param e = { .attr = st }; /* ino 0: no lookup is implied */
-                need = fuse_add_direntry_plus(b->req, b->buf + b->used, b->size - b->used, name_z, &e, (off_t) next + 2);
-        } else {
-                need = fuse_add_direntry(b->req, b->buf + b->used, b->size - b->used, name_z, &st, (off_t) next + 2);
+static bool collect_entry(void *userdata, const void *name, size_t name_len, uint64_t ino, uint32_t mode,
+                          uint64_t next)
+{
+        dir_listing *l = userdata;
+
+        if (l->n == l->capacity) {
+                size_t cap = l->capacity ? 2 * l->capacity : 64;
+                struct listing_entry *e = reallocarray(l->entries, cap, sizeof(*e));
+                if (!e)
+                        return false;
+                l->entries = e;
+                l->capacity = cap;
         }
-        if (need > b->size - b->used)
+        l->entries[l->n].name = strndup(name, MIN(name_len, (size_t) CS_NAME_MAX));
+        if (!l->entries[l->n].name)
                 return false;
-        b->used += need;
+        l->entries[l->n].ino = ino;
+        l->entries[l->n].mode = mode;
+        l->n++;
         return true;
 }
 
-void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off, bool plus)
+void cfs_clone_op_opendir(fuse_req_t req, cfs_context *ctx, cfs_node *n, struct fuse_file_info *fi)
 {
-        clone_dir_buffer b = { .req = req, .plus = plus, .size = size };
-        int r = 0;
+        dir_listing *l = calloc(1, sizeof(*l));
+        int r;
 
-        b.buf = malloc(size);
-        if (!b.buf) {
+        if (!l) {
                 fuse_reply_err(req, ENOMEM);
                 return;
         }
-        for (; off < 2; off++) {
-                struct stat st = { .st_ino = n->ino, .st_mode = S_IFDIR };
-                struct fuse_entry_param e = { .attr = st };
-                const char *dot = off == 0 ? "." : "..";
-                size_t need = plus ? fuse_add_direntry_plus(req, b.buf + b.used, b.size - b.used, dot, &e, off + 1)
-                                   : fuse_add_direntry(req, b.buf + b.used, b.size - b.used, dot, &st, off + 1);
-                if (need > b.size - b.used)
-                        break;
-                b.used += need;
-        }
-        if (off >= 2)
-                r = cs_clone_readdir(n->clone->clone, n->cino, (uint64_t) (off - 2), add_clone_dirent, &b);
-        if (r < 0)
+        r = cs_clone_readdir(n->clone->clone, n->cino, 0, collect_entry, l);
+        if (r < 0) {
+                listing_free(l);
                 fuse_reply_err(req, -r);
-        else
-                fuse_reply_buf(req, b.buf, b.used);
-        free(b.buf);
+                return;
+        }
+        fi->fh = (uint64_t) (uintptr_t) l;
+        if (fuse_reply_open(req, fi) != 0)
+                listing_free(l);
+}
+
+void cfs_clone_op_releasedir(struct fuse_file_info *fi)
+{
+        listing_free((dir_listing *) (uintptr_t) fi->fh);
+}
+
+void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off, bool plus,
+                          struct fuse_file_info *fi)
+{
+        dir_listing *l = (dir_listing *) (uintptr_t) fi->fh;
+        char *buf = malloc(size);
+        size_t used = 0;
+
+        if (!buf || !l) {
+                free(buf);
+                fuse_reply_err(req, buf ? EBADF : ENOMEM);
+                return;
+        }
+        /* Offsets: 0 ".", 1 "..", then the listing; plus entries carry no
+         * lookup (ino 0 in the entry parameters). */
+        for (; off < 2 + (off_t) l->n; off++) {
+                struct stat st = { .st_ino = n->ino, .st_mode = S_IFDIR };
+                const char *name = off == 0 ? "." : "..";
+                if (off >= 2) {
+                        const struct listing_entry *e = &l->entries[off - 2];
+                        st = (struct stat) { .st_ino = e->ino, .st_mode = e->mode & S_IFMT };
+                        name = e->name;
+                }
+                struct fuse_entry_param ep = { .attr = st };
+                size_t need = plus ? fuse_add_direntry_plus(req, buf + used, size - used, name, &ep, off + 1)
+                                   : fuse_add_direntry(req, buf + used, size - used, name, &st, off + 1);
+                if (need > size - used)
+                        break;
+                used += need;
+        }
+        fuse_reply_buf(req, buf, used);
+        free(buf);
 }
 
 void cfs_clone_op_getxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *name, size_t size)

@@ -27,7 +27,10 @@ void cfs_clone_op_write(fuse_req_t req, cfs_context *ctx, cfs_node *n, const cha
 void cfs_clone_op_fsync(fuse_req_t req, cfs_context *ctx, cfs_node *n, int datasync);
 void cfs_clone_op_fallocate(fuse_req_t req, cfs_context *ctx, cfs_node *n, int mode, off_t offset, off_t length);
 void cfs_clone_op_lseek(fuse_req_t req, cfs_context *ctx, cfs_node *n, off_t off, int whence);
-void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off, bool plus);
+void cfs_clone_op_opendir(fuse_req_t req, cfs_context *ctx, cfs_node *n, struct fuse_file_info *fi);
+void cfs_clone_op_releasedir(struct fuse_file_info *fi);
+void cfs_clone_op_readdir(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size, off_t off, bool plus,
+                          struct fuse_file_info *fi);
 void cfs_clone_op_getxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *name, size_t size);
 void cfs_clone_op_listxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_t size);
 void cfs_clone_op_setxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *name, const char *value,

@@ -192,6 +192,11 @@ static void cfs_op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info
         cfs_node *n = cfs_node_get(ctx, ino);
 
         DEBUG_OP(ctx, "cfs_opendir(ino=%" PRIu64 ")\n", (uint64_t) ino);
+        if (n->kind == CFS_NODE_CLONE) {
+                cfs_clone_op_opendir(req, ctx, n, fi);
+                return;
+        }
+        fi->fh = 0;
         if (cfs_node_immutable(n) && !S_ISDIR(n->entry.mode)) {
                 fuse_reply_err(req, ENOTDIR);
                 return;
@@ -253,7 +258,8 @@ static bool add_dirent(void *userdata, const char *name, size_t name_len, uint64
         return true;
 }
 
-static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus,
+                           struct fuse_file_info *fi)
 {
         cfs_context *ctx = cfs_ctx(req);
         cfs_node *n = cfs_node_get(ctx, ino);
@@ -262,7 +268,7 @@ static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
         DEBUG_OP(ctx, "cfs_readdir(ino=%" PRIu64 ", off=%lld)\n", (uint64_t) ino, (long long) off);
         if (n->kind == CFS_NODE_CLONE) {
-                cfs_clone_op_readdir(req, ctx, n, size, off, plus);
+                cfs_clone_op_readdir(req, ctx, n, size, off, plus, fi);
                 return;
         }
         b.buf = malloc(size);
@@ -291,13 +297,22 @@ static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void cfs_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-        readdir_common(req, ino, size, off, false);
+        readdir_common(req, ino, size, off, false, fi);
 }
 
 /* Clone directories answer READDIRPLUS without lookups (ops-clone.c). */
 static void cfs_op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-        readdir_common(req, ino, size, off, true);
+        readdir_common(req, ino, size, off, true, fi);
+}
+
+static void cfs_op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+        cfs_context *ctx = cfs_ctx(req);
+
+        if (cfs_node_get(ctx, ino)->kind == CFS_NODE_CLONE)
+                cfs_clone_op_releasedir(fi);
+        fuse_reply_err(req, 0);
 }
 
 /* --- Files ------------------------------------------------------------- */
@@ -423,6 +438,14 @@ static void cfs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
                 prefetch_after(ctx, h, last + 1);
         h->next_offset = end;
         pthread_mutex_unlock(&h->lock);
+        if (r < 0 && r != -ENOMEM) {
+                /* The file's block list (a segment object) is unreadable. */
+                char path[1024];
+                fuse_log(FUSE_LOG_ERR, "clonefs: %s: the block list of bytes %" PRIu64 "-%" PRIu64
+                                       " is unreadable: %s; reads of it fail with EIO\n",
+                         cfs_node_path(h->node, path, sizeof(path)), first * bs, end - 1, strerror(-r));
+                r = -EIO;
+        }
         if (r < 0)
                 goto out;
 
@@ -781,6 +804,7 @@ const struct fuse_lowlevel_ops cfs_ops = {
         .opendir = cfs_op_opendir,
         .readdir = cfs_op_readdir,
         .readdirplus = cfs_op_readdirplus,
+        .releasedir = cfs_op_releasedir,
         .open = cfs_op_open,
         .read = cfs_op_read,
         .release = cfs_op_release,

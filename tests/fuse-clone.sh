@@ -148,6 +148,23 @@ chmod 755 "$workdir" "$mnt" 2>/dev/null || true
 expect_error "another uid cannot write into a 0755 root directory" "Permission denied" \
         runuser -u nobody -- touch "$c/newdir/nobody"
 
+# Removing entries while listing a directory skips none of them.
+mkdir "$c/many"
+python3 - "$c/many" <<'PY' || fail "a listing skipped entries while they were removed"
+import os, sys
+d = sys.argv[1]
+for i in range(3000):
+    open(os.path.join(d, "f%04d" % i), "w").close()
+seen = 0
+with os.scandir(d) as it:
+    for e in it:
+        os.unlink(e.path)
+        seen += 1
+assert seen == 3000, "saw %d of 3000" % seen
+assert not os.listdir(d)
+PY
+pass "a listing sees every entry while they are removed"
+
 # Durability: after fsync returns, kill -9 of the daemon keeps the data.
 python3 - "$c/durable" <<'PY' || fail "fsync failed"
 import os, sys

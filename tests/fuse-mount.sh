@@ -113,6 +113,17 @@ cmp "$src/odd" "$mnt/timelines/awkward/latest/odd" || fail "the daemon reads wro
 umount "$mnt" || fail "umount failed"
 pass "umount unmounts"
 
+# A daemonized -o point= mount pins its point as the daemon, not as the
+# parent that exits: forget + gc must not take its data.
+third=$("$CLONECTL" snapshot awkward --from "$src") || fail "third snapshot failed"
+"$CLONEFS" "$CLONEFS_STORE" "$mnt" -o "point=awkward@$third" || fail "clonefs -o point failed to daemonize"
+on_exit "fusermount3 -u -z '$mnt'"
+expect_ok "forget the mounted point" "$CLONECTL" forget "awkward@$third"
+expect_ok "gc" "$CLONECTL" gc
+cmp "$src/odd" "$mnt/odd" || fail "a daemonized point mount lost its data to gc"
+pass "a daemonized point mount keeps its data through forget + gc"
+umount "$mnt" || fail "umount failed"
+
 # mount -t fuse.clonefs, as fstab would.  mount(8) runs its helpers with a
 # fixed PATH, so the daemon must be where an installed one would be.
 if [ ! -e /usr/sbin/clonefs ]; then
