@@ -658,27 +658,31 @@ static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
         return 0;
 }
 
+/* Binds an inode's attributes as parameters ?1 to ?12, in the column
+ * order of the inodes table. */
+static void bind_attr(sqlite3_stmt *stmt, const cs_clone_attr *a)
+{
+        const int64_t values[] = {
+                a->mode,          a->uid,          a->gid,           a->nlink,
+                (int64_t) a->size, (int64_t) a->rdev, a->atime.tv_sec, a->atime.tv_nsec,
+                a->mtime.tv_sec,  a->mtime.tv_nsec, a->ctime.tv_sec,  a->ctime.tv_nsec,
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(values); i++)
+                sqlite3_bind_int64(stmt, (int) i + 1, values[i]);
+}
+
 static int update_attr(cs_clone *c, const cs_clone_attr *a)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         int r = prep(c,
-                     "UPDATE inodes SET mode = ?, uid = ?, gid = ?, nlink = ?, size = ?, atime = ?, atime_ns = ?,"
-                     " mtime = ?, mtime_ns = ?, ctime = ?, ctime_ns = ? WHERE ino = ?",
+                     "UPDATE inodes SET mode = ?1, uid = ?2, gid = ?3, nlink = ?4, size = ?5, rdev = ?6, atime = ?7,"
+                     " atime_ns = ?8, mtime = ?9, mtime_ns = ?10, ctime = ?11, ctime_ns = ?12 WHERE ino = ?13",
                      &stmt);
         if (r < 0)
                 return r;
-        sqlite3_bind_int64(stmt, 1, a->mode);
-        sqlite3_bind_int64(stmt, 2, a->uid);
-        sqlite3_bind_int64(stmt, 3, a->gid);
-        sqlite3_bind_int64(stmt, 4, a->nlink);
-        sqlite3_bind_int64(stmt, 5, (int64_t) a->size);
-        sqlite3_bind_int64(stmt, 6, a->atime.tv_sec);
-        sqlite3_bind_int64(stmt, 7, a->atime.tv_nsec);
-        sqlite3_bind_int64(stmt, 8, a->mtime.tv_sec);
-        sqlite3_bind_int64(stmt, 9, a->mtime.tv_nsec);
-        sqlite3_bind_int64(stmt, 10, a->ctime.tv_sec);
-        sqlite3_bind_int64(stmt, 11, a->ctime.tv_nsec);
-        sqlite3_bind_int64(stmt, 12, (int64_t) a->ino);
+        bind_attr(stmt, a);
+        sqlite3_bind_int64(stmt, 13, (int64_t) a->ino);
         return cs_index_step(stmt);
 }
 
@@ -689,22 +693,11 @@ static int insert_inode(cs_clone *c, const cs_clone_attr *a, const void *base, s
         int r = prep(c,
                      "INSERT INTO inodes(mode, uid, gid, nlink, size, rdev, atime, atime_ns, mtime, mtime_ns, ctime,"
                      " ctime_ns, base, base_size, local_all, materialized, target)"
-                     " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                      &stmt);
         if (r < 0)
                 return r;
-        sqlite3_bind_int64(stmt, 1, a->mode);
-        sqlite3_bind_int64(stmt, 2, a->uid);
-        sqlite3_bind_int64(stmt, 3, a->gid);
-        sqlite3_bind_int64(stmt, 4, a->nlink);
-        sqlite3_bind_int64(stmt, 5, (int64_t) a->size);
-        sqlite3_bind_int64(stmt, 6, (int64_t) a->rdev);
-        sqlite3_bind_int64(stmt, 7, a->atime.tv_sec);
-        sqlite3_bind_int64(stmt, 8, a->atime.tv_nsec);
-        sqlite3_bind_int64(stmt, 9, a->mtime.tv_sec);
-        sqlite3_bind_int64(stmt, 10, a->mtime.tv_nsec);
-        sqlite3_bind_int64(stmt, 11, a->ctime.tv_sec);
-        sqlite3_bind_int64(stmt, 12, a->ctime.tv_nsec);
+        bind_attr(stmt, a);
         if (base)
                 sqlite3_bind_blob(stmt, 13, base, (int) base_len, SQLITE_STATIC);
         else
