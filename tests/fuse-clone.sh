@@ -197,6 +197,10 @@ expect_error "a second mount of a clone" "in use by another mount" "$CLONEFS" "$
 unmount_clonefs "$mnt"
 
 expect_ok "clone snapshot" "$CLONECTL" clone snapshot dev --label first
+expect_ok "the clone's timeline" "$CLONECTL" points dev --json
+files=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[-1]["files"])' "$workdir/out")
+[ "$files" -gt 30 ] || fail "the clone's point records $files files"
+pass "the clone's point records its files ($files)"
 expect_ok "export" "$CLONECTL" clone export dev "$workdir/exported"
 expect_eq "the export has the clone's data" "$(cat "$workdir/exported/ra")" b
 expect_ok "clone --from a clone" "$CLONECTL" clone create dev2 --from dev

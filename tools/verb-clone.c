@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "clonectl.h"
@@ -42,6 +43,23 @@ static double elapsed_ms(const struct timespec *start)
         return (double) (t.tv_sec - start->tv_sec) * 1e3 + (double) (t.tv_nsec - start->tv_nsec) / 1e6;
 }
 
+/* Counts the entries and regular-file bytes of a directory tree. */
+static int count_tree(cs_store *store, const cs_chunk_id *dir_id, uint64_t *files, uint64_t *bytes)
+{
+        _cleanup_(cs_dir_freep) cs_dir *d = NULL;
+        int r = cs_dir_load(store, dir_id, &d);
+
+        for (size_t i = 0; r >= 0 && i < cs_dir_size(d); i++) {
+                const cs_entry *e = cs_dir_entry(d, i);
+                (*files)++;
+                if (S_ISREG(e->mode))
+                        *bytes += e->size;
+                else if (S_ISDIR(e->mode))
+                        r = count_tree(store, &e->subdir, files, bytes);
+        }
+        return r;
+}
+
 /* Folds a clone into a new point of its timeline. */
 static int snapshot_clone(cs_store *store, const char *name, const char *label, cs_point_info *ret)
 {
@@ -54,6 +72,15 @@ static int snapshot_clone(cs_store *store, const char *name, const char *label, 
         if (r < 0)
                 return busy(r, name, "snapshot");
         cs_store_put_counters(store, &after);
+        {
+                _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
+                cs_entry root;
+                r = cs_point_load(store, &p.root, &root, &keep);
+                if (r >= 0)
+                        r = count_tree(store, &root.subdir, &p.files, &p.logical_bytes);
+                if (r < 0)
+                        return log_error_errno(r, "cannot read the folded clone '%s': %m", name);
+        }
         snprintf(p.timeline, sizeof(p.timeline), "%s", name);
         if (label)
                 snprintf(p.label, sizeof(p.label), "%s", label);
