@@ -152,8 +152,9 @@ enum {
 typedef struct cs_pack_writer {
         uint64_t id;
         int fd;
-        uint64_t size;      /* bytes written so far, header included */
+        uint64_t size;      /* bytes written or reserved so far, header included */
         uint64_t committed; /* bytes the catalog's rows account for */
+        unsigned inflight;  /* reserved records still being written (store.c) */
 } cs_pack_writer;
 
 /* Formats "packs/<16 hex digits>.pack" into buf. */
@@ -161,6 +162,8 @@ void cs_pack_path(uint64_t id, char buf[static 64]);
 /* Registers a new open pack in the catalog, creates and locks its file. */
 int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer);
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset);
+/* Writes a record at an offset reserved by the caller. */
+int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset);
 /* fdatasync()s the pack. */
 int cs_pack_sync(cs_pack_writer *w);
 /* Records the pack's size and marks it sealed (in the caller's transaction). */
@@ -207,6 +210,9 @@ struct cs_store {
         cs_pack_writer pack;
         cs_pending *pending;
         cs_pending *committing; /* the batch a commit is syncing, or NULL */
+        bool commit_running;    /* a commit is under way (it may wait unlocked) */
+        unsigned retiring_inflight; /* writes still going into a pack being sealed */
+        uint64_t retiring_id;
         cs_pending *spare;      /* an empty table, reused as the next pending */
         pthread_cond_t commit_done;
         uint64_t pending_logical_bytes;

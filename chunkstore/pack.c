@@ -131,14 +131,13 @@ fail:
         return r;
 }
 
-int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset)
+int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset)
 {
         const uint8_t *p = record;
-        uint64_t offset = w->size;
         size_t done = 0;
 
         while (done < size) {
-                ssize_t n = pwrite(w->fd, p + done, size - done, (off_t) (offset + done));
+                ssize_t n = pwrite(fd, p + done, size - done, (off_t) (offset + done));
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -148,8 +147,17 @@ int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t 
                         return -ENOSPC;
                 done += (size_t) n;
         }
+        return 0;
+}
+
+int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset)
+{
+        int r = cs_pack_write_at(w->fd, record, size, w->size);
+
+        if (r < 0)
+                return r;
+        *ret_offset = w->size;
         w->size += size;
-        *ret_offset = offset;
         return 0;
 }
 

@@ -12,8 +12,10 @@
  *       packs/       pack files (pack.c)
  *  2. A put is hashed and deduplicated in the calling thread, against this
  *     handle's uncommitted puts and then the catalog; a new chunk is
- *     compressed in the calling thread (so N threads use N cores), then
- *     appended to this handle's open pack under write_lock.
+ *     compressed in the calling thread (so N threads use N cores), its
+ *     space in this handle's open pack is reserved under write_lock and
+ *     written without it; it joins the pending puts once written.  A
+ *     commit that seals the pack first waits for those writes.
  *  3. Commit: fdatasync(pack), then one transaction inserting every
  *     pending row.  Rows are INSERT OR REPLACE: two processes that stored
  *     the same chunk concurrently both wrote durable, valid copies, and
@@ -408,11 +410,11 @@ int cs_store_commit_locked(cs_store *store, bool seal)
 {
         sqlite3 *db = cs_index_writer(store->index);
         cs_pending *batch;
-        cs_pack_writer pack;
+        cs_pack_writer pack, current = { .fd = -1 };
         uint64_t logical, batch_end;
         int r;
 
-        while (store->committing)
+        while (store->commit_running)
                 pthread_cond_wait(&store->commit_done, &store->write_lock);
 
         seal = store->pack.fd >= 0 && (seal || store->pack.size >= CS_PACK_TARGET_SIZE);
@@ -423,21 +425,33 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                 if (!store->spare)
                         return -ENOMEM;
         }
+        store->commit_running = true;
+
+        pack = store->pack;
+        if (seal) {
+                /* New puts go to a new pack; the ones writing into this one
+                 * finish first, so the batch below holds all of its records. */
+                store->pack = (cs_pack_writer) { .fd = -1 };
+                store->retiring_id = pack.id;
+                store->retiring_inflight = pack.inflight;
+                while (store->retiring_inflight > 0)
+                        pthread_cond_wait(&store->commit_done, &store->write_lock);
+                current = store->pack; /* records that finished meanwhile may be there */
+        }
 
         /* Take the batch out. */
         batch = store->pending;
         store->pending = TAKE_PTR(store->spare);
         logical = store->pending_logical_bytes;
         store->pending_logical_bytes = 0;
-        pack = store->pack;
-        batch_end = store->pack.size;
-        if (seal)
-                store->pack = (cs_pack_writer) { .fd = -1 }; /* the next put starts a new pack */
+        batch_end = seal ? pack.size : store->pack.size;
         store->committing = batch;
 
         /* Durability order: the bytes first, then the rows that point at them. */
         pthread_mutex_unlock(&store->write_lock);
         r = batch->n > 0 || seal ? cs_pack_sync(&pack) : 0;
+        if (r >= 0 && current.fd >= 0)
+                r = cs_pack_sync(&current);
         pthread_mutex_lock(&store->write_lock);
 
         if (r >= 0)
@@ -449,17 +463,22 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                         cs_pack_writer_close(&pack);
                 else if (store->pack.id == pack.id)
                         store->pack.committed = MAX(store->pack.committed, batch_end);
-        } else {
+        } else if (!seal || store->pack.fd < 0) {
                 int k = restore_batch(store, batch, logical);
                 pending_free(batch);
-                if (seal && store->pack.fd < 0)
+                if (seal)
                         store->pack = pack; /* not sealed after all: keep appending to it */
-                else if (seal)
-                        cs_pack_writer_close(&pack); /* its bytes are synced; rows retry later */
                 if (k < 0)
                         r = k;
+        } else {
+                /* A new pack exists, so the old one cannot take writes again:
+                 * the failed batch's puts are dropped (they were never
+                 * acknowledged as durable; the caller sees this error). */
+                pending_free(batch);
+                cs_pack_writer_close(&pack);
         }
         store->committing = NULL;
+        store->commit_running = false;
         pthread_cond_broadcast(&store->commit_done);
         return r;
 }
@@ -576,15 +595,58 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         h.codec = record_size - CS_RECORD_HEADER_SIZE < size ? CS_CODEC_LZ4 : CS_CODEC_RAW;
         h.stored_size = (uint32_t) (record_size - CS_RECORD_HEADER_SIZE);
 
+        /* Design note 2: the pack space is reserved under write_lock, the
+         * bytes are written without it (the page-cache copy is a good part
+         * of a put), and the chunk becomes visible once they are there. */
         pthread_mutex_lock(&store->write_lock);
         store->pending_logical_bytes += size;
-        /* Another thread may have stored it while we compressed. */
-        if (find_uncommitted(store, &h.id))
-                r = 0;
-        else {
-                r = cs_store_append_locked(store, &h, record, record_size);
-                if (r >= 0)
+        if (find_uncommitted(store, &h.id)) { /* stored while we compressed */
+                pthread_mutex_unlock(&store->write_lock);
+                return 0;
+        }
+        if (store->pack.fd < 0) {
+                r = cs_pack_create(store->dir_fd, cs_index_writer(store->index), &store->pack);
+                if (r < 0) {
+                        pthread_mutex_unlock(&store->write_lock);
+                        return r;
+                }
+        }
+        cs_location loc = {
+                .kind = kind,
+                .pack = store->pack.id,
+                .offset = store->pack.size,
+                .size = h.size,
+                .stored_size = h.stored_size,
+        };
+        int fd = store->pack.fd;
+        store->pack.size += record_size;
+        store->pack.inflight++;
+        pthread_mutex_unlock(&store->write_lock);
+
+        r = cs_pack_write_at(fd, record, record_size, loc.offset);
+
+        pthread_mutex_lock(&store->write_lock);
+        if (store->pack.id == loc.pack)
+                store->pack.inflight--;
+        else
+                store->retiring_inflight--; /* a commit is sealing that pack and waits for us */
+        pthread_cond_broadcast(&store->commit_done);
+        if (r >= 0 && find_uncommitted(store, &h.id))
+                r = 0; /* another thread's copy won: ours is garbage compaction reclaims */
+        else if (r >= 0) {
+                r = pending_add(store->pending, &h.id, &loc);
+                if (r >= 0) {
+                        store->added.chunks++;
+                        store->added.bytes += h.size;
+                        store->added.stored_bytes += record_size;
                         r = 1;
+                        if (store->pending->n >= BATCH_MAX_CHUNKS || store->pending->bytes >= BATCH_MAX_BYTES ||
+                            store->pack.size >= CS_PACK_TARGET_SIZE) {
+                                int k = cs_store_commit_locked(store, false);
+                                if (k < 0)
+                                        r = k;
+                        }
+                }
         }
         pthread_mutex_unlock(&store->write_lock);
         return r;
