@@ -19,7 +19,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -472,6 +474,16 @@ int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, b
  * point): unchanged subtrees and files are the base's own chunks, so this
  * costs what the clone changed.  -EBUSY if the clone is open. */
 int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree);
+
+/* Folds a clone open in this process (a mount's), putting chunks through
+ * dst (opened with CS_OPEN_WRITE) and committing them; writers of the
+ * clone wait meanwhile.  The tree is not a point yet: the caller adds it,
+ * holding a write handle so that gc cannot take it first. */
+int cs_clone_fold_open(cs_clone *c, cs_store *dst, cs_chunk_id *ret_point_tree);
+
+/* The address of the control socket a mount listens on for a clone it
+ * has open (abstract namespace, derived from the store and the name). */
+int cs_clone_control_address(cs_store *store, const char *name, struct sockaddr_un *ret, socklen_t *ret_len);
 
 /* Opens a clone for use (a mount): one process at a time (-EBUSY). */
 int cs_clone_open(cs_store *store, const char *name, cs_clone **ret);

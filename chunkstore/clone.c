@@ -49,6 +49,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "cs-internal.h"
 
@@ -56,6 +57,7 @@
 
 struct cs_clone {
         cs_store *store;
+        cs_store *put_store; /* during a fold: where its chunks go */
         char *name;
         int dir_fd;  /* clones/NAME */
         int data_fd; /* clones/NAME/data */
@@ -943,29 +945,34 @@ int cs_clone_readdir(cs_clone *c, uint64_t ino, uint64_t offset, cs_clone_dirent
         return end(c, r);
 }
 
-int cs_clone_readlink(cs_clone *c, uint64_t ino, char *buf, size_t size)
+/* The target of a symlink (clone mutex held). */
+static int readlink_locked(cs_clone *c, uint64_t ino, char *buf, size_t size)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         int rc, r;
 
-        pthread_mutex_lock(&c->lock);
         r = prep(c, "SELECT target FROM inodes WHERE ino = ?", &stmt);
-        if (r >= 0) {
-                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
-                rc = sqlite3_step(stmt);
-                if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) == SQLITE_BLOB) {
-                        size_t len = (size_t) sqlite3_column_bytes(stmt, 0);
-                        if (len + 1 > size)
-                                r = -ENAMETOOLONG;
-                        else {
-                                memcpy(buf, sqlite3_column_blob(stmt, 0), len);
-                                buf[len] = 0;
-                                r = 0;
-                        }
-                } else {
-                        r = rc == SQLITE_ROW || rc == SQLITE_DONE ? -EINVAL : cs_sqlite_errno(rc);
-                }
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) == SQLITE_BLOB) {
+                size_t len = (size_t) sqlite3_column_bytes(stmt, 0);
+                if (len + 1 > size)
+                        return -ENAMETOOLONG;
+                memcpy(buf, sqlite3_column_blob(stmt, 0), len);
+                buf[len] = 0;
+                return 0;
         }
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? -EINVAL : cs_sqlite_errno(rc);
+}
+
+int cs_clone_readlink(cs_clone *c, uint64_t ino, char *buf, size_t size)
+{
+        int r;
+
+        pthread_mutex_lock(&c->lock);
+        r = readlink_locked(c, ino, buf, size);
         pthread_mutex_unlock(&c->lock);
         return r;
 }
@@ -2088,7 +2095,7 @@ static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *re
                 }
                 r = read_block(c, i, fd, k, c->buf);
                 if (r >= 0)
-                        r = cs_store_put(c->store, CS_KIND_DATA, c->buf, len, &blocks[k]);
+                        r = cs_store_put(c->put_store, CS_KIND_DATA, c->buf, len, &blocks[k]);
         }
         if (r < 0) {
                 free(blocks);
@@ -2135,13 +2142,13 @@ static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t i
                         r = fold_dir(c, ino, &e.subdir);
         } else if (r >= 0 && S_ISLNK(i.attr.mode)) {
                 target = malloc(PATH_MAX + 1);
-                r = target ? cs_clone_readlink(c, ino, target, PATH_MAX + 1) : -ENOMEM;
+                r = target ? readlink_locked(c, ino, target, PATH_MAX + 1) : -ENOMEM;
                 e.target = target;
                 e.size = target && r >= 0 ? strlen(target) : 0;
         } else if (r >= 0 && S_ISREG(i.attr.mode)) {
                 r = fold_file(c, &i, &blocks, &n_blocks);
                 if (r >= 0)
-                        r = cs_content_build(c->store, blocks, n_blocks, &e.content, &segments);
+                        r = cs_content_build(c->put_store, blocks, n_blocks, &e.content, &segments);
         }
         if (r >= 0)
                 r = cs_dir_builder_add(b, &e);
@@ -2156,7 +2163,7 @@ static int fold_dir(cs_clone *c, uint64_t ino, cs_chunk_id *ret)
         _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL;
         int rc, r;
 
-        r = cs_dir_builder_new(c->store, &b);
+        r = cs_dir_builder_new(c->put_store, &b);
         if (r >= 0)
                 r = prep(c, "SELECT name, ino FROM dentries WHERE parent = ?", &stmt);
         if (r < 0)
@@ -2173,9 +2180,10 @@ static int fold_dir(cs_clone *c, uint64_t ino, cs_chunk_id *ret)
         return cs_dir_builder_finish(b, ret);
 }
 
-int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree)
+/* Folds an open clone; chunks are put through dst.  Holds the clone's
+ * mutex throughout: its writers wait, so the tree is one instant of it. */
+static int fold_locked(cs_clone *c, cs_store *dst, cs_chunk_id *ret_point_tree)
 {
-        _cleanup_(clone_closep) cs_clone *c = NULL;
         cs_entry root = {};
         cs_xattr *items = NULL;
         char **strings = NULL;
@@ -2183,14 +2191,7 @@ int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree
         inode i;
         int r;
 
-        if (!store || !name || !ret_point_tree)
-                return -EINVAL;
-        if (!(store->flags & CS_OPEN_WRITE))
-                return -EROFS;
-        r = clone_open(store, name, false, &c);
-        if (r < 0)
-                return r;
-        /* One read transaction: the clone is locked, but be exact anyway. */
+        c->put_store = dst;
         r = cs_index_exec(c->db, "BEGIN");
         if (r < 0)
                 return r;
@@ -2212,10 +2213,64 @@ int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree
                 else if (r >= 0)
                         r = fold_dir(c, CS_CLONE_ROOT, &root.subdir);
                 if (r >= 0)
-                        r = cs_point_build(store, &root, ret_point_tree);
+                        r = cs_point_build(dst, &root, ret_point_tree);
                 free_xattrs(items, strings, n_xattrs);
                 inode_clear(&i);
         }
         (void) cs_index_exec(c->db, "COMMIT");
+        c->put_store = NULL;
         return r;
+}
+
+int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree)
+{
+        _cleanup_(clone_closep) cs_clone *c = NULL;
+        int r;
+
+        if (!store || !name || !ret_point_tree)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        r = clone_open(store, name, false, &c);
+        if (r < 0)
+                return r;
+        return fold_locked(c, store, ret_point_tree);
+}
+
+int cs_clone_fold_open(cs_clone *c, cs_store *dst, cs_chunk_id *ret_point_tree)
+{
+        int r;
+
+        if (!c || !dst || !ret_point_tree)
+                return -EINVAL;
+        if (!(dst->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        pthread_mutex_lock(&c->lock);
+        r = fold_locked(c, dst, ret_point_tree);
+        pthread_mutex_unlock(&c->lock);
+        if (r >= 0)
+                r = cs_store_commit(dst);
+        return r;
+}
+
+int cs_clone_control_address(cs_store *store, const char *name, struct sockaddr_un *ret, socklen_t *ret_len)
+{
+        char link[64], *dir;
+        XXH64_hash_t h;
+
+        if (!store || !name || !ret || !ret_len)
+                return -EINVAL;
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", store->dir_fd);
+        dir = realpath(link, NULL);
+        if (!dir)
+                return negative_errno();
+        h = XXH64(dir, strlen(dir), 0) ^ XXH64(name, strlen(name), 1);
+        free(dir);
+        *ret = (struct sockaddr_un) { .sun_family = AF_UNIX };
+        /* An abstract socket: no file to leave behind, no path length limit
+         * from the store's location.  Peers are checked by credentials. */
+        int n = snprintf(ret->sun_path + 1, sizeof(ret->sun_path) - 1, "clonefs-control-%016llx",
+                         (unsigned long long) h);
+        *ret_len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + (size_t) n);
+        return 0;
 }

@@ -59,10 +59,17 @@ typedef enum cfs_node_kind {
 
 /* A clone opened by the mount: kept open (and so locked against other
  * users) until unmount. */
+typedef struct cfs_context cfs_context;
+
 typedef struct cfs_clone {
         cs_clone *clone;
         uint64_t key;
         struct cfs_clone *next;
+        /* control.c: the clone's control socket */
+        cfs_context *ctx;
+        int control_fd;
+        pthread_t control_thread;
+        bool control_running;
 } cfs_clone;
 
 /* A point in use by the mount: pinned in the store while any node of it lives. */
@@ -108,7 +115,7 @@ typedef struct cfs_options {
         int prefetch_kib;
 } cfs_options;
 
-typedef struct cfs_context {
+struct cfs_context {
         cs_store *store;
         const char *store_path;
         uint32_t block_size;
@@ -125,7 +132,7 @@ typedef struct cfs_context {
         cfs_node **table;
         size_t table_size, n_nodes;
         cfs_node root;
-} cfs_context;
+};
 
 static inline cfs_context *cfs_ctx(fuse_req_t req)
 {
@@ -168,6 +175,13 @@ int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const 
 /* Makes the mount's root a clone's root (-o clone=NAME). */
 int cfs_nodes_root_clone(cfs_context *ctx, const char *name);
 void cfs_stat_from_clone(cfs_context *ctx, const cs_clone_attr *a, struct stat *st);
+
+/* --- control.c ------------------------------------------------------------- */
+
+/* Serves "fold" requests for a clone the mount has open (clonectl clone
+ * snapshot and export of a mounted clone). */
+int cfs_control_start(cfs_context *ctx, cfs_clone *cl);
+void cfs_control_stop(cfs_clone *cl);
 
 /* --- ops.c, ops-clone.c ----------------------------------------------------- */
 

@@ -279,6 +279,11 @@ int cfs_clone_get(cfs_context *ctx, const char *name, cfs_clone **ret)
                 cl->key = mix(0x636c6f6e65, name, strlen(name));
                 cl->next = ctx->clones;
                 ctx->clones = cl;
+                /* Without it the clone still works; only snapshots of it
+                 * must wait for the unmount. */
+                r = cfs_control_start(ctx, cl);
+                if (r < 0)
+                        fuse_log(FUSE_LOG_WARNING, "clonefs: clone %s: no control socket: %s\n", name, strerror(-r));
         }
         pthread_mutex_unlock(&ctx->clones_lock);
         *ret = cl;
@@ -289,6 +294,7 @@ void cfs_clones_close(cfs_context *ctx)
 {
         for (cfs_clone *cl = ctx->clones, *next; cl; cl = next) {
                 next = cl->next;
+                cfs_control_stop(cl);
                 cs_clone_close(cl->clone);
                 free(cl);
         }

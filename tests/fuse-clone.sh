@@ -190,13 +190,46 @@ expect_ok "1500 random operations: clone == native after every step" \
         python3 "$top_srcdir/tests/clone-random.py" "$o" "$workdir/native" "${CLONE_RANDOM_SEED:-20261122}" 1500
 cat "$workdir/out"
 
-# The clone commands want the clone unmounted, and say so.
-expect_error "snapshot of a mounted clone" "it is mounted" "$CLONECTL" clone snapshot dev
+# A mounted clone is snapshotted by its mount, while a writer runs: the
+# point holds a whole prefix of the writer's lines, never half a line.
+python3 - "$c/journal" <<'PY' &
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+end = time.monotonic() + 4
+i = 0
+while time.monotonic() < end:
+    os.write(fd, b"line %08d %s\n" % (i, b"x" * 100))
+    i += 1
+os.close(fd)
+PY
+writer=$!
+on_exit "kill $writer"
+sleep 1
+expect_ok "snapshot a mounted clone while it is written" "$CLONECTL" clone snapshot dev --label live
+expect_ok "export a mounted clone" "$CLONECTL" clone export dev "$workdir/live-export"
+wait "$writer" || fail "the writer failed while its clone was snapshotted"
+expect_ok "restore the live snapshot" "$CLONECTL" restore dev@live "$workdir/live"
+python3 - "$workdir/live/journal" "$workdir/live-export/journal" <<'PY' || fail "a live snapshot holds a torn write"
+import sys
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    lines = data.split(b"\n")
+    assert lines[-1] == b"", "%s ends in half a line" % path
+    for i, line in enumerate(lines[:-1]):
+        assert line == b"line %08d %s" % (i, b"x" * 100), "%s: line %d is %r" % (path, i, line[:20])
+    assert len(lines) > 100, "%s: only %d lines" % (path, len(lines))
+PY
+pass "snapshots of a clone under writes are whole (crash-consistent)"
+
+# Rewind, refresh and destroy want the clone unmounted, and say so.
+expect_error "rewind of a mounted clone" "in use by another process" "$CLONECTL" clone rewind dev
 mkdir -p "$workdir/m2"
 expect_error "a second mount of a clone" "in use by another mount" "$CLONEFS" "$CLONEFS_STORE" "$workdir/m2" -o clone=dev
 unmount_clonefs "$mnt"
 
 expect_ok "clone snapshot" "$CLONECTL" clone snapshot dev --label first
+expect_ok "rewind to the snapshot taken while mounted, and back" "$CLONECTL" clone rewind dev --to live
+expect_ok "and rewind to the last snapshot again" "$CLONECTL" clone rewind dev --to first
 expect_ok "the clone's timeline" "$CLONECTL" points dev --json
 files=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[-1]["files"])' "$workdir/out")
 [ "$files" -gt 30 ] || fail "the clone's point records $files files"

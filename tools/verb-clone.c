@@ -3,15 +3,18 @@
  * clonectl clone create|list|destroy|snapshot|rewind|refresh|export.
  *
  * A clone's snapshots are points of the timeline named after the clone.
- * Commands that change or read a whole clone need it unmounted: a mount
- * holds the clone exclusively, and they say so in one line.
+ * A mount holds its clones exclusively: snapshot and export of a mounted
+ * clone ask the mount to fold it (fs/control.c); rewind, refresh and
+ * destroy need it unmounted, and say so in one line.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "clonectl.h"
@@ -30,7 +33,8 @@ static int check_name(const char *name)
 static int busy(int r, const char *name, const char *what)
 {
         if (r == -EBUSY)
-                return log_error_errno(r, "cannot %s clone '%s': it is mounted (unmount it first)", what, name);
+                return log_error_errno(r, "cannot %s clone '%s': it is in use by another process (unmount it first)",
+                                       what, name);
         if (r == -ENOENT)
                 return log_error_errno(r, "no clone '%s'", name);
         return log_error_errno(r, "cannot %s clone '%s': %m", what, name);
@@ -60,6 +64,55 @@ static int count_tree(cs_store *store, const cs_chunk_id *dir_id, uint64_t *file
         return r;
 }
 
+/* Asks the mount that has the clone open to fold it (fs/control.c). */
+static int fold_through_mount(cs_store *store, const char *name, cs_chunk_id *ret)
+{
+        _cleanup_close_ int fd = -1;
+        struct sockaddr_un addr;
+        socklen_t len;
+        char reply[96] = "";
+        size_t got = 0;
+        int r;
+
+        r = cs_clone_control_address(store, name, &addr, &len);
+        if (r < 0)
+                return r;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return negative_errno();
+        if (connect(fd, (struct sockaddr *) &addr, len) < 0)
+                return -EBUSY; /* held by something that does not listen: it stays busy */
+        if (write(fd, "fold\n", 5) != 5)
+                return -EIO;
+        while (got < sizeof(reply) - 1) {
+                ssize_t n = read(fd, reply + got, sizeof(reply) - 1 - got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break;
+                got += (size_t) n;
+                if (memchr(reply, '\n', got))
+                        break;
+        }
+        reply[got] = 0;
+        reply[strcspn(reply, "\n")] = 0;
+        if (strncmp(reply, "ok ", 3) == 0)
+                return cs_chunk_id_parse(reply + 3, ret) < 0 ? -EBADMSG : 0;
+        if (strncmp(reply, "error ", 6) == 0 && atoi(reply + 6) > 0)
+                return -atoi(reply + 6);
+        return -EIO;
+}
+
+/* Folds a clone into a tree: directly, or through the mount that has it
+ * open, which pauses the clone's writers for the moment of the fold. */
+static int fold_clone(cs_store *store, const char *name, cs_chunk_id *ret)
+{
+        int r = cs_clone_fold(store, name, ret);
+        if (r == -EBUSY)
+                r = fold_through_mount(store, name, ret);
+        return r;
+}
+
 /* Folds a clone into a new point of its timeline. */
 static int snapshot_clone(cs_store *store, const char *name, const char *label, cs_point_info *ret)
 {
@@ -68,7 +121,7 @@ static int snapshot_clone(cs_store *store, const char *name, const char *label, 
         int r;
 
         cs_store_put_counters(store, &before);
-        r = cs_clone_fold(store, name, &p.root);
+        r = fold_clone(store, name, &p.root);
         if (r < 0)
                 return busy(r, name, "snapshot");
         cs_store_put_counters(store, &after);
@@ -214,7 +267,7 @@ static int clone_export(cs_store *store, const char *name, const char *dir)
         uint64_t pin = 0;
         int r;
 
-        r = cs_clone_fold(store, name, &tree);
+        r = fold_clone(store, name, &tree);
         if (r < 0)
                 return busy(r, name, "export");
         r = cs_store_commit(store);
