@@ -60,18 +60,23 @@ static bool inode_open(cfs_context *ctx, cfs_node *dir, const char *name)
         return open;
 }
 
-void cfs_clone_op_getattr(fuse_req_t req, cfs_context *ctx, cfs_node *n)
+/* Replies with attributes, or with the error r of the call that made them. */
+static void reply_attr(fuse_req_t req, cfs_context *ctx, int r, const cs_clone_attr *attr)
 {
-        cs_clone_attr attr;
         struct stat st;
-        int r = cs_clone_getattr(n->clone->clone, n->cino, &attr);
 
         if (r < 0) {
                 fuse_reply_err(req, -r);
                 return;
         }
-        cfs_stat_from_clone(ctx, &attr, &st);
+        cfs_stat_from_clone(ctx, attr, &st);
         fuse_reply_attr(req, &st, CLONE_TIMEOUT);
+}
+
+void cfs_clone_op_getattr(fuse_req_t req, cfs_context *ctx, cfs_node *n)
+{
+        cs_clone_attr attr;
+        reply_attr(req, ctx, cs_clone_getattr(n->clone->clone, n->cino, &attr), &attr);
 }
 
 void cfs_clone_op_lookup_reply(fuse_req_t req, cfs_context *ctx, cfs_node *n)
@@ -92,8 +97,6 @@ void cfs_clone_op_setattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, struct 
         cs_clone_attr in = {}, out;
         struct timespec t;
         unsigned valid = 0;
-        struct stat reply;
-        int r;
 
         clock_gettime(CLOCK_REALTIME, &t);
         if (to_set & FUSE_SET_ATTR_MODE) {
@@ -124,13 +127,7 @@ void cfs_clone_op_setattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, struct 
                 valid |= CS_SET_CTIME;
                 in.ctime = st->st_ctim;
         }
-        r = cs_clone_setattr(n->clone->clone, n->cino, &in, valid, &out);
-        if (r < 0) {
-                fuse_reply_err(req, -r);
-                return;
-        }
-        cfs_stat_from_clone(ctx, &out, &reply);
-        fuse_reply_attr(req, &reply, CLONE_TIMEOUT);
+        reply_attr(req, ctx, cs_clone_setattr(n->clone->clone, n->cino, &in, valid, &out), &out);
 }
 
 void cfs_clone_op_readlink(fuse_req_t req, cfs_context *ctx, cfs_node *n)
