@@ -51,9 +51,23 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "clone-cache.h"
 #include "cs-internal.h"
 
 #define CLONE_DIR "clones"
+
+/* Statements on the read and write paths, prepared once per open clone. */
+enum {
+        STMT_LOAD_INODE,
+        STMT_UPDATE_ATTR,
+        STMT_BLOCK_IS_LOCAL,
+        STMT_MARK_LOCAL,
+        STMT_FIND_DENTRY,
+        N_STMTS,
+};
+
+/* Decoded base blocks kept per open clone: 8 MiB at 64 KiB blocks. */
+#define CLONE_BLOCK_CACHE_BYTES (8u << 20)
 
 struct cs_clone {
         cs_store *store;
@@ -67,6 +81,14 @@ struct cs_clone {
         uint32_t block_size;
         uint64_t key; /* for stable inode numbers */
         uint8_t *buf; /* one block, under lock */
+        cs_fd_cache fds;       /* delta files, under lock */
+        cs_block_cache blocks; /* decoded base blocks, under lock */
+        sqlite3_stmt *stmts[N_STMTS]; /* prepared once, under lock */
+        /* What an fsync must make durable (design note 5): commits that
+         * changed where data lives (block map, sizes, names) and commits
+         * that changed attributes only; a delta file created. */
+        bool meta_dirty, attr_dirty, dir_dirty;
+        bool op_attrs_only; /* the running transaction changes attributes only */
 };
 
 static const char clone_schema[] =
@@ -98,6 +120,27 @@ bool cs_clone_name_is_valid(const char *name)
 static int prep(cs_clone *c, const char *sql, sqlite3_stmt **ret)
 {
         return cs_index_prepare(c->db, sql, ret);
+}
+
+/* A statement of the hot paths, prepared on first use and kept: borrowed,
+ * to be released with sqlite3_resetp (which also ends its read). */
+static int prep_cached(cs_clone *c, unsigned which, const char *sql, sqlite3_stmt **ret)
+{
+        if (!c->stmts[which]) {
+                int rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &c->stmts[which], NULL);
+                if (rc != SQLITE_OK)
+                        return cs_sqlite_errno(rc);
+        }
+        *ret = c->stmts[which];
+        return 0;
+}
+
+static void sqlite3_resetp(sqlite3_stmt **stmt)
+{
+        if (*stmt) {
+                sqlite3_reset(*stmt);
+                sqlite3_clear_bindings(*stmt);
+        }
 }
 
 /* --- Base content encoding: segmented flag, then ids -------------------- */
@@ -177,7 +220,10 @@ static int open_state_db(int clone_dir_fd, bool create, sqlite3 **ret)
         sqlite3_busy_timeout(db, 60000);
         int persist = 1;
         sqlite3_file_control(db, NULL, SQLITE_FCNTL_PERSIST_WAL, &persist);
-        r = cs_index_exec(db, "PRAGMA synchronous=NORMAL");
+        /* Only the holder of the clone's lock opens its catalog, so SQLite
+         * may keep its file locks and WAL index to itself: no fcntl() per
+         * transaction on the write path. */
+        r = cs_index_exec(db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=NORMAL");
         if (r >= 0 && create)
                 r = cs_index_exec(db, clone_schema);
         if (r < 0) {
@@ -516,10 +562,12 @@ static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **r
         c->dir_fd = c->data_fd = c->lock_fd = -1;
         c->store = store;
         c->block_size = cs_store_block_size(store);
+        cs_fd_cache_init(&c->fds);
         pthread_mutex_init(&c->lock, NULL);
         c->name = strdup(name);
         c->buf = malloc(c->block_size);
-        if (!c->name || !c->buf) {
+        r = cs_block_cache_init(&c->blocks, CLONE_BLOCK_CACHE_BYTES / c->block_size, c->block_size);
+        if (!c->name || !c->buf || r < 0) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -582,8 +630,12 @@ cs_clone *cs_clone_close(cs_clone *c)
 {
         if (!c)
                 return NULL;
+        for (size_t i = 0; i < N_STMTS; i++)
+                sqlite3_finalize(c->stmts[i]);
         if (c->db)
                 sqlite3_close(c->db);
+        cs_fd_cache_clear(&c->fds);
+        cs_block_cache_done(&c->blocks);
         safe_close(c->lock_fd);
         safe_close(c->data_fd);
         safe_close(c->dir_fd);
@@ -621,10 +673,10 @@ static void inode_clear(inode *i)
 
 static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
         int rc, r;
 
-        r = prep(c, "SELECT " INODE_COLUMNS " FROM inodes WHERE ino = ?", &stmt);
+        r = prep_cached(c, STMT_LOAD_INODE, "SELECT " INODE_COLUMNS " FROM inodes WHERE ino = ?", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) ino);
@@ -676,8 +728,8 @@ static void bind_attr(sqlite3_stmt *stmt, const cs_clone_attr *a)
 
 static int update_attr(cs_clone *c, const cs_clone_attr *a)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int r = prep(c,
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int r = prep_cached(c, STMT_UPDATE_ATTR,
                      "UPDATE inodes SET mode = ?1, uid = ?2, gid = ?3, nlink = ?4, size = ?5, rdev = ?6, atime = ?7,"
                      " atime_ns = ?8, mtime = ?9, mtime_ns = ?10, ctime = ?11, ctime_ns = ?12 WHERE ino = ?13",
                      &stmt);
@@ -732,8 +784,8 @@ static int add_dentry(cs_clone *c, uint64_t parent, const char *name, size_t len
 
 static int find_dentry(cs_clone *c, uint64_t parent, const char *name, uint64_t *ret_ino)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int rc, r = prep(c, "SELECT ino FROM dentries WHERE parent = ? AND name = ?", &stmt);
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int rc, r = prep_cached(c, STMT_FIND_DENTRY, "SELECT ino FROM dentries WHERE parent = ? AND name = ?", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) parent);
@@ -851,6 +903,7 @@ static int begin(cs_clone *c)
         int r = cs_index_begin(c->db);
         if (r < 0)
                 pthread_mutex_unlock(&c->lock);
+        c->op_attrs_only = false;
         return r;
 }
 
@@ -860,6 +913,10 @@ static int end(cs_clone *c, int r)
                 int k = cs_index_commit(c->db);
                 if (k < 0)
                         r = k;
+                else if (c->op_attrs_only)
+                        c->attr_dirty = true;
+                else
+                        c->meta_dirty = true;
         } else {
                 cs_index_rollback(c->db);
         }
@@ -1224,6 +1281,7 @@ static int drop_if_unused(cs_clone *c, const inode *i, bool open)
                  "; DELETE FROM inodes WHERE ino = %1$" PRIu64 "; DELETE FROM base_links WHERE ino = %1$" PRIu64,
                  i->attr.ino);
         snprintf(path, sizeof(path), "%" PRIx64, i->attr.ino);
+        cs_fd_cache_drop(&c->fds, i->attr.ino);
         (void) unlinkat(c->data_fd, path, 0);
         return cs_index_exec(c->db, sql);
 }
@@ -1449,25 +1507,32 @@ out_dirs:
 
 static int block_is_local(cs_clone *c, const inode *i, uint64_t k)
 {
-        int64_t n = 0;
-        char sql[128];
-        int r;
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int rc, r;
 
         if (i->local_all)
                 return 1;
-        snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM blocks WHERE ino = %" PRIu64 " AND block = ?", i->attr.ino);
-        r = cs_index_query_int(c->db, sql, (int64_t) k, &n);
-        return r < 0 ? r : n > 0;
+        r = prep_cached(c, STMT_BLOCK_IS_LOCAL, "SELECT 1 FROM blocks WHERE ino = ? AND block = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) i->attr.ino);
+        sqlite3_bind_int64(stmt, 2, (int64_t) k);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW)
+                return 1;
+        return rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
 }
 
+/* The delta file of ino: borrowed from the fd cache, valid under the lock
+ * until the next open_data. */
 static int open_data(cs_clone *c, uint64_t ino, bool create)
 {
-        char name[32];
-        int fd;
+        bool created = false;
+        int fd = cs_fd_cache_get(&c->fds, c->data_fd, ino, create, &created);
 
-        snprintf(name, sizeof(name), "%" PRIx64, ino);
-        fd = openat(c->data_fd, name, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
-        return fd < 0 ? negative_errno() : fd;
+        if (created)
+                c->dir_dirty = true;
+        return fd;
 }
 
 /* Fills buf (one block) with block k as the clone sees it. */
@@ -1487,17 +1552,23 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
         }
         if (start >= i->base_size || !i->base)
                 return 0;
-        cs_content content;
-        cs_chunk_id id;
-        int r = content_from_blob(i->base, i->base_len, &content);
-        if (r >= 0)
-                r = cs_content_blocks(c->store, &content, k, 1, &id);
-        if (r < 0)
-                return r;
-        if (!cs_chunk_id_is_zero(&id)) {
-                r = cs_store_get(c->store, &id, buf, c->block_size);
+        const uint8_t *cached = cs_block_cache_find(&c->blocks, i->attr.ino, k);
+        if (cached) {
+                memcpy(buf, cached, c->block_size);
+        } else {
+                cs_content content;
+                cs_chunk_id id;
+                int r = content_from_blob(i->base, i->base_len, &content);
+                if (r >= 0)
+                        r = cs_content_blocks(c->store, &content, k, 1, &id);
                 if (r < 0)
                         return r;
+                if (!cs_chunk_id_is_zero(&id)) {
+                        r = cs_store_get(c->store, &id, buf, c->block_size);
+                        if (r < 0)
+                                return r;
+                }
+                cs_block_cache_store(&c->blocks, i->attr.ino, k, buf);
         }
         /* Base bytes past a truncation are gone. */
         if (i->base_size - start < c->block_size)
@@ -1507,7 +1578,7 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
 
 ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         inode i;
         size_t done = 0;
         int r;
@@ -1542,13 +1613,17 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
 
 static int mark_local(cs_clone *c, uint64_t ino, uint64_t k)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int r = prep(c, "INSERT OR IGNORE INTO blocks VALUES(?, ?)", &stmt);
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int r = prep_cached(c, STMT_MARK_LOCAL, "INSERT OR IGNORE INTO blocks VALUES(?, ?)", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) ino);
         sqlite3_bind_int64(stmt, 2, (int64_t) k);
-        return cs_index_step(stmt);
+        r = cs_index_step(stmt);
+        /* Only a new row changes where data lives. */
+        if (r >= 0 && sqlite3_changes(c->db) > 0)
+                c->op_attrs_only = false;
+        return r;
 }
 
 static int write_all(int fd, const void *buf, size_t size, uint64_t offset)
@@ -1581,7 +1656,7 @@ static int make_local(cs_clone *c, inode *i, int fd, uint64_t k)
 
 ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         struct timespec t;
         inode i;
         size_t done = 0;
@@ -1593,6 +1668,9 @@ ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, 
         r = load_inode(c, ino, &i);
         if (r < 0)
                 return end(c, r);
+        /* An overwrite of local blocks within the size changes only the
+         * times, which fdatasync need not make durable. */
+        c->op_attrs_only = offset + size <= i.attr.size;
         if (!S_ISREG(i.attr.mode))
                 r = -EINVAL;
         if (r >= 0) {
@@ -1654,7 +1732,7 @@ static int cut(cs_clone *c, inode *i, int fd, uint64_t size)
 
 int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsigned valid, cs_clone_attr *ret)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         struct timespec t;
         inode i;
         int r;
@@ -1699,7 +1777,7 @@ int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsig
 
 int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uint64_t length)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         struct timespec t;
         inode i;
         int r;
@@ -1754,20 +1832,37 @@ int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uin
 int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
 {
         _cleanup_close_ int fd = -1;
-        int r;
+        int r = 0;
 
+        /* The data first, outside the lock, on a descriptor of our own:
+         * the cache's may be closed by another thread meanwhile. */
+        pthread_mutex_lock(&c->lock);
         fd = open_data(c, ino, false);
+        fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+        pthread_mutex_unlock(&c->lock);
         if (fd >= 0 && (datasync ? fdatasync(fd) : fsync(fd)) < 0)
                 return negative_errno();
-        /* A synchronous commit makes every earlier one durable (note 5). */
+
+        /* A synchronous commit makes every earlier one durable (note 5).
+         * fdatasync needs it only when where data lives changed: the
+         * steady state of a database's log, overwriting blocks already
+         * local, costs one flush of the delta file, as on a disk. */
         pthread_mutex_lock(&c->lock);
-        r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
-                                 " UPDATE meta SET value = value WHERE key = 'generation'; COMMIT;");
-        if (r < 0)
-                cs_index_rollback(c->db);
-        (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
-        if (r >= 0 && fsync(c->data_fd) < 0)
-                r = negative_errno();
+        if (c->meta_dirty || (!datasync && c->attr_dirty)) {
+                r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
+                                         " UPDATE meta SET value = value WHERE key = 'generation'; COMMIT;");
+                if (r < 0)
+                        cs_index_rollback(c->db);
+                (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
+                if (r >= 0)
+                        c->meta_dirty = c->attr_dirty = false;
+        }
+        if (r >= 0 && c->dir_dirty) {
+                if (fsync(c->data_fd) < 0)
+                        r = negative_errno();
+                else
+                        c->dir_dirty = false;
+        }
         pthread_mutex_unlock(&c->lock);
         return r;
 }
@@ -1921,6 +2016,9 @@ int cs_clone_release_inode(cs_clone *c, uint64_t ino)
 
 static int empty_data_dir(cs_clone *c)
 {
+        /* Inode numbers start over in the new catalog. */
+        cs_fd_cache_clear(&c->fds);
+        cs_block_cache_clear(&c->blocks);
         _cleanup_close_ int fd = dup(c->data_fd);
         struct dirent *de;
         DIR *d;
@@ -2053,7 +2151,7 @@ static void free_xattrs(cs_xattr *items, char **strings, size_t n)
 /* The block list of a regular file, built from its local and base blocks. */
 static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *ret_n)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         uint64_t n = DIV_ROUND_UP(i->attr.size, c->block_size);
         cs_chunk_id *blocks = calloc(MAX(n, 1u), sizeof(*blocks));
         cs_content content = {};
