@@ -20,7 +20,7 @@ build="$top/_build"
 test_packages=(
         build-essential autoconf automake libtool pkgconf
         fuse3 rsync acl attr python3 procps util-linux file
-        postgresql-15 postgresql-client-15 xxhash lz4
+        postgresql-15 postgresql-client-15 mariadb-server xxhash lz4
 )
 
 need_root() {
