@@ -474,6 +474,13 @@ int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, b
  * point): unchanged subtrees and files are the base's own chunks, so this
  * costs what the clone changed.  -EBUSY if the clone is open. */
 int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree);
+/* Reset and destroy of a clone the caller has open (a mount, asked through
+ * its control socket): the caller's handle keeps the clone's lock, so no
+ * one else can slip in between.  store must be a write handle.  After a
+ * reset every inode number but the root's is gone (ENOENT); after a
+ * destroy the handle works on unlinked files until it is closed. */
+int cs_clone_reset_open(cs_clone *c, cs_store *store, const cs_point_info *to);
+int cs_clone_destroy_open(cs_clone *c, cs_store *store);
 
 /* Folds a clone open in this process (a mount's), putting chunks through
  * dst (opened with CS_OPEN_WRITE) and committing them; writers of the

@@ -479,13 +479,12 @@ static void clone_closep(cs_clone **c);
 static uint64_t mix64(uint64_t x);
 static uint64_t name_key(const char *name);
 
+static int destroy_held(cs_store *store, const char *name);
+
 int cs_clone_destroy(cs_store *store, const char *name, bool force)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         _cleanup_(clone_closep) cs_clone *holder = NULL;
-        _cleanup_close_ int dir_fd = -1;
         cs_clone_info info;
-        sqlite3 *cat;
         int r;
 
         if (!store || !name)
@@ -498,6 +497,27 @@ int cs_clone_destroy(cs_store *store, const char *name, bool force)
         r = clone_open(store, name, force, &holder);
         if (r < 0)
                 return r;
+        return destroy_held(store, name);
+}
+
+int cs_clone_destroy_open(cs_clone *c, cs_store *store)
+{
+        if (!c || !store)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        return destroy_held(store, c->name);
+}
+
+/* Removes a clone whose lock the caller holds: its row, then its files.
+ * An open handle on it keeps working on the unlinked files until closed. */
+static int destroy_held(cs_store *store, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_close_ int dir_fd = -1;
+        sqlite3 *cat;
+        int r;
+
         pthread_mutex_lock(&store->write_lock);
         cat = cs_index_writer(store->index);
         r = cs_index_prepare(cat, "DELETE FROM clones WHERE name = ?", &stmt);
@@ -2037,11 +2057,11 @@ static int empty_data_dir(cs_clone *c)
         return r;
 }
 
+static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to);
+
 int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, bool wait)
 {
         _cleanup_(clone_closep) cs_clone *c = NULL;
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        sqlite3 *cat;
         int r;
 
         if (!store || !name || !to)
@@ -2051,6 +2071,34 @@ int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, b
         r = clone_open(store, name, wait, &c);
         if (r < 0)
                 return r;
+        return reset_held(c, store, to);
+}
+
+int cs_clone_reset_open(cs_clone *c, cs_store *store, const cs_point_info *to)
+{
+        int r;
+
+        if (!c || !store || !to)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        pthread_mutex_lock(&c->lock);
+        r = reset_held(c, store, to);
+        /* Whatever fsync comes next makes the new state durable. */
+        c->meta_dirty = c->dir_dirty = true;
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+/* Replaces the state of a clone whose lock the caller holds (and, for an
+ * open clone, its mutex) with the point `to`. */
+static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        const char *name = c->name;
+        sqlite3 *cat;
+        int r;
+
         /* The new state commits first: a crash after it leaves old delta
          * files that no row names, removed just below or by the next reset. */
         r = cs_index_begin(c->db);

@@ -32,6 +32,7 @@ uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_ke
 bool arg_dry_run;
 bool arg_prune;
 const char *arg_to;
+bool arg_force;
 
 typedef struct verb {
         const char *name;
@@ -58,8 +59,8 @@ static const verb verbs[] = {
         { "gc", 0, 0, verb_gc, "gc [--dry-run]                            reclaim unreferenced space" },
         { "clone", 1, 3, verb_clone,
           "clone create NAME --from TIMELINE@POINT|CLONE   a writable copy, in milliseconds\n"
-          "  clone list | destroy NAME | snapshot NAME [--label L] | export NAME DIR\n"
-          "  clone rewind NAME [--to POINT] | refresh NAME" },
+          "  clone list | destroy NAME [--force] | snapshot NAME [--label L] | export NAME DIR\n"
+          "  clone rewind NAME [--to POINT] [--force] | refresh NAME [--force]" },
 };
 
 static void help(void)
@@ -100,6 +101,7 @@ enum {
         ARG_DRY_RUN,
         ARG_PRUNE,
         ARG_TO,
+        ARG_FORCE,
 };
 
 static int parse_count(const char *option, const char *value, uint64_t *ret)
@@ -141,6 +143,7 @@ static int parse_argv(int argc, char **argv)
                 { "dry-run", no_argument, NULL, ARG_DRY_RUN },
                 { "prune", no_argument, NULL, ARG_PRUNE },
                 { "to", required_argument, NULL, ARG_TO },
+                { "force", no_argument, NULL, ARG_FORCE },
                 {}
         };
         int c, r;
@@ -230,6 +233,9 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_TO:
                         arg_to = optarg;
+                        break;
+                case ARG_FORCE:
+                        arg_force = true;
                         break;
                 case 'v':
                         log_setup(NULL, LOG_LEVEL_DEBUG);

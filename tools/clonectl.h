@@ -29,6 +29,7 @@ extern uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly,
 extern bool arg_dry_run;
 extern bool arg_prune;
 extern const char *arg_to;
+extern bool arg_force;
 
 /* Opens the store named by --store, $CLONEFS_STORE or /var/lib/clonefs,
  * reporting any failure in one line that names the store. */
