@@ -66,6 +66,9 @@ enum {
         N_STMTS,
 };
 
+/* Overwrites in place whose new times may wait outside the catalog. */
+#define PENDING_TIMES 64
+
 /* Decoded base blocks kept per open clone: 8 MiB at 64 KiB blocks. */
 #define CLONE_BLOCK_CACHE_BYTES (8u << 20)
 
@@ -89,6 +92,13 @@ struct cs_clone {
          * that changed attributes only; a delta file created. */
         bool meta_dirty, attr_dirty, dir_dirty;
         bool op_attrs_only; /* the running transaction changes attributes only */
+        /* Times of overwrites in place not yet in the catalog: written by
+         * the next transaction, a full fsync, or the close (design note 5). */
+        struct {
+                uint64_t ino;
+                struct timespec mtime, ctime;
+        } pending[PENDING_TIMES];
+        size_t n_pending;
 };
 
 static const char clone_schema[] =
@@ -116,6 +126,8 @@ bool cs_clone_name_is_valid(const char *name)
 }
 
 /* --- Small SQL helpers ---------------------------------------------------- */
+
+static int pending_flush(cs_clone *c);
 
 static int prep(cs_clone *c, const char *sql, sqlite3_stmt **ret)
 {
@@ -650,6 +662,12 @@ cs_clone *cs_clone_close(cs_clone *c)
 {
         if (!c)
                 return NULL;
+        if (c->n_pending > 0 && cs_index_begin(c->db) >= 0) {
+                if (pending_flush(c) >= 0)
+                        (void) cs_index_commit(c->db);
+                else
+                        cs_index_rollback(c->db);
+        }
         for (size_t i = 0; i < N_STMTS; i++)
                 sqlite3_finalize(c->stmts[i]);
         if (c->db)
@@ -729,7 +747,44 @@ static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
         ret->local_all = sqlite3_column_int(stmt, 15) != 0;
         ret->materialized = sqlite3_column_int(stmt, 16) != 0;
         a->blocks = DIV_ROUND_UP(a->size, 512);
+        for (size_t k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino) {
+                        a->mtime = c->pending[k].mtime;
+                        a->ctime = c->pending[k].ctime;
+                }
         return 0;
+}
+
+static void pending_forget(cs_clone *c, uint64_t ino)
+{
+        for (size_t k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino) {
+                        c->pending[k] = c->pending[--c->n_pending];
+                        return;
+                }
+}
+
+/* Writes the pending times into the running transaction. */
+static int pending_flush(cs_clone *c)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r;
+
+        if (c->n_pending == 0)
+                return 0;
+        r = prep(c, "UPDATE inodes SET mtime = ?, mtime_ns = ?, ctime = ?, ctime_ns = ? WHERE ino = ?", &stmt);
+        for (size_t k = 0; r >= 0 && k < c->n_pending; k++) {
+                sqlite3_bind_int64(stmt, 1, c->pending[k].mtime.tv_sec);
+                sqlite3_bind_int64(stmt, 2, c->pending[k].mtime.tv_nsec);
+                sqlite3_bind_int64(stmt, 3, c->pending[k].ctime.tv_sec);
+                sqlite3_bind_int64(stmt, 4, c->pending[k].ctime.tv_nsec);
+                sqlite3_bind_int64(stmt, 5, (int64_t) c->pending[k].ino);
+                r = cs_index_step(stmt);
+                sqlite3_reset(stmt);
+        }
+        if (r >= 0)
+                c->n_pending = 0;
+        return r;
 }
 
 /* Binds an inode's attributes as parameters ?1 to ?12, in the column
@@ -755,6 +810,8 @@ static int update_attr(cs_clone *c, const cs_clone_attr *a)
                      &stmt);
         if (r < 0)
                 return r;
+        /* a holds the pending times, if any (load_inode): they go in now. */
+        pending_forget(c, a->ino);
         bind_attr(stmt, a);
         sqlite3_bind_int64(stmt, 13, (int64_t) a->ino);
         return cs_index_step(stmt);
@@ -921,6 +978,11 @@ static int begin(cs_clone *c)
 {
         pthread_mutex_lock(&c->lock);
         int r = cs_index_begin(c->db);
+        if (r >= 0) {
+                r = pending_flush(c);
+                if (r < 0)
+                        cs_index_rollback(c->db);
+        }
         if (r < 0)
                 pthread_mutex_unlock(&c->lock);
         c->op_attrs_only = false;
@@ -1302,6 +1364,7 @@ static int drop_if_unused(cs_clone *c, const inode *i, bool open)
                  i->attr.ino);
         snprintf(path, sizeof(path), "%" PRIx64, i->attr.ino);
         cs_fd_cache_drop(&c->fds, i->attr.ino);
+        pending_forget(c, i->attr.ino);
         (void) unlinkat(c->data_fd, path, 0);
         return cs_index_exec(c->db, sql);
 }
@@ -1674,14 +1737,82 @@ static int make_local(cs_clone *c, inode *i, int fd, uint64_t k)
         return r;
 }
 
+/* Records new times of ino outside the catalog, making room by writing
+ * the pending ones when the table is full. */
+static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
+{
+        size_t k;
+        int r;
+
+        for (k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino)
+                        break;
+        if (k == PENDING_TIMES) {
+                r = cs_index_begin(c->db);
+                if (r >= 0)
+                        r = pending_flush(c);
+                r = r >= 0 ? cs_index_commit(c->db) : (cs_index_rollback(c->db), r);
+                if (r < 0)
+                        return r;
+                k = 0;
+        }
+        if (k == c->n_pending)
+                c->n_pending++;
+        c->pending[k].ino = ino;
+        c->pending[k].mtime = c->pending[k].ctime = *t;
+        c->attr_dirty = true;
+        return 0;
+}
+
+/* An overwrite of blocks that are already local, within the file's size,
+ * changes data and times only: it needs no transaction, and its times
+ * wait in c->pending.  -EAGAIN: not such a write. */
+static ssize_t write_in_place(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
+{
+        struct timespec t;
+        bool loaded;
+        inode i;
+        int fd = -1, r;
+
+        if (size == 0)
+                return -EAGAIN;
+        pthread_mutex_lock(&c->lock);
+        r = load_inode(c, ino, &i);
+        loaded = r >= 0;
+        if (r >= 0 && (!S_ISREG(i.attr.mode) || offset + size > i.attr.size))
+                r = -EAGAIN;
+        for (uint64_t k = offset / c->block_size; r >= 0 && k <= (offset + size - 1) / c->block_size; k++) {
+                int local = block_is_local(c, &i, k);
+                r = local < 0 ? local : local ? 0 : -EAGAIN;
+        }
+        if (r >= 0) {
+                fd = open_data(c, ino, false);
+                r = fd == -ENOENT ? -EAGAIN : MIN(fd, 0);
+        }
+        if (r >= 0)
+                r = write_all(fd, buf, size, offset);
+        if (r >= 0) {
+                now(&t);
+                r = pending_set(c, ino, &t);
+        }
+        if (loaded)
+                inode_clear(&i);
+        pthread_mutex_unlock(&c->lock);
+        return r < 0 ? r : (ssize_t) size;
+}
+
 ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
 {
         int fd = -1;
         struct timespec t;
         inode i;
         size_t done = 0;
+        ssize_t n;
         int r;
 
+        n = write_in_place(c, ino, buf, size, offset);
+        if (n != -EAGAIN)
+                return n;
         r = begin(c);
         if (r < 0)
                 return r;
@@ -1870,7 +2001,11 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
         pthread_mutex_lock(&c->lock);
         if (c->meta_dirty || (!datasync && c->attr_dirty)) {
                 r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
-                                         " UPDATE meta SET value = value WHERE key = 'generation'; COMMIT;");
+                                         " UPDATE meta SET value = value WHERE key = 'generation'");
+                if (r >= 0)
+                        r = pending_flush(c);
+                if (r >= 0)
+                        r = cs_index_exec(c->db, "COMMIT");
                 if (r < 0)
                         cs_index_rollback(c->db);
                 (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
@@ -2037,6 +2172,7 @@ int cs_clone_release_inode(cs_clone *c, uint64_t ino)
 static int empty_data_dir(cs_clone *c)
 {
         /* Inode numbers start over in the new catalog. */
+        c->n_pending = 0;
         cs_fd_cache_clear(&c->fds);
         cs_block_cache_clear(&c->blocks);
         _cleanup_close_ int fd = dup(c->data_fd);
