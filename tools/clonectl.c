@@ -32,6 +32,7 @@ uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_ke
 bool arg_dry_run;
 bool arg_prune;
 const char *arg_to;
+const char *arg_slot;
 
 typedef struct verb {
         const char *name;
@@ -60,6 +61,9 @@ static const verb verbs[] = {
           "clone create NAME --from TIMELINE@POINT|CLONE   a writable copy, in milliseconds\n"
           "  clone list | destroy NAME | snapshot NAME [--label L] | export NAME DIR\n"
           "  clone rewind NAME [--to POINT] | refresh NAME" },
+        { "pg", 2, 4, verb_pg,
+          "pg link TIMELINE CONNINFO [--slot NAME]   link a PostgreSQL server: slot, first base backup\n"
+          "  pg sync TIMELINE                          a base backup into a new point" },
 };
 
 static void help(void)
@@ -100,6 +104,7 @@ enum {
         ARG_DRY_RUN,
         ARG_PRUNE,
         ARG_TO,
+        ARG_SLOT,
 };
 
 static int parse_count(const char *option, const char *value, uint64_t *ret)
@@ -141,6 +146,7 @@ static int parse_argv(int argc, char **argv)
                 { "dry-run", no_argument, NULL, ARG_DRY_RUN },
                 { "prune", no_argument, NULL, ARG_PRUNE },
                 { "to", required_argument, NULL, ARG_TO },
+                { "slot", required_argument, NULL, ARG_SLOT },
                 {}
         };
         int c, r;
@@ -230,6 +236,9 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_TO:
                         arg_to = optarg;
+                        break;
+                case ARG_SLOT:
+                        arg_slot = optarg;
                         break;
                 case 'v':
                         log_setup(NULL, LOG_LEVEL_DEBUG);
