@@ -606,7 +606,7 @@ typedef struct cs_pg_wal {
 } cs_pg_wal;
 
 /* Commits pending puts, then records the segment.  A complete segment is
- * never replaced by a partial one. */
+ * never replaced; a partial one only by a complete or longer one. */
 int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w);
 /* -ENOENT if not stored. */
 int cs_pg_wal_get(cs_store *store, const char *timeline, uint32_t tli, uint64_t segno, cs_pg_wal *ret);

@@ -294,8 +294,8 @@ int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w)
 
         if (!store || !cs_name_is_valid(timeline) || !w || w->tli == 0)
                 return -EINVAL;
-        /* A complete segment is never replaced by a shorter or partial
-         * copy of itself (a receiver restarting mid-segment). */
+        /* A complete segment is never replaced, a partial one only by a
+         * complete or a longer one (receivers resuming, archive-wal). */
         return write_row(store,
                          "INSERT INTO pg_wal(timeline, tli, segno, size, partial, root, first_commit,"
                          " last_commit, created) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -303,7 +303,7 @@ int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w)
                          " partial = excluded.partial, root = excluded.root,"
                          " first_commit = excluded.first_commit, last_commit = excluded.last_commit,"
                          " created = excluded.created"
-                         " WHERE pg_wal.partial OR NOT excluded.partial",
+                         " WHERE pg_wal.partial AND (NOT excluded.partial OR excluded.size >= pg_wal.size)",
                          bind_wal, &row);
 }
 

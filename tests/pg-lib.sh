@@ -5,11 +5,19 @@
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
+# Skips without root, PostgreSQL 15 or its user; then makes the scratch
+# directory reachable for postgres and a store in $store, used by cl().
 require_postgres() {
         require_root
         [ -x "$PGBIN/postgres" ] || skip "no PostgreSQL 15 at $PGBIN"
         getent passwd postgres >/dev/null || skip "no postgres user"
         chmod 755 "$workdir"
+        store=$workdir/store
+        "$CLONECTL" --store "$store" init >/dev/null
+}
+
+cl() {
+        "$CLONECTL" --store "$store" "$@"
 }
 
 as_pg() {
@@ -37,6 +45,7 @@ max_slot_wal_keep_size = 1GB
 fsync = off
 full_page_writes = on
 log_min_messages = warning
+track_commit_timestamp = on
 EOF
         printf '%s\n' "${PG_HBA:-local all all trust
 local replication all trust}" >"$dir/pg_hba.conf"

@@ -9,10 +9,7 @@
 . "$(dirname "$0")/pg-lib.sh"
 
 require_postgres
-store=$workdir/store
 src=$workdir/src
-"$CLONECTL" --store "$store" init >/dev/null
-cl() { "$CLONECTL" --store "$store" "$@"; }
 
 PG_HBA="local replication rep trust
 local replication norep trust

@@ -63,7 +63,10 @@ static const verb verbs[] = {
           "  clone rewind NAME [--to POINT] | refresh NAME" },
         { "pg", 2, 4, verb_pg,
           "pg link TIMELINE CONNINFO [--slot NAME]   link a PostgreSQL server: slot, first base backup\n"
-          "  pg sync TIMELINE                          a base backup into a new point" },
+          "  pg sync TIMELINE                          a base backup into a new point\n"
+          "  pg receive-wal TIMELINE                   stream WAL into the store (runs until stopped)\n"
+          "  pg archive-wal TIMELINE PATH              store one WAL file (archive_command = '... %p')\n"
+          "  pg wal-fetch TIMELINE WALFILE DEST        write one WAL file back (restore_command = '... %f %p')" },
 };
 
 static void help(void)

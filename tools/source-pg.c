@@ -41,18 +41,6 @@
 #include "util/macro.h"
 #include "util/size.h"
 
-static inline void PQclearp(PGresult **r)
-{
-        if (*r)
-                PQclear(*r);
-}
-
-static inline void PQfinishp(PGconn **c)
-{
-        if (*c)
-                PQfinish(*c);
-}
-
 static inline void PQconninfoFreep(PQconninfoOption **o)
 {
         if (*o)
@@ -92,6 +80,19 @@ int pg_lsn_parse(const char *s, uint64_t *ret)
 void pg_lsn_format(uint64_t lsn, char buf[static 24])
 {
         snprintf(buf, 24, "%X/%X", (unsigned) (lsn >> 32), (unsigned) lsn);
+}
+
+int pg_source_find(cs_store *store, const char *timeline, cs_pg_source *ret)
+{
+        int r = cs_pg_source_get(store, timeline, ret);
+
+        if (r == -ENOENT)
+                return log_error_errno(r, "timeline '%s' is not linked to a PostgreSQL server "
+                                          "(clonectl pg link %s CONNINFO)",
+                                       timeline, timeline);
+        if (r < 0)
+                return log_error_errno(r, "cannot read timeline '%s': %m", timeline);
+        return 0;
 }
 
 /* --- conninfo ------------------------------------------------------------------ */

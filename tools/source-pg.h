@@ -15,6 +15,22 @@
 
 #include "chunkstore.h"
 
+static inline void PQclearp(PGresult **r)
+{
+        if (*r)
+                PQclear(*r);
+}
+
+static inline void PQfinishp(PGconn **c)
+{
+        if (*c)
+                PQfinish(*c);
+}
+
+/* The link of a timeline, reporting "not linked" (with how to link) or a
+ * catalog error in one line. */
+int pg_source_find(cs_store *store, const char *timeline, cs_pg_source *ret);
+
 /* conninfo without any password, in key='value' form: what the catalog
  * keeps.  -EINVAL (reported) if libpq cannot parse it. */
 int pg_conninfo_strip(const char *conninfo, char **ret);

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,35 +15,17 @@
 #include <unistd.h>
 
 #include "clonectl.h"
+#include "pg-wal.h"
 #include "source-pg.h"
 #include "util/json.h"
 #include "util/log.h"
 #include "util/size.h"
-
-static inline void PQfinishp(PGconn **c)
-{
-        if (*c)
-                PQfinish(*c);
-}
 
 static int check_timeline_name(const char *timeline)
 {
         if (!cs_name_is_valid(timeline))
                 return log_error_errno(-EINVAL, "invalid timeline name '%s': use 1-128 of A-Z a-z 0-9 . _ -",
                                        timeline);
-        return 0;
-}
-
-static int find_pg_source(cs_store *store, const char *timeline, cs_pg_source *ret)
-{
-        int r = cs_pg_source_get(store, timeline, ret);
-
-        if (r == -ENOENT)
-                return log_error_errno(r, "timeline '%s' is not linked to a PostgreSQL server "
-                                          "(clonectl pg link %s CONNINFO)",
-                                       timeline, timeline);
-        if (r < 0)
-                return log_error_errno(r, "cannot read timeline '%s': %m", timeline);
         return 0;
 }
 
@@ -178,7 +161,7 @@ static int verb_pg_sync(const char *timeline)
         r = open_store(CS_OPEN_WRITE, &store);
         if (r < 0)
                 return r;
-        r = find_pg_source(store, timeline, &src);
+        r = pg_source_find(store, timeline, &src);
         if (r < 0)
                 return r;
         r = pg_connect_replication(src.conninfo, &conn);
@@ -194,6 +177,27 @@ static int verb_pg_sync(const char *timeline)
         return sync_point(store, conn, timeline, NULL);
 }
 
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop(int sig)
+{
+        (void) sig;
+        stop_requested = 1;
+}
+
+static int verb_pg_receive_wal(const char *timeline)
+{
+        struct sigaction sa = { .sa_handler = on_stop };
+        int r;
+
+        r = check_timeline_name(timeline);
+        if (r < 0)
+                return r;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        return pg_receive_wal(timeline, isatty(STDERR_FILENO), &stop_requested);
+}
+
 int verb_pg(int argc, char **argv)
 {
         const char *sub = argv[1];
@@ -203,5 +207,13 @@ int verb_pg(int argc, char **argv)
                 return verb_pg_link(argv[2], argv[3]);
         if (strcmp(sub, "sync") == 0 && n == 1)
                 return verb_pg_sync(argv[2]);
-        return log_error_errno(-EINVAL, "usage: clonectl pg link TIMELINE CONNINFO [--slot NAME] | sync TIMELINE");
+        if (strcmp(sub, "receive-wal") == 0 && n == 1)
+                return verb_pg_receive_wal(argv[2]);
+        if (strcmp(sub, "archive-wal") == 0 && n == 2)
+                return check_timeline_name(argv[2]) < 0 ? -EINVAL : pg_archive_wal(argv[2], argv[3]);
+        if (strcmp(sub, "wal-fetch") == 0 && n == 3)
+                return check_timeline_name(argv[2]) < 0 ? -EINVAL : pg_fetch_wal(argv[2], argv[3], argv[4]);
+        return log_error_errno(-EINVAL, "usage: clonectl pg link TIMELINE CONNINFO [--slot NAME] | sync TIMELINE | "
+                                        "receive-wal TIMELINE | archive-wal TIMELINE PATH | "
+                                        "wal-fetch TIMELINE WALFILE DEST");
 }
