@@ -622,6 +622,10 @@ int cs_pg_history_get(cs_store *store, const char *timeline, uint32_t tli, void 
  * smaller than the blob) and says the size. */
 int cs_blob_build(cs_store *store, const void *data, size_t size, cs_chunk_id *ret);
 int cs_blob_read(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_size, size_t *ret_size);
+/* A blob's block ids (*ret_blocks to free()) and size, unread: the last
+ * block may be short. */
+int cs_blob_blocks(cs_store *store, const cs_chunk_id *id, cs_chunk_id **ret_blocks, size_t *ret_n,
+                   uint64_t *ret_size);
 
 #ifdef __cplusplus
 }

@@ -440,18 +440,19 @@ int cs_blob_build(cs_store *store, const void *data, size_t size, cs_chunk_id *r
         return r < 0 ? r : 0;
 }
 
-int cs_blob_read(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_size, size_t *ret_size)
+int cs_blob_blocks(cs_store *store, const cs_chunk_id *id, cs_chunk_id **ret_blocks, size_t *ret_n,
+                   uint64_t *ret_size)
 {
         _cleanup_free_ uint8_t *obj = NULL;
+        _cleanup_free_ cs_chunk_id *ids = NULL;
         const cs_chunk_id *children;
         const uint8_t *body;
         size_t n, body_size;
         uint64_t size = 0;
-        uint32_t bs;
         cs_chunk_info info;
         int r;
 
-        if (!store || !id || (!buf && buf_size) || !ret_size)
+        if (!store || !id || !ret_blocks || !ret_n || !ret_size)
                 return -EINVAL;
         r = cs_store_has(store, id, &info);
         if (r < 0)
@@ -471,20 +472,41 @@ int cs_blob_read(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_s
                 return -EBADMSG;
         for (int i = 0; i < 8; i++)
                 size |= (uint64_t) body[4 + i] << (8 * i);
-        bs = cs_store_block_size(store);
-        if (DIV_ROUND_UP(size, bs) != n)
+        if (DIV_ROUND_UP(size, cs_store_block_size(store)) != n)
                 return -EBADMSG;
+        ids = malloc(MAX(n, 1u) * sizeof(*ids));
+        if (!ids)
+                return -ENOMEM;
+        memcpy(ids, children, n * sizeof(*ids));
+        *ret_blocks = TAKE_PTR(ids);
+        *ret_n = n;
+        *ret_size = size;
+        return 0;
+}
+
+int cs_blob_read(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_size, size_t *ret_size)
+{
+        _cleanup_free_ cs_chunk_id *ids = NULL;
+        uint64_t size;
+        uint32_t bs;
+        size_t n;
+        int r;
+
+        if (!store || !id || (!buf && buf_size) || !ret_size)
+                return -EINVAL;
+        r = cs_blob_blocks(store, id, &ids, &n, &size);
+        if (r < 0)
+                return r;
         if (size > buf_size)
                 return -ENOBUFS;
+        bs = cs_store_block_size(store);
         for (size_t i = 0; i < n; i++) {
                 size_t len = (size_t) MIN((uint64_t) bs, size - i * bs);
-                cs_chunk_id child;
-                memcpy(&child, &children[i], sizeof(child));
-                if (cs_chunk_id_is_zero(&child)) {
+                if (cs_chunk_id_is_zero(&ids[i])) {
                         memset((uint8_t *) buf + i * bs, 0, len);
                         continue;
                 }
-                r = cs_store_get(store, &child, (uint8_t *) buf + i * bs, len);
+                r = cs_store_get(store, &ids[i], (uint8_t *) buf + i * bs, len);
                 if (r < 0)
                         return r;
                 if ((size_t) r != len)

@@ -33,6 +33,7 @@ bool arg_dry_run;
 bool arg_prune;
 const char *arg_to;
 const char *arg_slot;
+const char *arg_at;
 
 typedef struct verb {
         const char *name;
@@ -59,8 +60,11 @@ static const verb verbs[] = {
         { "gc", 0, 0, verb_gc, "gc [--dry-run]                            reclaim unreferenced space" },
         { "clone", 1, 3, verb_clone,
           "clone create NAME --from TIMELINE@POINT|CLONE   a writable copy, in milliseconds\n"
+          "  clone create NAME --from TIMELINE --at TIME   a PostgreSQL timeline as of TIME (recovers on start)\n"
           "  clone list | destroy NAME | snapshot NAME [--label L] | export NAME DIR\n"
           "  clone rewind NAME [--to POINT] | refresh NAME" },
+        { "timeline", 2, 2, verb_timeline,
+          "timeline show TIMELINE                    points; for PostgreSQL, the times a clone can be made at" },
         { "pg", 2, 4, verb_pg,
           "pg link TIMELINE CONNINFO [--slot NAME]   link a PostgreSQL server: slot, first base backup\n"
           "  pg sync TIMELINE                          a base backup into a new point\n"
@@ -108,6 +112,7 @@ enum {
         ARG_PRUNE,
         ARG_TO,
         ARG_SLOT,
+        ARG_AT,
 };
 
 static int parse_count(const char *option, const char *value, uint64_t *ret)
@@ -150,6 +155,7 @@ static int parse_argv(int argc, char **argv)
                 { "prune", no_argument, NULL, ARG_PRUNE },
                 { "to", required_argument, NULL, ARG_TO },
                 { "slot", required_argument, NULL, ARG_SLOT },
+                { "at", required_argument, NULL, ARG_AT },
                 {}
         };
         int c, r;
@@ -242,6 +248,9 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_SLOT:
                         arg_slot = optarg;
+                        break;
+                case ARG_AT:
+                        arg_at = optarg;
                         break;
                 case 'v':
                         log_setup(NULL, LOG_LEVEL_DEBUG);

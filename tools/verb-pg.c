@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "clonectl.h"
+#include "pg-clone.h"
 #include "pg-wal.h"
 #include "source-pg.h"
 #include "util/json.h"
@@ -175,6 +176,93 @@ static int verb_pg_sync(const char *timeline)
                                                "(system identifier %" PRIu64 ", linked to %" PRIu64 ")",
                                        timeline, server.system_id, src.system_id);
         return sync_point(store, conn, timeline, NULL);
+}
+
+static void print_time(const char *key, int64_t usec)
+{
+        char buf[40];
+
+        pg_format_time(usec, buf);
+        printf(",\"%s\":\"%s\"", key, buf);
+}
+
+static void show_json(const char *timeline, const pg_coverage *c)
+{
+        char a[24], z[24];
+
+        printf("{\"timeline\":");
+        json_write_string(stdout, timeline, strlen(timeline));
+        printf(",\"slot\":\"%s\",\"system_id\":\"%" PRIu64 "\",\"bases\":[", c->src.slot, c->src.system_id);
+        for (size_t i = 0; i < c->n_ranges; i++) {
+                const pg_range *rg = &c->ranges[i];
+                pg_lsn_format(rg->backup.start_lsn, a);
+                pg_lsn_format(rg->backup.end_lsn, z);
+                printf("%s{\"point\":\"%s\",\"start_lsn\":\"%s\",\"end_lsn\":\"%s\",\"usable\":%s", i ? "," : "",
+                       rg->point.name, a, z, rg->usable ? "true" : "false");
+                print_time("from", rg->from);
+                if (rg->usable) {
+                        print_time("to", rg->to);
+                        pg_lsn_format(rg->wal_end_lsn, z);
+                        printf(",\"wal_end_lsn\":\"%s\"", z);
+                }
+                printf("}");
+        }
+        printf("],\"wal_segments\":%zu}\n", c->n_wal);
+}
+
+int verb_timeline(int argc, char **argv)
+{
+        _cleanup_(cs_store_unrefp) cs_store *store = NULL;
+        _cleanup_(pg_coverage_done) pg_coverage c = {};
+        _cleanup_free_ cs_point_info *points = NULL;
+        cs_pg_source src;
+        size_t n = 0;
+        char a[24], z[24], t1[40], t2[40];
+        int r;
+
+        if (strcmp(argv[1], "show") != 0)
+                return log_error_errno(-EINVAL, "unknown timeline command '%s' (show)", argv[1]);
+        r = check_timeline_name(argv[2]);
+        if (r < 0)
+                return r;
+        r = open_store(0, &store);
+        if (r < 0)
+                return r;
+        r = cs_point_list(store, argv[2], &points, &n);
+        if (r == -ENOENT)
+                return log_error_errno(r, "no timeline '%s'", argv[2]);
+        if (r < 0)
+                return log_error_errno(r, "cannot read timeline '%s': %m", argv[2]);
+        if (cs_pg_source_get(store, argv[2], &src) == -ENOENT) {
+                printf("timeline %s: %zu points, not linked to PostgreSQL\n", argv[2], n);
+                for (size_t i = 0; i < n; i++)
+                        printf("  %s%s%s\n", points[i].name, points[i].label[0] ? "  " : "", points[i].label);
+                return 0;
+        }
+        r = pg_coverage_load(store, argv[2], &c);
+        if (r < 0)
+                return r;
+        if (arg_json) {
+                show_json(argv[2], &c);
+                return 0;
+        }
+        printf("timeline %s: PostgreSQL, slot %s, system %" PRIu64 ", %zu stored WAL segments\n", argv[2],
+               c.src.slot, c.src.system_id, c.n_wal);
+        printf("base points:\n");
+        for (size_t i = 0; i < c.n_ranges; i++) {
+                const pg_range *rg = &c.ranges[i];
+                pg_lsn_format(rg->backup.start_lsn, a);
+                pg_lsn_format(rg->backup.end_lsn, z);
+                pg_format_time(rg->from, t1);
+                printf("  %s  LSN %s to %s, ended by %s\n", rg->point.name, a, z, t1);
+                if (rg->usable) {
+                        pg_format_time(rg->to, t2);
+                        pg_lsn_format(rg->wal_end_lsn, z);
+                        printf("    provisionable from %s up to (not including) %s (WAL to LSN %s)\n", t1, t2, z);
+                } else
+                        printf("    not provisionable yet: no WAL with a later commit stored after it\n");
+        }
+        return 0;
 }
 
 static volatile sig_atomic_t stop_requested;
