@@ -80,10 +80,16 @@ static void help(void)
                "Commands:\n");
         for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
                 printf("  %s\n", verbs[i].synopsis);
-        printf("\nPOINT is a point's name (20261122T101505Z), its label, or 'latest'.\n");
+        printf("\nPOINT is a point's name (20261122T101505Z), its label, or 'latest'.\n"
+               "TIME is YYYY-MM-DD HH:MM:SS[.frac][+TZ] (or ISO 8601 with T and Z); no zone is local time.\n"
+               "CONNINFO is libpq's; a password in it is used, never stored: keep it in ~/.pgpass,\n"
+               "PGPASSFILE or a service file.  Set max_slot_wal_keep_size on the server, so that a\n"
+               "stopped receive-wal cannot fill its disk.\n");
         printf("\nOptions:\n"
                "  --store DIR   the store (default: $CLONEFS_STORE, else " DEFAULT_STORE ")\n"
                "  --json        machine-readable output\n"
+               "  --slot NAME   pg link: the replication slot (default clonefs_TIMELINE)\n"
+               "  --at TIME     clone create: the time a PostgreSQL timeline is cloned at\n"
                "  -v, --verbose more detail on stderr\n"
                "  -h, --help    this text\n"
                "  --version     the version\n");
