@@ -562,6 +562,78 @@ int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *v
 int cs_clone_removexattr(cs_clone *c, uint64_t ino, const char *name);
 int cs_clone_release_inode(cs_clone *c, uint64_t ino);
 
+/* --- PostgreSQL sources (pg.c) -------------------------------------------------
+ *
+ * A timeline linked to a PostgreSQL server: its connection (never with a
+ * password), its replication slot, what each base backup point covers and
+ * the WAL received since.  WAL segments are blob objects (below), kept
+ * through gc like points.
+ */
+
+#define CS_PG_CONNINFO_MAX 1024
+#define CS_PG_SLOT_MAX 64
+
+typedef struct cs_pg_source {
+        char timeline[CS_TIMELINE_NAME_MAX + 1];
+        char conninfo[CS_PG_CONNINFO_MAX]; /* without any password */
+        char slot[CS_PG_SLOT_MAX];
+        uint64_t system_id;
+        uint32_t segment_size; /* wal_segment_size, bytes */
+        int64_t created;
+} cs_pg_source;
+
+/* -EEXIST if the timeline is linked already. */
+int cs_pg_source_add(cs_store *store, const cs_pg_source *src);
+/* -ENOENT if the timeline is not linked. */
+int cs_pg_source_get(cs_store *store, const char *timeline, cs_pg_source *ret);
+
+/* What a base backup point covers.  LSNs as 64-bit integers; times in
+ * seconds since the epoch by clonectl's clock (start before the backup
+ * was asked for, end after the server said it ended). */
+typedef struct cs_pg_backup {
+        int64_t point; /* cs_point_info.id */
+        uint32_t tli;
+        uint64_t start_lsn, end_lsn;
+        int64_t start_time, end_time;
+} cs_pg_backup;
+
+int cs_pg_backup_add(cs_store *store, const cs_pg_backup *b);
+/* The backups of a timeline's existing points, by end LSN; *ret to free(). */
+int cs_pg_backup_list(cs_store *store, const char *timeline, cs_pg_backup **ret, size_t *ret_n);
+
+/* One stored WAL segment (whole or partial: its first size bytes). */
+typedef struct cs_pg_wal {
+        uint32_t tli;
+        uint64_t segno;
+        uint32_t size;
+        bool partial;
+        cs_chunk_id root;     /* a blob object */
+        int64_t first_commit; /* commit timestamps in it, microseconds since */
+        int64_t last_commit;  /* the epoch; 0 if it holds no commit */
+} cs_pg_wal;
+
+/* Commits pending puts, then records the segment.  A complete segment is
+ * never replaced; a partial one only by a complete or longer one. */
+int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w);
+/* -ENOENT if not stored. */
+int cs_pg_wal_get(cs_store *store, const char *timeline, uint32_t tli, uint64_t segno, cs_pg_wal *ret);
+/* Every stored segment of a timeline, by segno then tli; *ret to free(). */
+int cs_pg_wal_list(cs_store *store, const char *timeline, cs_pg_wal **ret, size_t *ret_n);
+/* A timeline history file (tli's "0000000N.history"). */
+int cs_pg_history_put(cs_store *store, const char *timeline, uint32_t tli, const void *content, size_t size);
+/* *ret (NUL-terminated, to free()); -ENOENT if not stored. */
+int cs_pg_history_get(cs_store *store, const char *timeline, uint32_t tli, void **ret, size_t *ret_size);
+
+/* Blob objects: a byte string of any size up to about 4 GiB (a tree
+ * object over its blocks).  build puts; read fills buf (-ENOBUFS if it is
+ * smaller than the blob) and says the size. */
+int cs_blob_build(cs_store *store, const void *data, size_t size, cs_chunk_id *ret);
+int cs_blob_read(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_size, size_t *ret_size);
+/* A blob's block ids (*ret_blocks to free()) and size, unread: the last
+ * block may be short. */
+int cs_blob_blocks(cs_store *store, const cs_chunk_id *id, cs_chunk_id **ret_blocks, size_t *ret_n,
+                   uint64_t *ret_size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -96,6 +96,9 @@ int cs_config_read(int dir_fd, cs_config *ret_config);
 
 typedef struct cs_index cs_index;
 
+/* The newest catalog schema this library reads (pg.c adds 2's tables). */
+#define CS_SCHEMA_MAX 2
+
 typedef struct cs_location {
         cs_chunk_kind kind;
         uint64_t pack;

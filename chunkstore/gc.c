@@ -153,12 +153,15 @@ static int push_query(sqlite3 *db, const char *sql, id_stack *st, const int64_t 
         return rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
 }
 
-/* Pushes every root and every point's root but the points in skip. */
+/* Pushes every root, clone base, stored WAL segment (pg.c) and every
+ * point's root but the points in skip. */
 static int push_roots(sqlite3 *db, id_stack *st, const int64_t *skip_points, size_t n_skip)
 {
         int r = push_query(db, "SELECT id, 0 FROM roots", st, NULL, 0);
         if (r >= 0)
                 r = push_query(db, "SELECT base_root, 0 FROM clones", st, NULL, 0);
+        if (r >= 0)
+                r = push_query(db, "SELECT root, 0 FROM pg_wal", st, NULL, 0);
         if (r < 0)
                 return r;
         return push_query(db, "SELECT root, id FROM points", st, skip_points, n_skip);

@@ -290,7 +290,8 @@ int cs_index_open(int dir_fd, bool writable, cs_index **ret_index)
 
         r = cs_index_query_int(index->writer, "SELECT value FROM meta WHERE key='schema'", 0,
                                &schema);
-        if (r < 0 || schema != 1) {
+        /* 2 is 1 plus the PostgreSQL tables (pg.c), added on first use. */
+        if (r < 0 || schema < 1 || schema > CS_SCHEMA_MAX) {
                 sqlite3_close(index->writer);
                 return r < 0 ? r : -EPROTONOSUPPORT;
         }

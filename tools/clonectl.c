@@ -33,6 +33,8 @@ bool arg_dry_run;
 bool arg_prune;
 const char *arg_to;
 bool arg_force;
+const char *arg_slot;
+const char *arg_at;
 
 typedef struct verb {
         const char *name;
@@ -59,8 +61,17 @@ static const verb verbs[] = {
         { "gc", 0, 0, verb_gc, "gc [--dry-run]                            reclaim unreferenced space" },
         { "clone", 1, 3, verb_clone,
           "clone create NAME --from TIMELINE@POINT|CLONE   a writable copy, in milliseconds\n"
+          "  clone create NAME --from TIMELINE --at TIME   a PostgreSQL timeline as of TIME (recovers on start)\n"
           "  clone list | destroy NAME [--force] | snapshot NAME [--label L] | export NAME DIR\n"
           "  clone rewind NAME [--to POINT] [--force] | refresh NAME [--force]" },
+        { "timeline", 2, 2, verb_timeline,
+          "timeline show TIMELINE                    points; for PostgreSQL, the times a clone can be made at" },
+        { "pg", 2, 4, verb_pg,
+          "pg link TIMELINE CONNINFO [--slot NAME]   link a PostgreSQL server: slot, first base backup\n"
+          "  pg sync TIMELINE                          a base backup into a new point\n"
+          "  pg receive-wal TIMELINE                   stream WAL into the store (runs until stopped)\n"
+          "  pg archive-wal TIMELINE PATH              store one WAL file (archive_command = '... %p')\n"
+          "  pg wal-fetch TIMELINE WALFILE DEST        write one WAL file back (restore_command = '... %f %p')" },
 };
 
 static void help(void)
@@ -70,10 +81,16 @@ static void help(void)
                "Commands:\n");
         for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
                 printf("  %s\n", verbs[i].synopsis);
-        printf("\nPOINT is a point's name (20261122T101505Z), its label, or 'latest'.\n");
+        printf("\nPOINT is a point's name (20261122T101505Z), its label, or 'latest'.\n"
+               "TIME is YYYY-MM-DD HH:MM:SS[.frac][+TZ] (or ISO 8601 with T and Z); no zone is local time.\n"
+               "CONNINFO is libpq's; a password in it is used, never stored: keep it in ~/.pgpass,\n"
+               "PGPASSFILE or a service file.  Set max_slot_wal_keep_size on the server, so that a\n"
+               "stopped receive-wal cannot fill its disk.\n");
         printf("\nOptions:\n"
                "  --store DIR   the store (default: $CLONEFS_STORE, else " DEFAULT_STORE ")\n"
                "  --json        machine-readable output\n"
+               "  --slot NAME   pg link: the replication slot (default clonefs_TIMELINE)\n"
+               "  --at TIME     clone create: the time a PostgreSQL timeline is cloned at\n"
                "  -v, --verbose more detail on stderr\n"
                "  -h, --help    this text\n"
                "  --version     the version\n");
@@ -102,6 +119,8 @@ enum {
         ARG_PRUNE,
         ARG_TO,
         ARG_FORCE,
+        ARG_SLOT,
+        ARG_AT,
 };
 
 static int parse_count(const char *option, const char *value, uint64_t *ret)
@@ -144,6 +163,8 @@ static int parse_argv(int argc, char **argv)
                 { "prune", no_argument, NULL, ARG_PRUNE },
                 { "to", required_argument, NULL, ARG_TO },
                 { "force", no_argument, NULL, ARG_FORCE },
+                { "slot", required_argument, NULL, ARG_SLOT },
+                { "at", required_argument, NULL, ARG_AT },
                 {}
         };
         int c, r;
@@ -236,6 +257,12 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_FORCE:
                         arg_force = true;
+                        break;
+                case ARG_SLOT:
+                        arg_slot = optarg;
+                        break;
+                case ARG_AT:
+                        arg_at = optarg;
                         break;
                 case 'v':
                         log_setup(NULL, LOG_LEVEL_DEBUG);

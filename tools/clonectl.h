@@ -30,6 +30,8 @@ extern bool arg_dry_run;
 extern bool arg_prune;
 extern const char *arg_to;
 extern bool arg_force;
+extern const char *arg_slot;
+extern const char *arg_at;
 
 /* Opens the store named by --store, $CLONEFS_STORE or /var/lib/clonefs,
  * reporting any failure in one line that names the store. */
@@ -46,6 +48,8 @@ int verb_diff(int argc, char **argv);
 int verb_forget(int argc, char **argv);
 int verb_gc(int argc, char **argv);
 int verb_clone(int argc, char **argv);
+int verb_pg(int argc, char **argv);
+int verb_timeline(int argc, char **argv);
 
 /* Splits "TIMELINE@POINT" (POINT optional: *ret_point is then NULL),
  * reporting a malformed spec in one line. */

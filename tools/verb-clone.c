@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "clonectl.h"
+#include "pg-clone.h"
 #include "restore.h"
 #include "util/json.h"
 #include "util/log.h"
@@ -179,6 +180,8 @@ static int clone_create(cs_store *store, const char *name)
                 return log_error_errno(-EEXIST, "a timeline named '%s' exists; a clone's snapshots go to a timeline "
                                                 "of its own name, so choose another name",
                                        name);
+        if (arg_at) /* a PostgreSQL timeline as of a time (pg-clone.c) */
+                return pg_clone_create(store, name, arg_from, arg_at);
         if (strchr(arg_from, '@')) {
                 r = find_point(store, arg_from, &from);
                 if (r < 0)

@@ -1,0 +1,109 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# PostgreSQL sources: pg link and pg sync against a real PostgreSQL 15 on a
+# Unix socket.  The point must be the backup exactly (pg_verifybackup
+# against its manifest), start as a server holding the data, tablespace
+# included; a second sync of an unchanged database stores under 1% of its
+# size; each refusal is one clear line.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/pg-lib.sh"
+
+require_postgres
+src=$workdir/src
+
+PG_HBA="local replication rep trust
+local replication norep trust
+local all all trust"
+pg_init "$src" 5491
+pg_start "$src"
+sock=$src.sock
+mkdir "$workdir/ts" && chown postgres: "$workdir/ts"
+pg_sql "$src" 5491 "CREATE ROLE rep LOGIN REPLICATION; CREATE ROLE norep LOGIN; CREATE ROLE nohba LOGIN REPLICATION;"
+pg_sql "$src" 5491 "CREATE TABLESPACE ts LOCATION '$workdir/ts'"
+pg_sql "$src" 5491 "CREATE TABLE t(id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+                    CREATE TABLE t2(id int) TABLESPACE ts; INSERT INTO t2 SELECT generate_series(1, 777);"
+as_pg "$PGBIN/pgbench" -i -q -s 3 -h "$sock" -p 5491 -U postgres postgres >/dev/null 2>&1 || fail "pgbench -i"
+
+conn="host=$sock port=5491 user=rep password=s3cret dbname=postgres"
+
+# --- Refusals, one line each, nothing left behind --------------------------
+expect_error "a server that is not there" "cannot connect to the source" \
+        cl pg link bad "host=$workdir/nosuchdir port=5491 user=rep"
+expect_error "a role without REPLICATION" "role 'norep' lacks the REPLICATION attribute.*ALTER ROLE norep REPLICATION" \
+        cl pg link bad "host=$sock port=5491 user=norep dbname=postgres"
+expect_error "no pg_hba.conf replication entry" "pg_hba.conf has no replication entry for role 'nohba'.*local replication nohba" \
+        cl pg link bad "host=$sock port=5491 user=nohba dbname=postgres"
+expect_error "a malformed conninfo" "invalid connection string" cl pg link bad "host=$sock port"
+expect_error "sync of an unlinked timeline" "not linked to a PostgreSQL server" cl pg sync bad
+expect_eq "no timeline was made by the refusals" "$(cl timelines | grep -c bad || true)" 0
+
+# --- link: slot, first backup ---------------------------------------------
+expect_ok "pg link" cl pg link db "$conn"
+p1=$(cat "$workdir/out")
+expect_eq "the slot exists, permanent and physical" \
+        "$(pg_sql "$src" 5491 "SELECT slot_type || ' ' || temporary FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" \
+        "physical false"
+expect_eq "the slot reserves WAL" \
+        "$(pg_sql "$src" 5491 "SELECT restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" "t"
+if strings "$store/catalog.db" "$store/catalog.db-wal" 2>/dev/null | grep -q s3cret; then
+        fail "the password reached the catalog"
+fi
+pass "no password in the catalog"
+strings "$store/catalog.db" "$store/catalog.db-wal" | grep -q "user='rep'" || fail "conninfo not in the catalog"
+pass "the conninfo is in the catalog"
+expect_error "linking a timeline twice" "timeline 'db' already exists" cl pg link db "$conn"
+expect_error "an existing slot name" "replication slot 'clonefs_db' already exists.*--slot" \
+        cl pg link db2 "$conn" --slot clonefs_db
+expect_error "an invalid slot name" "invalid slot name" cl pg link db2 "$conn" --slot Bad-Name
+expect_eq "the refused links left one slot" "$(pg_sql "$src" 5491 "SELECT count(*) FROM pg_replication_slots")" 1
+
+# --- The point is the backup ---------------------------------------------------
+restored=$workdir/restored
+expect_ok "restore the point" cl restore "db@$p1" "$restored"
+[ -f "$restored/backup_label" ] && [ -f "$restored/backup_manifest" ] && [ -f "$restored/tablespace_map" ] ||
+        fail "backup_label, backup_manifest or tablespace_map missing"
+pass "backup_label, backup_manifest and tablespace_map are in the point"
+tsoid=$(pg_sql "$src" 5491 "SELECT oid FROM pg_tablespace WHERE spcname = 'ts'")
+[ -d "$restored/pg_tblspc/$tsoid" ] || fail "tablespace $tsoid not under pg_tblspc/"
+pass "the tablespace is under pg_tblspc/$tsoid"
+expect_ok "pg_verifybackup: every file matches the manifest" "$PGBIN/pg_verifybackup" -n -q "$restored"
+
+# Start it: WAL from the source's pg_wal (the slot kept it), stop when
+# consistent, promote.  The tablespace stays in place under pg_tblspc/
+# (no map; PostgreSQL 15 calls that an in-place tablespace).
+mv "$restored/tablespace_map" "$restored/tablespace_map.source"
+chown -R postgres: "$restored"
+chmod 700 "$restored"
+cat >>"$restored/postgresql.conf" <<EOF
+port = 5492
+unix_socket_directories = '$restored.sock'
+restore_command = 'cp $src/pg_wal/%f %p'
+recovery_target = 'immediate'
+recovery_target_action = 'promote'
+allow_in_place_tablespaces = on
+EOF
+mkdir "$restored.sock" && chown postgres: "$restored.sock"
+touch "$restored/recovery.signal"
+pg_start "$restored"
+for _ in $(seq 100); do
+        [ "$(pg_sql "$restored" 5492 "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
+        sleep 0.1
+done
+expect_eq "the restored copy holds the rows" "$(pg_sql "$restored" 5492 "SELECT count(*), sum(id) FROM t")" \
+        "20000|200010000"
+expect_eq "the restored copy holds the tablespace's rows" "$(pg_sql "$restored" 5492 "SELECT count(*) FROM t2")" 777
+expect_eq "pgbench's tables came along" "$(pg_sql "$restored" 5492 "SELECT count(*) FROM pgbench_accounts")" 300000
+pg_stop "$restored"
+
+# --- A second sync of an unchanged database stores under 1% --------------------
+expect_ok "pg sync" cl --json pg sync db
+cp "$workdir/out" "$workdir/sync2.json"
+logical=$(json_get "$workdir/sync2.json" logical_bytes)
+stored=$(json_get "$workdir/sync2.json" bytes_stored)
+echo "# second sync: $stored bytes stored for $logical logical"
+[ "$stored" -lt $((logical / 100)) ] || fail "second sync stored $stored bytes of $logical (>= 1%)"
+pass "second sync stored under 1% of the database"
+expect_eq "two points" "$(cl points db | grep -c '^2')" 2
+expect_ok "verify --data" cl verify --data
+expect_ok "gc keeps both points" cl gc
+expect_ok "verify after gc" cl verify --data

@@ -1,0 +1,123 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# PostgreSQL WAL: pg receive-wal streams the source's WAL into the store
+# through a restart of the source, acknowledges only what is stored, and
+# every stored complete segment is byte-identical to the source's file;
+# archive-wal stores a file; wal-fetch hands segments back to a recovering
+# server, which reaches a target time exactly.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/pg-lib.sh"
+
+require_postgres
+src=$workdir/src
+
+PG_HBA="local replication all trust
+local all all trust"
+pg_init "$src" 5493
+pg_start "$src"
+sock=$src.sock
+pg_sql "$src" 5493 "CREATE TABLE ticks(id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+expect_ok "pg link" cl pg link db "host=$sock port=5493 user=postgres"
+
+expect_error "receive-wal of an unlinked timeline" "not linked" cl pg receive-wal nope
+expect_error "wal-fetch of a bad name" "not a WAL segment or history file name" cl pg wal-fetch db nonsense "$workdir/x"
+expect_error "wal-fetch of a missing segment" "has no WAL segment" \
+        cl pg wal-fetch db 0000000100000000000000F0 "$workdir/x"
+
+"$CLONECTL" --store "$store" pg receive-wal db >"$workdir/recv.out" 2>"$workdir/recv.err" &
+recv=$!
+on_exit "kill $recv"
+
+tick() { # tick N: N rows, one transaction each, 100 ms apart
+        for _ in $(seq "$1"); do
+                pg_sql "$src" 5493 "INSERT INTO ticks DEFAULT VALUES" >/dev/null
+                sleep 0.1
+        done
+}
+tick 10
+pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
+tick 5
+# A restart of the source while receive-wal runs.
+as_pg "$PGBIN/pg_ctl" -D "$src" -m fast -w restart -l "$src.log" >/dev/null || fail "restart"
+tick 5
+pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
+tick 5
+mid=$(pg_sql "$src" 5493 "SELECT max(at) FROM ticks")
+sleep 1.1
+tick 10
+pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
+tick 3
+last=$(pg_sql "$src" 5493 "SELECT pg_current_wal_flush_lsn()")
+
+# Everything up to the last write is acknowledged: the slot's flush
+# position (restart_lsn) reaches it only through receive-wal.
+ok=0
+for _ in $(seq 100); do
+        if [ "$(pg_sql "$src" 5493 "SELECT restart_lsn >= '$last' FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" = t ]; then
+                ok=1
+                break
+        fi
+        sleep 0.1
+done
+[ $ok = 1 ] || { cat "$workdir/recv.err" >&2; fail "the slot did not reach $last"; }
+pass "the slot's position reaches the source's flush position"
+kill -TERM $recv
+wait $recv || { cat "$workdir/recv.err" >&2; fail "receive-wal exited with an error"; }
+pass "receive-wal stops cleanly on SIGTERM"
+grep -q "reconnecting" "$workdir/recv.err" || { cat "$workdir/recv.err" >&2; fail "no reconnect logged"; }
+pass "receive-wal reconnected after the restart"
+
+# Every complete segment the source still has matches the stored one.
+n=0
+for f in "$src"/pg_wal/0000000100000000000000??; do
+        name=$(basename "$f")
+        cur=$(pg_sql "$src" 5493 "SELECT pg_walfile_name(pg_current_wal_lsn())")
+        [ "$name" \< "$cur" ] || continue
+        cl pg wal-fetch db "$name" "$workdir/seg" 2>/dev/null || continue
+        cmp -s "$f" "$workdir/seg" || fail "stored $name differs from the source's"
+        n=$((n + 1))
+done
+[ "$n" -ge 3 ] || fail "only $n complete segments compared"
+pass "$n stored segments are byte-identical to the source's"
+
+# archive-wal: a file in, the same file out.
+cur=$(pg_sql "$src" 5493 "SELECT pg_walfile_name(pg_current_wal_lsn())")
+cp "$src/pg_wal/$cur" "$workdir/$cur.partial"
+expect_ok "archive-wal a .partial file" cl pg archive-wal db "$workdir/$cur.partial"
+expect_ok "wal-fetch it back" cl pg wal-fetch db "$cur" "$workdir/back"
+cmp -s "$workdir/$cur.partial" "$workdir/back" || fail "the archived file came back different"
+pass "the archived file comes back the same"
+expect_error "archive-wal of a short full segment" "not a whole segment" \
+        sh -c "head -c 100 '$workdir/$cur.partial' >'$workdir/000000010000000000000077' &&
+               '$CLONECTL' --store '$store' pg archive-wal db '$workdir/000000010000000000000077'"
+expect_ok "verify" cl verify --data
+expect_ok "gc keeps the WAL" cl gc
+expect_ok "verify after gc" cl verify --data
+
+# Point-in-time recovery of the base point through wal-fetch.
+restored=$workdir/restored
+expect_ok "restore the base point" cl restore db@latest "$restored"
+chown -R postgres: "$restored" "$store"
+chmod 700 "$restored"
+mkdir "$restored.sock" && chown postgres: "$restored.sock"
+cat >>"$restored/postgresql.conf" <<EOF
+port = 5494
+unix_socket_directories = '$restored.sock'
+restore_command = '$CLONECTL --store $store pg wal-fetch db %f %p'
+recovery_target_time = '$mid'
+recovery_target_action = 'promote'
+EOF
+touch "$restored/recovery.signal"
+pg_start "$restored"
+for _ in $(seq 100); do
+        [ "$(pg_sql "$restored" 5494 "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
+        sleep 0.1
+done
+# Rows commit just after their "at": the source's commit timestamps say
+# which ones committed by the target.
+want=$(pg_sql "$src" 5493 "SELECT count(*) FROM ticks WHERE pg_xact_commit_timestamp(xmin) <= '$mid'")
+expect_eq "recovery stopped at the target: exactly the rows committed by then" \
+        "$(pg_sql "$restored" 5494 "SELECT count(*) FROM ticks")" "$want"
+expect_eq "the newest row is before the target, within a second" \
+        "$(pg_sql "$restored" 5494 "SELECT max(at) <= '$mid' AND max(at) > '$mid'::timestamptz - interval '1 second' FROM ticks")" t
+expect_eq "and no later row exists" "$(pg_sql "$restored" 5494 "SELECT count(*) FROM ticks WHERE at > '$mid'")" 0

@@ -1,0 +1,576 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Provisioning from a PostgreSQL timeline (pg-clone.h).
+ *
+ * Design notes
+ *
+ *  1. The range a base point can be recovered to is computed from the
+ *     catalog alone: its backup's end (by clonectl's clock, taken after the
+ *     server said the backup ended) and the commit timestamps parsed out of
+ *     the WAL stored without a gap from its start segment (pg-wal.c).  Wall
+ *     clock receive times play no part.
+ *  2. A clone at time T is a clone of a derived tree: the base point's root
+ *     directory rebuilt with the recovery setup, every other object shared.
+ *     It costs a few new chunks and no copy:
+ *       recovery.signal
+ *       postgresql.auto.conf   the base's, with restore_command,
+ *                              recovery_target_time = T, recovery_target_
+ *                              action = promote and the overrides that keep
+ *                              the clone from acting as the source
+ *                              (archive_mode off, no primary_conninfo, slot
+ *                              or synchronous_standby_names)
+ *       .clonefs/wal/          the WAL segments from the base's start to
+ *                              the first commit after T, and the history
+ *                              files: files whose blocks are the stored
+ *                              segments' own (a partial one padded with a
+ *                              hole); restore_command copies from here, so
+ *                              the clone recovers wherever it is mounted,
+ *                              in a container too, without the store
+ *       .clonefs/tablespace_map.source
+ *                              the source's map, moved aside: tablespaces
+ *                              stay under pg_tblspc/OID as directories
+ *                              (allow_in_place_tablespaces = on)
+ *       postgresql.conf, pg_hba.conf
+ *                              generated when the source keeps them
+ *                              outside the data directory (Debian)
+ *  3. Ownership: every entry belongs to the local "postgres" user (else the
+ *     source's owner of the data directory), and the root is 0700, as the
+ *     server demands.  When that differs from the backup's owner, every
+ *     directory object is rebuilt with the new owner; file contents are
+ *     shared either way.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "pg-clone.h"
+#include "pg-wal.h"
+#include "source-pg.h"
+#include "util/log.h"
+#include "util/macro.h"
+
+#define WAL_DIR ".clonefs"
+
+/* --- Times -------------------------------------------------------------------------- */
+
+int pg_parse_time(const char *s, int64_t *ret)
+{
+        struct tm tm = {};
+        const char *p;
+        int64_t frac = 0, scale = 100000, sec;
+        int off_sign = 0, off_h = 0, off_m = 0, n = 0;
+
+        p = strptime(s, "%Y-%m-%d", &tm);
+        if (!p || (*p != ' ' && *p != 'T'))
+                return -EINVAL;
+        p = strptime(p + 1, "%H:%M:%S", &tm);
+        if (!p)
+                return -EINVAL;
+        if (*p == '.') {
+                for (p++; *p >= '0' && *p <= '9'; p++) {
+                        frac += scale * (*p - '0');
+                        scale /= 10;
+                }
+        }
+        while (*p == ' ')
+                p++;
+        if (*p == 'Z' && !p[1])
+                off_sign = 1;
+        else if ((*p == '+' || *p == '-') &&
+                 (sscanf(p + 1, "%2d:%2d%n", &off_h, &off_m, &n) == 2 || sscanf(p + 1, "%2d%2d%n", &off_h, &off_m, &n) == 2 ||
+                  sscanf(p + 1, "%2d%n", &off_h, &n) == 1) &&
+                 !p[1 + n] && off_h <= 14 && off_m < 60)
+                off_sign = *p == '+' ? 1 : -1;
+        else if (*p)
+                return -EINVAL;
+        if (off_sign) {
+                sec = (int64_t) timegm(&tm) - off_sign * (off_h * 3600 + off_m * 60);
+        } else {
+                tm.tm_isdst = -1;
+                sec = (int64_t) mktime(&tm);
+        }
+        *ret = sec * 1000000 + frac;
+        return 0;
+}
+
+void pg_format_time(int64_t usec, char buf[static 40])
+{
+        time_t t = (time_t) (usec / 1000000);
+        struct tm tm;
+        size_t n;
+
+        n = strftime(buf, 40, "%Y-%m-%d %H:%M:%S", gmtime_r(&t, &tm));
+        snprintf(buf + n, 40 - n, ".%06d+00", (int) (usec % 1000000));
+}
+
+/* --- Coverage (design note 1) ---------------------------------------------------------- */
+
+void pg_coverage_done(pg_coverage *c)
+{
+        free(c->ranges);
+        free(c->wal);
+        *c = (pg_coverage) {};
+}
+
+static void compute_range(const pg_coverage *c, pg_range *rg)
+{
+        uint32_t seg = c->src.segment_size;
+        uint64_t start = rg->backup.start_lsn / seg, expect = start;
+        bool any = false;
+
+        rg->from = rg->backup.end_time * 1000000;
+        for (size_t i = 0; i < c->n_wal; i++) {
+                const cs_pg_wal *w = &c->wal[i];
+                if (w->segno < start)
+                        continue;
+                if (w->segno != expect && !(any && w->segno == expect - 1))
+                        break; /* a gap */
+                if (w->segno == expect)
+                        expect++;
+                if (!any)
+                        rg->first_segno = w->segno;
+                any = true;
+                rg->last_segno = w->segno;
+                rg->wal_end_lsn = MAX(rg->wal_end_lsn, w->segno * seg + w->size);
+                rg->to = MAX(rg->to, w->last_commit);
+        }
+        rg->usable = any && rg->wal_end_lsn >= rg->backup.end_lsn && rg->to > rg->from;
+}
+
+int pg_coverage_load(cs_store *store, const char *timeline, pg_coverage *ret)
+{
+        _cleanup_free_ cs_pg_backup *backups = NULL;
+        _cleanup_free_ cs_point_info *points = NULL;
+        size_t nb = 0, np = 0;
+        pg_coverage c = {};
+        int r;
+
+        r = pg_source_find(store, timeline, &c.src);
+        if (r < 0)
+                return r;
+        r = cs_pg_backup_list(store, timeline, &backups, &nb);
+        if (r >= 0)
+                r = cs_point_list(store, timeline, &points, &np);
+        if (r >= 0)
+                r = cs_pg_wal_list(store, timeline, &c.wal, &c.n_wal);
+        if (r < 0 && r != -ENOENT) {
+                pg_coverage_done(&c);
+                return log_error_errno(r, "cannot read timeline '%s': %m", timeline);
+        }
+        c.ranges = calloc(MAX(nb, 1u), sizeof(pg_range));
+        if (!c.ranges) {
+                pg_coverage_done(&c);
+                return log_error_errno(-ENOMEM, "cannot read timeline '%s': %m", timeline);
+        }
+        for (size_t i = 0; i < nb; i++) {
+                pg_range *rg = &c.ranges[c.n_ranges];
+                bool found = false;
+                for (size_t k = 0; k < np && !found; k++)
+                        if (points[k].id == backups[i].point) {
+                                rg->point = points[k];
+                                found = true;
+                        }
+                if (!found)
+                        continue;
+                rg->backup = backups[i];
+                compute_range(&c, rg);
+                c.n_ranges++;
+        }
+        *ret = c;
+        return 0;
+}
+
+/* --- Building the clone's tree (design notes 2, 3) ---------------------------------------- */
+
+typedef struct owner {
+        uint32_t uid, gid;
+        bool rewrite; /* differs from the backup's */
+} owner;
+
+static int put_file(cs_store *store, cs_dir_builder *b, const char *name, const void *data, size_t size,
+                    const owner *o)
+{
+        uint32_t bs = cs_store_block_size(store);
+        uint64_t n = cs_store_blocks_of(store, size);
+        _cleanup_free_ cs_chunk_id *blocks = calloc(MAX(n, 1u), sizeof(cs_chunk_id));
+        _cleanup_free_ cs_chunk_id *storage = NULL;
+        cs_entry e = {
+                .name = name, .name_len = strlen(name), .mode = S_IFREG | 0600, .uid = o->uid, .gid = o->gid,
+                .nlink = 1, .size = size, .mtime_sec = (int64_t) time(NULL), .ctime_sec = (int64_t) time(NULL),
+        };
+        int r;
+
+        if (!blocks)
+                return -ENOMEM;
+        for (uint64_t k = 0; k < n; k++) {
+                r = cs_store_put(store, CS_KIND_DATA, (const uint8_t *) data + k * bs,
+                                 (size_t) MIN((uint64_t) bs, size - k * bs), &blocks[k]);
+                if (r < 0)
+                        return r;
+        }
+        r = cs_content_build(store, blocks, n, &e.content, &storage);
+        if (r < 0)
+                return r;
+        return cs_dir_builder_add(b, &e);
+}
+
+/* A stored segment as a file of the whole segment size (design note 2). */
+static int put_wal_file(cs_store *store, cs_dir_builder *b, const pg_coverage *c, const cs_pg_wal *w,
+                        const owner *o)
+{
+        uint32_t bs = cs_store_block_size(store), seg = c->src.segment_size;
+        uint64_t total = cs_store_blocks_of(store, seg), size;
+        _cleanup_free_ cs_chunk_id *ids = NULL, *blocks = NULL, *storage = NULL;
+        _cleanup_free_ uint8_t *buf = NULL;
+        char name[25];
+        size_t n;
+        int r;
+
+        r = cs_blob_blocks(store, &w->root, &ids, &n, &size);
+        if (r < 0)
+                return r;
+        if (n > total)
+                return -EBADMSG;
+        blocks = calloc(total, sizeof(cs_chunk_id));
+        if (!blocks)
+                return -ENOMEM;
+        memcpy(blocks, ids, n * sizeof(cs_chunk_id));
+        if (size % bs && !cs_chunk_id_is_zero(&blocks[n - 1])) {
+                /* A short last block inside the file: pad it to a whole one. */
+                buf = calloc(1, bs);
+                if (!buf)
+                        return -ENOMEM;
+                r = cs_store_get(store, &blocks[n - 1], buf, bs);
+                if (r >= 0)
+                        r = cs_store_put(store, CS_KIND_DATA, buf, bs, &blocks[n - 1]);
+                if (r < 0)
+                        return r;
+        }
+        pg_wal_file_name(w->tli, w->segno, seg, name);
+        cs_entry e = {
+                .name = name, .name_len = strlen(name), .mode = S_IFREG | 0600, .uid = o->uid, .gid = o->gid,
+                .nlink = 1, .size = seg, .mtime_sec = (int64_t) time(NULL), .ctime_sec = (int64_t) time(NULL),
+        };
+        r = cs_content_build(store, blocks, total, &e.content, &storage);
+        if (r < 0)
+                return r;
+        return cs_dir_builder_add(b, &e);
+}
+
+/* The same directory owned by o, all the way down. */
+static int chown_dir(cs_store *store, const cs_chunk_id *dir_id, const owner *o, cs_chunk_id *ret)
+{
+        _cleanup_(cs_dir_freep) cs_dir *d = NULL;
+        _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL;
+        int r;
+
+        r = cs_dir_load(store, dir_id, &d);
+        if (r >= 0)
+                r = cs_dir_builder_new(store, &b);
+        for (size_t i = 0; r >= 0 && i < cs_dir_size(d); i++) {
+                cs_entry e = *cs_dir_entry(d, i);
+                e.uid = o->uid;
+                e.gid = o->gid;
+                if (S_ISDIR(e.mode))
+                        r = chown_dir(store, &cs_dir_entry(d, i)->subdir, o, &e.subdir);
+                if (r >= 0)
+                        r = cs_dir_builder_add(b, &e);
+        }
+        if (r < 0)
+                return r;
+        return cs_dir_builder_finish(b, ret);
+}
+
+static int read_small_file(cs_store *store, const cs_entry *e, char **ret)
+{
+        uint32_t bs = cs_store_block_size(store);
+        uint64_t n = cs_store_blocks_of(store, e->size);
+        _cleanup_free_ cs_chunk_id *blocks = NULL;
+        _cleanup_free_ char *buf = NULL;
+        int r;
+
+        if (e->size > 16 * 1024 * 1024)
+                return -EFBIG;
+        blocks = calloc(MAX(n, 1u), sizeof(cs_chunk_id));
+        buf = calloc(1, n * bs + 1);
+        if (!blocks || !buf)
+                return -ENOMEM;
+        r = cs_content_blocks(store, &e->content, 0, (size_t) n, blocks);
+        for (uint64_t k = 0; r >= 0 && k < n; k++)
+                if (!cs_chunk_id_is_zero(&blocks[k]))
+                        r = cs_store_get(store, &blocks[k], buf + k * bs, bs);
+        if (r < 0)
+                return r;
+        buf[e->size] = 0;
+        *ret = TAKE_PTR(buf);
+        return 0;
+}
+
+static const char default_hba[] =
+        "# Generated by clonefs: the source keeps pg_hba.conf outside its data directory.\n"
+        "local   all             all                                     peer\n"
+        "host    all             all             127.0.0.1/32            scram-sha-256\n"
+        "host    all             all             ::1/128                 scram-sha-256\n"
+        "local   replication     all                                     peer\n";
+
+static const char default_conf[] =
+        "# Generated by clonefs: the source keeps postgresql.conf outside its data directory.\n"
+        "# The clone's settings are in postgresql.auto.conf.\n";
+
+typedef struct plan {
+        const char *name, *timeline;
+        int64_t at;
+        const pg_coverage *c;
+        const pg_range *rg;
+        uint64_t last_segno; /* the segment with the first commit after at */
+        owner o;
+} plan;
+
+static int build_wal_dir(cs_store *store, const plan *pl, const cs_entry *tablespace_map, cs_entry *ret_dir)
+{
+        _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL, *top = NULL;
+        cs_entry e;
+        int r;
+
+        r = cs_dir_builder_new(store, &b);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < pl->c->n_wal; i++) {
+                const cs_pg_wal *w = &pl->c->wal[i];
+                if (w->segno < pl->rg->first_segno || w->segno > pl->last_segno)
+                        continue;
+                r = put_wal_file(store, b, pl->c, w, &pl->o);
+                if (r < 0)
+                        return r;
+        }
+        /* History files of every timeline after the first. */
+        for (uint32_t tli = 2; tli < 1000; tli++) {
+                _cleanup_free_ void *content = NULL;
+                size_t size;
+                char name[32];
+
+                r = cs_pg_history_get(store, pl->timeline, tli, &content, &size);
+                if (r == -ENOENT)
+                        break;
+                if (r < 0)
+                        return r;
+                snprintf(name, sizeof(name), "%08" PRIX32 ".history", tli);
+                r = put_file(store, b, name, content, size, &pl->o);
+                if (r < 0)
+                        return r;
+        }
+        e = (cs_entry) { .name = "wal", .name_len = 3, .mode = S_IFDIR | 0700, .uid = pl->o.uid, .gid = pl->o.gid,
+                         .nlink = 2, .mtime_sec = (int64_t) time(NULL), .ctime_sec = (int64_t) time(NULL) };
+        r = cs_dir_builder_finish(b, &e.subdir);
+        if (r >= 0)
+                r = cs_dir_builder_new(store, &top);
+        if (r >= 0)
+                r = cs_dir_builder_add(top, &e);
+        if (r >= 0 && tablespace_map) {
+                e = *tablespace_map;
+                e.name = "tablespace_map.source";
+                e.name_len = strlen(e.name);
+                e.uid = pl->o.uid;
+                e.gid = pl->o.gid;
+                r = cs_dir_builder_add(top, &e);
+        }
+        if (r < 0)
+                return r;
+        *ret_dir = (cs_entry) { .name = WAL_DIR, .name_len = strlen(WAL_DIR), .mode = S_IFDIR | 0700,
+                                .uid = pl->o.uid, .gid = pl->o.gid, .nlink = 3,
+                                .mtime_sec = (int64_t) time(NULL), .ctime_sec = (int64_t) time(NULL) };
+        return cs_dir_builder_finish(top, &ret_dir->subdir);
+}
+
+static int recovery_settings(const plan *pl, const char *base, bool tablespaces, char **ret)
+{
+        char when[40];
+
+        pg_format_time(pl->at, when);
+        return asprintf(ret,
+                        "%s%s"
+                        "# Added by clonefs: clone %s of timeline %s as of %s\n"
+                        "restore_command = 'cp " WAL_DIR "/wal/%%f \"%%p\" 2>/dev/null'\n"
+                        "recovery_target_time = '%s'\n"
+                        "recovery_target_action = 'promote'\n"
+                        "recovery_target_timeline = 'latest'\n"
+                        "archive_mode = 'off'\n"
+                        "primary_conninfo = ''\n"
+                        "primary_slot_name = ''\n"
+                        "synchronous_standby_names = ''\n"
+                        "%s",
+                        base, base[0] && base[strlen(base) - 1] != '\n' ? "\n" : "", pl->name, pl->timeline, when,
+                        when, tablespaces ? "allow_in_place_tablespaces = 'on'\n" : "") < 0
+                       ? -ENOMEM
+                       : 0;
+}
+
+static bool is_replaced(const cs_entry *e)
+{
+        static const char *const names[] = { "recovery.signal", "standby.signal", "tablespace_map",
+                                             "postgresql.auto.conf", WAL_DIR, "postmaster.pid" };
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                if (e->name_len == strlen(names[i]) && memcmp(e->name, names[i], e->name_len) == 0)
+                        return true;
+        return false;
+}
+
+static int build_tree(cs_store *store, const plan *pl, cs_chunk_id *ret)
+{
+        _cleanup_(cs_dir_freep) cs_dir *keep = NULL, *root = NULL, *tblspc = NULL;
+        _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL;
+        _cleanup_free_ char *auto_conf = NULL, *settings = NULL;
+        const cs_entry *e;
+        cs_entry top, wal;
+        bool tablespaces = false;
+        int r;
+
+        r = cs_point_load(store, &pl->rg->point.root, &top, &keep);
+        if (r >= 0)
+                r = cs_dir_load(store, &top.subdir, &root);
+        if (r >= 0)
+                r = cs_dir_builder_new(store, &b);
+        if (r < 0)
+                return r;
+
+        e = cs_dir_find(root, "pg_tblspc", strlen("pg_tblspc"));
+        if (e && S_ISDIR(e->mode) && cs_dir_load(store, &e->subdir, &tblspc) >= 0)
+                tablespaces = cs_dir_size(tblspc) > 0;
+        e = cs_dir_find(root, "postgresql.auto.conf", strlen("postgresql.auto.conf"));
+        if (e && S_ISREG(e->mode)) {
+                r = read_small_file(store, e, &auto_conf);
+                if (r < 0)
+                        return r;
+        }
+        r = recovery_settings(pl, auto_conf ? auto_conf : "", tablespaces, &settings);
+        if (r >= 0)
+                r = put_file(store, b, "postgresql.auto.conf", settings, strlen(settings), &pl->o);
+        if (r >= 0)
+                r = put_file(store, b, "recovery.signal", "", 0, &pl->o);
+        if (r >= 0 && !cs_dir_find(root, "postgresql.conf", strlen("postgresql.conf")))
+                r = put_file(store, b, "postgresql.conf", default_conf, strlen(default_conf), &pl->o);
+        if (r >= 0 && !cs_dir_find(root, "pg_hba.conf", strlen("pg_hba.conf")))
+                r = put_file(store, b, "pg_hba.conf", default_hba, strlen(default_hba), &pl->o);
+        if (r >= 0)
+                r = build_wal_dir(store, pl, cs_dir_find(root, "tablespace_map", strlen("tablespace_map")), &wal);
+        if (r >= 0)
+                r = cs_dir_builder_add(b, &wal);
+        for (size_t i = 0; r >= 0 && i < cs_dir_size(root); i++) {
+                cs_entry c = *cs_dir_entry(root, i);
+                if (is_replaced(&c))
+                        continue;
+                c.uid = pl->o.uid;
+                c.gid = pl->o.gid;
+                if (S_ISDIR(c.mode) && pl->o.rewrite)
+                        r = chown_dir(store, &cs_dir_entry(root, i)->subdir, &pl->o, &c.subdir);
+                if (r >= 0)
+                        r = cs_dir_builder_add(b, &c);
+        }
+        if (r < 0)
+                return r;
+        top.mode = S_IFDIR | 0700;
+        top.uid = pl->o.uid;
+        top.gid = pl->o.gid;
+        top.nlink++;
+        r = cs_dir_builder_finish(b, &top.subdir);
+        if (r < 0)
+                return r;
+        return cs_point_build(store, &top, ret);
+}
+
+/* --- clone create --at ------------------------------------------------------------------ */
+
+static void format_range(const pg_coverage *c, char *buf, size_t size)
+{
+        int64_t from = 0, to = 0;
+        char a[40], z[40];
+
+        for (size_t i = 0; i < c->n_ranges; i++) {
+                const pg_range *rg = &c->ranges[i];
+                if (!rg->usable)
+                        continue;
+                if (!from || rg->from < from)
+                        from = rg->from;
+                to = MAX(to, rg->to);
+        }
+        if (!from) {
+                snprintf(buf, size, "no time yet: it needs a base point and the WAL after it "
+                                    "(clonectl pg receive-wal)");
+                return;
+        }
+        pg_format_time(from, a);
+        pg_format_time(to, z);
+        snprintf(buf, size, "from %s up to (not including) %s", a, z);
+}
+
+int pg_clone_create(cs_store *store, const char *name, const char *timeline, const char *at)
+{
+        _cleanup_(pg_coverage_done) pg_coverage c = {};
+        plan pl = { .name = name, .timeline = timeline };
+        cs_point_info from;
+        cs_chunk_id tree;
+        char range[200], when[40];
+        struct passwd *pw;
+        int r;
+
+        if (!cs_name_is_valid(timeline) || strchr(timeline, '@'))
+                return log_error_errno(-EINVAL, "--at needs --from TIMELINE (a timeline linked to PostgreSQL), "
+                                                "not '%s'",
+                                       timeline);
+        r = pg_parse_time(at, &pl.at);
+        if (r < 0)
+                return log_error_errno(r, "invalid --at '%s': expected YYYY-MM-DD HH:MM:SS[+TZ] or ISO 8601", at);
+        r = pg_coverage_load(store, timeline, &c);
+        if (r < 0)
+                return r;
+        pl.c = &c;
+        for (size_t i = c.n_ranges; i > 0 && !pl.rg; i--) {
+                const pg_range *rg = &c.ranges[i - 1];
+                if (rg->usable && rg->from <= pl.at && pl.at < rg->to)
+                        pl.rg = rg;
+        }
+        pg_format_time(pl.at, when);
+        if (!pl.rg) {
+                format_range(&c, range, sizeof(range));
+                return log_error_errno(-ERANGE, "timeline '%s' cannot be provisioned at %s: it covers %s", timeline,
+                                       when, range);
+        }
+        /* Through the segment holding the first commit after the target. */
+        pl.last_segno = pl.rg->last_segno;
+        for (size_t i = 0; i < c.n_wal; i++)
+                if (c.wal[i].segno >= pl.rg->first_segno && c.wal[i].last_commit > pl.at) {
+                        pl.last_segno = c.wal[i].segno;
+                        break;
+                }
+
+        cs_entry root;
+        cs_dir *keep = NULL;
+        r = cs_point_load(store, &pl.rg->point.root, &root, &keep);
+        if (r < 0)
+                return log_error_errno(r, "cannot read point %s: %m", pl.rg->point.name);
+        pw = getpwnam("postgres");
+        pl.o = (owner) { .uid = pw ? pw->pw_uid : root.uid, .gid = pw ? pw->pw_gid : root.gid };
+        pl.o.rewrite = pl.o.uid != root.uid || pl.o.gid != root.gid;
+        cs_dir_free(keep);
+
+        r = build_tree(store, &pl, &tree);
+        if (r >= 0)
+                r = cs_store_commit(store);
+        if (r < 0)
+                return log_error_errno(r, "cannot build the clone's recovery setup: %m");
+        from = pl.rg->point;
+        from.root = tree;
+        r = cs_clone_create(store, name, &from);
+        if (r == -EEXIST)
+                return log_error_errno(r, "clone '%s' already exists", name);
+        if (r < 0)
+                return log_error_errno(r, "cannot create clone '%s': %m", name);
+        printf("created clone %s of %s@%s, recovering to %s (%" PRIu64 " WAL segments)\n", name, timeline,
+               pl.rg->point.name, when, pl.last_segno - pl.rg->first_segno + 1);
+        return 0;
+}

@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Provisioning from a PostgreSQL timeline: which times its base points and
+ * stored WAL cover, and a clone that recovers to a given time.
+ */
+#ifndef CLONECTL_PG_CLONE_H
+#define CLONECTL_PG_CLONE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+
+/* What one base point can be recovered to: times in Unix microseconds,
+ * from its end (inclusive) to the newest commit in the WAL stored without
+ * a gap after its start (exclusive: recovery stops before a commit that
+ * is later than the target, so one must exist). */
+typedef struct pg_range {
+        cs_point_info point;
+        cs_pg_backup backup;
+        uint64_t first_segno, last_segno; /* the gapless WAL from its start */
+        uint64_t wal_end_lsn;
+        int64_t from, to;
+        bool usable; /* the WAL reaches its end LSN and holds a later commit */
+} pg_range;
+
+typedef struct pg_coverage {
+        cs_pg_source src;
+        pg_range *ranges; /* one per base point, oldest first */
+        size_t n_ranges;
+        cs_pg_wal *wal;   /* by segno, then tli */
+        size_t n_wal;
+} pg_coverage;
+
+/* Reports failures in one line. */
+int pg_coverage_load(cs_store *store, const char *timeline, pg_coverage *ret);
+void pg_coverage_done(pg_coverage *c);
+
+/* "2026-11-22 10:15:05[.123][+02[:00]]", with 'T' for the space and 'Z'
+ * for UTC; no zone is local time.  Unix microseconds. */
+int pg_parse_time(const char *s, int64_t *ret);
+/* "2026-11-22 08:15:05.123456+00" */
+void pg_format_time(int64_t usec, char buf[static 40]);
+
+/* clone create NAME --from TIMELINE --at TIME: the newest base point that
+ * ended by TIME, its WAL up to the first commit after TIME under
+ * .clonefs/wal/, and the recovery settings (clonectl.c prints). */
+int pg_clone_create(cs_store *store, const char *name, const char *timeline, const char *at);
+
+#endif

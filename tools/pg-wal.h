@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * PostgreSQL WAL in the store: file names, commit timestamps parsed out of
+ * segments, the streaming receiver (START_REPLICATION on the timeline's
+ * slot), archiving one file (archive_command) and fetching one back
+ * (restore_command).
+ */
+#ifndef CLONECTL_PG_WAL_H
+#define CLONECTL_PG_WAL_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chunkstore.h"
+
+/* PostgreSQL's epoch (2000-01-01) in Unix microseconds. */
+#define PG_EPOCH_USEC (INT64_C(946684800) * 1000000)
+
+/* "000000010000000000000003" */
+void pg_wal_file_name(uint32_t tli, uint64_t segno, uint32_t segment_size, char buf[static 25]);
+
+typedef enum pg_wal_kind {
+        PG_WAL_SEGMENT,  /* 24 hex digits */
+        PG_WAL_PARTIAL,  /* the same and ".partial" */
+        PG_WAL_HISTORY,  /* 8 hex digits and ".history" */
+        PG_WAL_BACKUP,   /* a backup history file: "...00000028.backup" */
+} pg_wal_kind;
+
+/* Parses a WAL file name (no directory).  -EINVAL for anything else. */
+int pg_wal_parse_name(const char *name, uint32_t segment_size, pg_wal_kind *ret_kind, uint32_t *ret_tli,
+                      uint64_t *ret_segno);
+
+/* The commit timestamps (Unix microseconds) of the transaction commit
+ * records that begin in the first size bytes of segment segno; 0 for
+ * none.  Stops at the first page that is not this segment's or a record
+ * that is cut off. */
+void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
+                         int64_t *ret_first, int64_t *ret_last);
+
+/* Runs until *stop is set (SIGINT, SIGTERM): streams the timeline's WAL
+ * from its slot into the store, reconnecting with backoff. */
+int pg_receive_wal(const char *timeline, bool status_line, const volatile sig_atomic_t *stop);
+
+/* Stores the WAL file at path (archive_command's %p). */
+int pg_archive_wal(const char *timeline, const char *path);
+
+/* Writes WAL file name of the timeline to dest (restore_command's %f
+ * and %p); a partial segment is padded with zeros.  -ENOENT (reported)
+ * when the store does not have it. */
+int pg_fetch_wal(const char *timeline, const char *name, const char *dest);
+
+#endif
