@@ -47,6 +47,13 @@ expect_grep "pg-receive restarts on failure" '^Restart=on-failure$' "$workdir/un
 expect_grep "the mount unit waits for the store's file system" '^RequiresMountsFor=/var/lib/clonefs %f$' \
         "$workdir/units/clonefs@.service"
 expect_grep "the mount unit unmounts on stop" '^ExecStop=/bin/fusermount3 -u %f$' "$workdir/units/clonefs@.service"
+# A mount made in a namespace of its own would be invisible to the host
+# and to containers (docs/OPERATIONS.md, "Containers").
+if grep -E '^(MountFlags|PrivateMounts|PrivateTmp|ProtectSystem|ProtectHome|ReadOnlyPaths|TemporaryFileSystem)=' \
+        "$workdir/units/clonefs@.service"; then
+        fail "clonefs@.service must mount in the host's mount namespace"
+fi
+pass "clonefs@.service mounts in the host's mount namespace"
 expect_grep "the timer starts the retention service" '^OnCalendar=daily$' "$workdir/units/clonefs-retention.timer"
 expect_grep "retention reads the policy file" "clonefs-retention $workdir/etc/clonefs/retention.conf$" \
         "$workdir/units/clonefs-retention.service"
