@@ -45,6 +45,7 @@ int verb_diff(int argc, char **argv);
 int verb_forget(int argc, char **argv);
 int verb_gc(int argc, char **argv);
 int verb_clone(int argc, char **argv);
+int verb_doctor(int argc, char **argv);
 
 /* Splits "TIMELINE@POINT" (POINT optional: *ret_point is then NULL),
  * reporting a malformed spec in one line. */
