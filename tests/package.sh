@@ -105,6 +105,8 @@ seq 1 100000 >"$workdir/data/numbers"
 expect_ok "clonectl init" clonectl init
 expect_ok "clonectl snapshot" clonectl snapshot data --from "$workdir/data"
 expect_ok "clonectl clone create" clonectl clone create dev --from data@latest
+expect_ok "clonectl doctor finds nothing wrong after the install" clonectl doctor
+expect_grep "doctor sees mount.fuse3 from the fuse3 dependency" '^ok +mount.fuse3: ' "$workdir/out"
 on_exit "umount -l '$workdir/mnt'"
 expect_ok "mount -t fuse.clonefs the store" mount -t fuse.clonefs "$CLONEFS_STORE" "$workdir/mnt" -o allow_other
 cmp "$workdir/data/numbers" "$workdir/mnt/timelines/data/latest/numbers" || fail "the mount reads wrong data"
