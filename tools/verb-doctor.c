@@ -171,8 +171,12 @@ static int probe_dir(char *buf, size_t size)
                 if (stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
                         return 0;
                 char *slash = strrchr(buf, '/');
-                if (!slash)
-                        return -ENOENT;
+                if (!slash) { /* a relative name: the current directory */
+                        if (strcmp(buf, ".") == 0)
+                                return -ENOENT;
+                        snprintf(buf, size, ".");
+                        continue;
+                }
                 if (slash == buf) {
                         buf[1] = 0;
                         continue;
