@@ -28,7 +28,10 @@ src="$workdir/clonefs-src"
 mkdir -p "$src"
 if git -C "$top_srcdir" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
         (cd "$top_srcdir" && git ls-files -z --cached --others --exclude-standard |
-                while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+                while IFS= read -r -d '' f; do
+                        case $f in _build*) continue ;; esac
+                        [ -e "$f" ] && printf '%s\0' "$f"
+                done |
                 tar --null -T - -cf -) | tar -C "$src" -xf -
 else
         tar -C "$top_srcdir" --exclude='./_build*' --exclude=./.git -cf - . | tar -C "$src" -xf -
