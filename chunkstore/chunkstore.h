@@ -634,6 +634,22 @@ int cs_blob_read(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_s
 int cs_blob_blocks(cs_store *store, const cs_chunk_id *id, cs_chunk_id **ret_blocks, size_t *ret_n,
                    uint64_t *ret_size);
 
+/* --- The libraries, as loaded (version.c) ------------------------------- */
+
+#define CS_LIBRARY_COUNT 3
+
+typedef struct cs_library_version {
+        const char *name;    /* "SQLite", "LZ4", "xxHash" */
+        const char *package; /* the Debian package that provides it */
+        const char *minimum; /* the oldest version this build accepts */
+        char version[32];    /* the version loaded now */
+        bool too_old;        /* version is older than minimum */
+} cs_library_version;
+
+/* Fills ret with the libraries the chunk store uses, as loaded at run
+ * time.  Strings other than version are static. */
+void cs_library_versions(cs_library_version ret[static CS_LIBRARY_COUNT]);
+
 #ifdef __cplusplus
 }
 #endif

@@ -47,6 +47,7 @@ static const verb verbs[] = {
         { "init", 0, 0, verb_init, "init [--block-size SIZE] [--lz4hc LEVEL]   create a store" },
         { "verify", 0, 0, verb_verify, "verify [--data]                           check the store" },
         { "stats", 0, 0, verb_stats, "stats [--json]                            space used and saved" },
+        { "doctor", 0, 0, verb_doctor, "doctor                                    check this machine and the store, say what to fix" },
         { "snapshot", 1, 1, verb_snapshot,
           "snapshot TIMELINE --from DIR [--label L] [--pre CMD] [--post CMD] [--full] [--ignore-errors]\n"
           "                                            add a point: a copy of DIR now" },

@@ -50,6 +50,7 @@ int verb_gc(int argc, char **argv);
 int verb_clone(int argc, char **argv);
 int verb_pg(int argc, char **argv);
 int verb_timeline(int argc, char **argv);
+int verb_doctor(int argc, char **argv);
 
 /* Splits "TIMELINE@POINT" (POINT optional: *ret_point is then NULL),
  * reporting a malformed spec in one line. */
