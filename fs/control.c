@@ -12,7 +12,8 @@
  *                 rewind or refresh to that point (FORCE 0 or 1)
  *   "destroy FORCE\n"  ->  "ok\n" or "error <errno>\n"
  * reset and destroy refuse with ETXTBSY while files of the clone are open
- * in this mount, unless FORCE is 1.  Afterwards the kernel's entries,
+ * in this mount, and destroy with EBUSY when the clone is the mount's
+ * root (-o clone=NAME), unless FORCE is 1.  Afterwards the kernel's entries,
  * attributes and pages of every inode of the clone are invalidated, so
  * no reader sees the old state; handles still open (FORCE) get ENOENT.
  * The socket is abstract (cs_clone_control_address); only root and the
@@ -133,6 +134,10 @@ static int serve_destroy(cfs_clone *cl, cs_store *writer, const char *args)
                 return -EINVAL;
         if (!force && files_open(ctx, cl))
                 return -ETXTBSY;
+        /* A mount of this clone alone (-o clone=NAME, say bound into a
+         * container) is in use for as long as it is mounted. */
+        if (!force && ctx->root.clone == cl)
+                return -EBUSY;
         pthread_mutex_lock(&ctx->clones_lock);
         r = cs_clone_destroy_open(cl->clone, writer);
         if (r >= 0) {

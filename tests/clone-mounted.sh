@@ -79,4 +79,5 @@ expect_ok "rewind a clone mounted as the root" "$CLONECTL" clone rewind b
 expect_eq "the root's file reads as the point at once" "$(cat "$one/f")" base
 [ -e "$one/extra" ] && fail "a name made in the root clone survived the rewind"
 pass "a name made in the root clone is gone at once"
+expect_error "destroy of a clone mounted as the root" "in use" "$CLONECTL" clone destroy b
 unmount_clonefs "$one"
