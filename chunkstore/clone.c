@@ -1829,13 +1829,18 @@ ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, 
                 if (fd < 0)
                         r = fd;
         }
+        /* A file made in the clone has every block local: one pwrite. */
+        if (r >= 0 && i.local_all) {
+                r = write_all(fd, buf, size, offset);
+                done = size;
+        }
         while (r >= 0 && done < size) {
                 uint64_t pos = offset + done, k = pos / c->block_size, in = pos % c->block_size;
                 size_t take = MIN(size - done, (size_t) (c->block_size - in));
                 /* A whole block needs no old content; a part of one does. */
                 if (take < c->block_size)
                         r = make_local(c, &i, fd, k);
-                else if (!i.local_all)
+                else
                         r = mark_local(c, ino, k);
                 if (r >= 0)
                         r = write_all(fd, (const uint8_t *) buf + done, take, pos);

@@ -106,11 +106,13 @@ static void invalidate_clone(cfs_context *ctx, cfs_clone *cl)
 /* "reset TIMELINE POINT FORCE" */
 static int serve_reset(cfs_clone *cl, cs_store *writer, const char *args)
 {
-        char timeline[CS_TIMELINE_NAME_MAX + 1], point[CS_POINT_NAME_MAX + 1];
+        char timeline[129], point[129];
         cs_point_info to;
         int force, r;
 
-        if (sscanf(args, "%128s %127s %d", timeline, point, &force) != 3)
+        /* The widths match the buffers, not the names' limits: a longer
+         * name is simply not found. */
+        if (sscanf(args, "%128s %128s %d", timeline, point, &force) != 3)
                 return -EINVAL;
         if (!force && files_open(cl->ctx, cl))
                 return -ETXTBSY;
