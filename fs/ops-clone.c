@@ -4,8 +4,9 @@
  * translation onto cs_clone_* (chunkstore/clone.c does the copy-on-write);
  * permissions are the kernel's (default_permissions).
  *
- * Clone files use the page cache without keep_cache: everything written
- * goes through this daemon, and a reopen revalidates.  An inode unlinked
+ * Clone files keep the kernel's page cache across opens (keep_cache):
+ * everything written goes through this mount, and a rewind, refresh or
+ * destroy invalidates it explicitly (control.c).  An inode unlinked
  * while open lives until its last handle is released (opens).
  */
 #include <errno.h>
@@ -238,7 +239,7 @@ static int handle_new(cfs_context *ctx, cfs_node *n, struct fuse_file_info *fi)
         n->opens++;
         pthread_mutex_unlock(&ctx->table_lock);
         fi->fh = (uint64_t) (uintptr_t) h;
-        fi->keep_cache = 0;
+        fi->keep_cache = 1; /* see cfs_op_init: the kernel's pages stay true */
         return 0;
 }
 

@@ -795,6 +795,12 @@ static void cfs_op_init(void *userdata, struct fuse_conn_info *conn)
         /* Large writes: a 1 MiB write is one request, not eight of the
          * default 128 KiB (libfuse's buffer holds 256 pages). */
         conn->max_write = 1024 * 1024;
+        /* Nothing changes file data behind the kernel's back: points are
+         * immutable, a clone is written only through this mount, and a
+         * rewind, refresh or destroy invalidates explicitly (control.c).
+         * Without this the kernel would drop a clone file's whole page
+         * cache whenever a write had moved its mtime. */
+        conn->want &= ~(unsigned) FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 const struct fuse_lowlevel_ops cfs_ops = {
