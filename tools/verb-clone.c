@@ -86,8 +86,11 @@ static int ask_mount(cs_store *store, const char *name, const char *request, cha
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return negative_errno();
+        /* Held by something that does not listen: another clonectl, or a
+         * mount on its way out, which still holds the lock a moment after
+         * its socket closed (see with_clone). */
         if (connect(fd, (struct sockaddr *) &addr, len) < 0)
-                return -EBUSY; /* held by something that does not listen: it stays busy */
+                return -EAGAIN;
         if (write(fd, request, strlen(request)) != (ssize_t) strlen(request))
                 return -EIO;
         while (got < sizeof(reply) - 1) {
@@ -120,14 +123,62 @@ static int fold_through_mount(cs_store *store, const char *name, cs_chunk_id *re
         return cs_chunk_id_parse(reply, ret) < 0 ? -EBADMSG : 0;
 }
 
+/* One try at an operation on a clone: itself if the clone is free, else
+ * through the mount that has it open; -EAGAIN if neither answers. */
+typedef int (*clone_attempt)(cs_store *store, const char *name, void *userdata);
+
+/* Tries for a few seconds while attempts say -EAGAIN: "umount" returns
+ * before the daemon has let go of the clone, and a command run right
+ * after it should not fail for that.  Still held after that: -EBUSY. */
+static int with_clone(cs_store *store, const char *name, clone_attempt attempt, void *userdata)
+{
+        int r;
+
+        for (unsigned waited_ms = 0;; waited_ms += 50) {
+                r = attempt(store, name, userdata);
+                if (r != -EAGAIN || waited_ms >= 5000)
+                        break;
+                usleep(50 * 1000);
+        }
+        return r == -EAGAIN ? -EBUSY : r;
+}
+
+static int fold_attempt(cs_store *store, const char *name, void *userdata)
+{
+        int r = cs_clone_fold(store, name, userdata);
+        if (r == -EBUSY)
+                r = fold_through_mount(store, name, userdata);
+        return r;
+}
+
 /* Folds a clone into a tree: directly, or through the mount that has it
  * open, which pauses the clone's writers for the moment of the fold. */
 static int fold_clone(cs_store *store, const char *name, cs_chunk_id *ret)
 {
-        int r = cs_clone_fold(store, name, ret);
-        if (r == -EBUSY)
-                r = fold_through_mount(store, name, ret);
-        return r;
+        return with_clone(store, name, fold_attempt, ret);
+}
+
+static int reset_attempt(cs_store *store, const char *name, void *userdata)
+{
+        const cs_point_info *to = userdata;
+        char request[300], reply[8];
+        int r = cs_clone_reset(store, name, to, false);
+
+        if (r != -EBUSY)
+                return r;
+        snprintf(request, sizeof(request), "reset %s %s %d\n", to->timeline, to->name, arg_force ? 1 : 0);
+        return ask_mount(store, name, request, reply, sizeof(reply));
+}
+
+static int destroy_attempt(cs_store *store, const char *name, void *userdata)
+{
+        char reply[8];
+        int r = cs_clone_destroy(store, name, false);
+
+        (void) userdata;
+        if (r != -EBUSY)
+                return r;
+        return ask_mount(store, name, arg_force ? "destroy 1\n" : "destroy 0\n", reply, sizeof(reply));
 }
 
 /* Folds a clone into a new point of its timeline. */
@@ -272,12 +323,7 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
                 if (r < 0)
                         return log_error_errno(r, "clone '%s' has no snapshot and its base point is gone", name);
         }
-        r = cs_clone_reset(store, name, &to, false);
-        if (r == -EBUSY) {
-                char request[300], reply[8];
-                snprintf(request, sizeof(request), "reset %s %s %d\n", to.timeline, to.name, arg_force ? 1 : 0);
-                r = ask_mount(store, name, request, reply, sizeof(reply));
-        }
+        r = with_clone(store, name, reset_attempt, &to);
         if (r < 0)
                 return busy(r, name, refresh ? "refresh" : "rewind");
         printf("clone %s now holds %s@%s\n", name, to.timeline, to.name);
@@ -342,11 +388,7 @@ int verb_clone(int argc, char **argv)
         if (strcmp(sub, "create") == 0)
                 return clone_create(store, name);
         if (strcmp(sub, "destroy") == 0) {
-                r = cs_clone_destroy(store, name, false);
-                if (r == -EBUSY) {
-                        char reply[8];
-                        r = ask_mount(store, name, arg_force ? "destroy 1\n" : "destroy 0\n", reply, sizeof(reply));
-                }
+                r = with_clone(store, name, destroy_attempt, NULL);
                 if (r < 0)
                         return busy(r, name, "destroy");
                 printf("destroyed clone %s\n", name);
