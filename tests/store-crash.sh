@@ -9,7 +9,10 @@ store="$workdir/store"
 "$CLONECTL" --store "$store" init --block-size 16K >/dev/null
 
 for round in 1 2 3; do
-        "$CS_WRITER" put "$store" "$round" 10000000 64 text >"$workdir/ids.$round" &
+        # Made here, not by the background job's redirection, which may
+        # not have run yet when the loop below first counts its lines.
+        : >"$workdir/ids.$round"
+        "$CS_WRITER" put "$store" "$round" 10000000 64 text >>"$workdir/ids.$round" &
         pid=$!
         on_exit "kill -9 $pid"
         # Let it commit a few batches and be in the middle of another.
