@@ -63,6 +63,7 @@ enum {
         STMT_BLOCK_IS_LOCAL,
         STMT_MARK_LOCAL,
         STMT_FIND_DENTRY,
+        STMT_GETXATTR,
         N_STMTS,
 };
 
@@ -2029,31 +2030,37 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
 
 /* --- Extended attributes ------------------------------------------------------ */
 
+/* Under the clone's mutex: the statement is reset before it is released. */
+static int getxattr_locked(cs_clone *c, uint64_t ino, const char *name, void *buf, size_t size)
+{
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int len, rc, r;
+
+        r = prep_cached(c, STMT_GETXATTR, "SELECT value FROM xattrs WHERE ino = ? AND name = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+        rc = sqlite3_step(stmt);
+        if (rc != SQLITE_ROW)
+                return rc == SQLITE_DONE ? -ENODATA : cs_sqlite_errno(rc);
+        len = sqlite3_column_bytes(stmt, 0);
+        if (size == 0)
+                return len;
+        if ((size_t) len > size)
+                return -ERANGE;
+        memcpy(buf, sqlite3_column_blob(stmt, 0), (size_t) len);
+        return len;
+}
+
+/* The kernel asks for security.capability before every write (FUSE
+ * mounts never get S_NOSEC), so this is on the write path. */
 int cs_clone_getxattr(cs_clone *c, uint64_t ino, const char *name, void *buf, size_t size)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int rc, r;
+        int r;
 
         pthread_mutex_lock(&c->lock);
-        r = prep(c, "SELECT value FROM xattrs WHERE ino = ? AND name = ?", &stmt);
-        if (r >= 0) {
-                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
-                sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
-                rc = sqlite3_step(stmt);
-                if (rc == SQLITE_ROW) {
-                        int len = sqlite3_column_bytes(stmt, 0);
-                        if (size == 0)
-                                r = len;
-                        else if ((size_t) len > size)
-                                r = -ERANGE;
-                        else {
-                                memcpy(buf, sqlite3_column_blob(stmt, 0), (size_t) len);
-                                r = len;
-                        }
-                } else {
-                        r = rc == SQLITE_DONE ? -ENODATA : cs_sqlite_errno(rc);
-                }
-        }
+        r = getxattr_locked(c, ino, name, buf, size);
         pthread_mutex_unlock(&c->lock);
         return r;
 }
@@ -2081,6 +2088,8 @@ int cs_clone_listxattr(cs_clone *c, uint64_t ino, char *buf, size_t size)
                 else
                         r = (int) total;
         }
+        /* Finalized under the mutex: the connection is not thread-safe. */
+        sqlite3_finalize(TAKE_PTR(stmt));
         pthread_mutex_unlock(&c->lock);
         return r;
 }
@@ -2123,6 +2132,7 @@ int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *v
                 r = update_attr(c, &i.attr);
                 inode_clear(&i);
         }
+        sqlite3_finalize(TAKE_PTR(stmt)); /* under the mutex, before end() */
         return end(c, r);
 }
 
@@ -2150,6 +2160,7 @@ int cs_clone_removexattr(cs_clone *c, uint64_t ino, const char *name)
                 r = update_attr(c, &i.attr);
                 inode_clear(&i);
         }
+        sqlite3_finalize(TAKE_PTR(stmt)); /* under the mutex, before end() */
         return end(c, r);
 }
 
