@@ -39,6 +39,9 @@
 
 #define JOB_BLOCKS 256
 #define QUEUE_JOBS 64
+/* Jobs whose bytes are asked of the disk before a worker takes them:
+ * a worker that starts a job finds it read, or on its way. */
+#define READ_AHEAD_JOBS 4
 #define MAX_REREADS 2
 
 /* --- Work shared with the workers --------------------------------------- */
@@ -101,14 +104,17 @@ static int read_fully(int fd, void *buf, size_t size, off_t offset, size_t *ret_
         return 0;
 }
 
+/* Asks the kernel to read a job's whole range: one large request in
+ * flight instead of block-sized reads, started before the job runs. */
+static void read_ahead(const pool *p, const job *j)
+{
+        (void) posix_fadvise(j->f->fd, (off_t) (j->first * p->block_size), (off_t) ((uint64_t) j->n * p->block_size),
+                             POSIX_FADV_WILLNEED);
+}
+
 static int run_job(pool *p, const job *j, uint8_t *buf, bool *ret_store_failed)
 {
         file_task *f = j->f;
-
-        /* Ask for the whole job's range at once: the disk gets one large
-         * request in flight per worker instead of block-sized reads. */
-        (void) posix_fadvise(f->fd, (off_t) (j->first * p->block_size), (off_t) ((uint64_t) j->n * p->block_size),
-                             POSIX_FADV_WILLNEED);
 
         for (uint64_t k = j->first; k < j->first + j->n; k++) {
                 uint64_t offset = k * p->block_size;
@@ -169,8 +175,15 @@ static void *worker_main(void *userdata)
                 j = p->queue[p->head];
                 p->head = (p->head + 1) % QUEUE_JOBS;
                 p->count--;
+                /* The job that has just come within the read-ahead window
+                 * (its file stays open while it is queued). */
+                job next = {};
+                if (p->count >= READ_AHEAD_JOBS)
+                        next = p->queue[(p->head + READ_AHEAD_JOBS - 1) % QUEUE_JOBS];
                 pthread_cond_signal(&p->not_full);
                 pthread_mutex_unlock(&p->lock);
+                if (next.f)
+                        read_ahead(p, &next);
 
                 bool store_failed = !buf;
                 r = buf ? run_job(p, &j, buf, &store_failed) : -ENOMEM;
@@ -241,11 +254,16 @@ static void pool_submit_file(pool *p, file_task *f)
         for (uint64_t i = 0; i < n_jobs; i++) {
                 while (p->count == QUEUE_JOBS)
                         pthread_cond_wait(&p->not_full, &p->lock);
-                p->queue[(p->head + p->count) % QUEUE_JOBS] = (job) {
+                job *j = &p->queue[(p->head + p->count) % QUEUE_JOBS];
+                *j = (job) {
                         .f = f,
                         .first = i * JOB_BLOCKS,
                         .n = (uint32_t) MIN((uint64_t) JOB_BLOCKS, f->n_blocks - i * JOB_BLOCKS),
                 };
+                /* Within the window already: nobody else will ask for it.
+                 * (The workers take and run jobs at the head meanwhile.) */
+                if (p->count < READ_AHEAD_JOBS)
+                        read_ahead(p, j);
                 p->count++;
                 pthread_cond_signal(&p->not_empty);
         }
