@@ -81,9 +81,10 @@ if grep -E '^[EW]: ' "$workdir/lintian"; then
 fi
 pass "lintian: no errors or warnings ($(grep -c '^[IPX]: ' "$workdir/lintian" || true) info tags)"
 
-# 3. Install with apt, which pulls in the runtime dependencies.
-on_exit "DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq clonefs"
-if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$deb" >"$workdir/apt.log" 2>&1; then
+# 3. Install with apt, which pulls in the runtime dependencies.  The
+# machine may be running apt for something else: wait for its lock.
+on_exit "DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=300 clonefs"
+if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "$deb" >"$workdir/apt.log" 2>&1; then
         cat "$workdir/apt.log" >&2
         fail "apt-get install ./$(basename "$deb") failed"
 fi
@@ -117,7 +118,7 @@ pass "the mount shows the point"
 # daemon_of MOUNTPOINT: the pid of the clonefs that mount(8) started for it.
 daemon_of() {
         for p in /proc/[0-9]*; do
-                if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "^clonefs $CLONEFS_STORE $1 "; then
+                if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "^clonefs $CLONEFS_STORE $1 "; then
                         echo "${p#/proc/}"
                 fi
         done
@@ -151,7 +152,7 @@ expect_eq "a write through the mount landed in the clone" "$(cat "$workdir/expor
 expect_ok "the installed retention wrapper runs" /usr/libexec/clonefs/clonefs-retention /etc/clonefs/retention.conf
 
 # 5. Purge it: nothing of it stays.
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq clonefs >"$workdir/apt.log" 2>&1 ||
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=300 clonefs >"$workdir/apt.log" 2>&1 ||
         { cat "$workdir/apt.log" >&2; fail "apt-get purge clonefs failed"; }
 ! dpkg-query -W -f '${Status}' clonefs 2>/dev/null | grep -q 'install ok' || fail "clonefs is still installed"
 for f in /usr/bin/clonefs /usr/bin/clonectl /etc/clonefs/retention.conf /lib/systemd/system/clonefs@.service; do
