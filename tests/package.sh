@@ -81,9 +81,10 @@ if grep -E '^[EW]: ' "$workdir/lintian"; then
 fi
 pass "lintian: no errors or warnings ($(grep -c '^[IPX]: ' "$workdir/lintian" || true) info tags)"
 
-# 3. Install with apt, which pulls in the runtime dependencies.
-on_exit "DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq clonefs"
-if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$deb" >"$workdir/apt.log" 2>&1; then
+# 3. Install with apt, which pulls in the runtime dependencies.  The
+# machine may be running apt for something else: wait for its lock.
+on_exit "DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=300 clonefs"
+if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "$deb" >"$workdir/apt.log" 2>&1; then
         cat "$workdir/apt.log" >&2
         fail "apt-get install ./$(basename "$deb") failed"
 fi
@@ -114,29 +115,44 @@ on_exit "umount -l '$workdir/mnt'"
 expect_ok "mount -t fuse.clonefs the store" mount -t fuse.clonefs "$CLONEFS_STORE" "$workdir/mnt" -o allow_other
 cmp "$workdir/data/numbers" "$workdir/mnt/timelines/data/latest/numbers" || fail "the mount reads wrong data"
 pass "the mount shows the point"
+# daemon_of MOUNTPOINT: the pid of the clonefs that mount(8) started for it.
+daemon_of() {
+        for p in /proc/[0-9]*; do
+                if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "^clonefs $CLONEFS_STORE $1 "; then
+                        echo "${p#/proc/}"
+                fi
+        done
+}
+# unmount MOUNTPOINT: umount returns before the daemon lets go of its
+# clones, so wait for it to exit.
+unmount() {
+        local pid
+        pid=$(daemon_of "$1")
+        umount "$1" || fail "umount $1 failed"
+        for _ in $(seq 1 200); do
+                [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+                sleep 0.05
+        done
+        fail "the daemon of $1 did not exit after umount"
+}
 # The daemon mount(8) ran is the installed one (mount's helpers search
 # /usr/sbin first, where tests/fuse-mount.sh may have put a build's).
 if [ ! -e /usr/sbin/clonefs ]; then
-        exe=
-        for p in /proc/[0-9]*; do
-                if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "^clonefs $CLONEFS_STORE $workdir/mnt "; then
-                        exe=$(readlink "$p/exe")
-                fi
-        done
-        expect_eq "the mount is served by the installed daemon" "$exe" /usr/bin/clonefs
+        pid=$(daemon_of "$workdir/mnt")
+        expect_eq "the mount is served by the installed daemon" "$(readlink "/proc/$pid/exe")" /usr/bin/clonefs
 fi
-umount "$workdir/mnt" || fail "umount failed"
+unmount "$workdir/mnt"
 on_exit "umount -l '$workdir/clone'"
 expect_ok "mount -t fuse.clonefs -o clone=dev" mount -t fuse.clonefs "$CLONEFS_STORE" "$workdir/clone" -o clone=dev
 echo "written through the package's mount" >"$workdir/clone/new-file"
-umount "$workdir/clone" || fail "umount of the clone failed"
+unmount "$workdir/clone"
 expect_ok "clonectl clone export" clonectl clone export dev "$workdir/export"
 expect_eq "a write through the mount landed in the clone" "$(cat "$workdir/export/new-file")" \
         "written through the package's mount"
 expect_ok "the installed retention wrapper runs" /usr/libexec/clonefs/clonefs-retention /etc/clonefs/retention.conf
 
 # 5. Purge it: nothing of it stays.
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq clonefs >"$workdir/apt.log" 2>&1 ||
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=300 clonefs >"$workdir/apt.log" 2>&1 ||
         { cat "$workdir/apt.log" >&2; fail "apt-get purge clonefs failed"; }
 ! dpkg-query -W -f '${Status}' clonefs 2>/dev/null | grep -q 'install ok' || fail "clonefs is still installed"
 for f in /usr/bin/clonefs /usr/bin/clonectl /etc/clonefs/retention.conf /lib/systemd/system/clonefs@.service; do

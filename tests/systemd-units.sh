@@ -82,3 +82,58 @@ if [ -x "$gen" ]; then
         verify "$workdir/gen/normal" --man=no ./srv-clonefs.mount || { cat "$workdir/verify" >&2; fail "the fstab mount unit does not verify"; }
         pass "the generated mount unit verifies"
 fi
+
+# The commands of clonefs@.service, run as systemd would run them (the
+# environment's defaults and %f filled in): ExecStart returns once the
+# store is mounted (Type=forking), and after ExecStop's unmount the daemon
+# exits with status 0; a SIGTERM instead makes it exit 1 (clonefs(8)).
+[ "$(id -u)" -eq 0 ] || exit 0
+require_fuse
+export CLONEFS_STORE="$workdir/store"
+mkdir -p "$workdir/src" "$workdir/mnt"
+echo hello >"$workdir/src/file"
+"$CLONECTL" init >/dev/null && "$CLONECTL" snapshot app --from "$workdir/src" >/dev/null || fail "cannot make a store"
+unit_line() { # KEY: the unit's KEY= line, with its variables and %f filled in
+        sed -n "s/^$1=//p" "$workdir/units/clonefs@.service" |
+                sed -e "s|\${CLONEFS_STORE}|$CLONEFS_STORE|g" -e "s|\${CLONEFS_OPTIONS}|allow_other|g" -e "s|%f|$workdir/mnt|g"
+}
+expect_grep "the unit's defaults" '^Environment=CLONEFS_OPTIONS=allow_other$' "$workdir/units/clonefs@.service"
+start=$(unit_line ExecStart)
+stop=$(unit_line ExecStop)
+on_exit "fusermount3 -u -z '$workdir/mnt'"
+# shellcheck disable=SC2086 # the unit's command line, split as systemd does
+$start || fail "ExecStart failed: $start"
+mountpoint -q "$workdir/mnt" || fail "ExecStart returned before the store was mounted"
+expect_eq "ExecStart has mounted the store when it returns" "$(cat "$workdir/mnt/timelines/app/latest/file")" hello
+pid=
+for p in /proc/[0-9]*; do
+        { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "clonefs $CLONEFS_STORE $workdir/mnt " && pid=${p#/proc/}
+done
+[ -n "$pid" ] || fail "no daemon serves the unit's mount"
+# shellcheck disable=SC2086
+$stop || fail "ExecStop failed: $stop"
+for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+done
+kill -0 "$pid" 2>/dev/null && fail "the daemon did not exit after ExecStop"
+mountpoint -q "$workdir/mnt" && fail "ExecStop left the store mounted"
+pass "ExecStop unmounts and the daemon exits"
+
+# The exit statuses the unit relies on, seen from a foreground daemon.
+"$CLONEFS" "$CLONEFS_STORE" "$workdir/mnt" -f &
+pid=$!
+for _ in $(seq 1 100); do mountpoint -q "$workdir/mnt" && break; sleep 0.05; done
+fusermount3 -u "$workdir/mnt" || fail "cannot unmount"
+status=0
+wait "$pid" || status=$?
+expect_eq "after an unmount the daemon exits 0" "$status" 0
+"$CLONEFS" "$CLONEFS_STORE" "$workdir/mnt" -f &
+pid=$!
+for _ in $(seq 1 100); do mountpoint -q "$workdir/mnt" && break; sleep 0.05; done
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+expect_eq "after SIGTERM the daemon exits 1" "$status" 1
+mountpoint -q "$workdir/mnt" && fail "SIGTERM left the store mounted"
+pass "SIGTERM unmounts"
