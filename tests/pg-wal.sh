@@ -121,3 +121,16 @@ expect_eq "recovery stopped at the target: exactly the rows committed by then" \
 expect_eq "the newest row is before the target, within a second" \
         "$(pg_sql "$restored" 5494 "SELECT max(at) <= '$mid' AND max(at) > '$mid'::timestamptz - interval '1 second' FROM ticks")" t
 expect_eq "and no later row exists" "$(pg_sql "$restored" 5494 "SELECT count(*) FROM ticks WHERE at > '$mid'")" 0
+
+# A slot the source invalidated (max_slot_wal_keep_size) while receive-wal
+# was down: one clear line, no endless retries.
+pg_sql "$src" 5493 "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'" >/dev/null
+pg_sql "$src" 5493 "SELECT pg_reload_conf()" >/dev/null
+for _ in 1 2 3 4; do
+        pg_sql "$src" 5493 "INSERT INTO ticks SELECT FROM generate_series(1, 20000); SELECT pg_switch_wal()" >/dev/null
+done
+pg_sql "$src" 5493 "CHECKPOINT" >/dev/null
+expect_eq "the source invalidated the slot" \
+        "$(pg_sql "$src" 5493 "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" lost
+expect_error "receive-wal on an invalidated slot" "slot 'clonefs_db' on the source was invalidated.*link the server to a new timeline" \
+        timeout 60 "$CLONECTL" --store "$store" pg receive-wal db

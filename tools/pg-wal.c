@@ -313,6 +313,7 @@ typedef struct receiver {
         uint64_t flushed;    /* LSN acknowledged as flushed */
         double last_flush, last_status;
         int64_t last_commit;
+        bool got_wal; /* on this connection: then a retry starts over at 1 s */
 } receiver;
 
 static double now_mono(void)
@@ -424,6 +425,7 @@ static int take_wal(receiver *rc, const uint8_t *data, size_t len, uint64_t star
                 if (segno != rc->segno || off != rc->received)
                         return log_error_errno(-EBADMSG, "the source sent WAL at an unexpected position");
                 size_t take = MIN(len, (size_t) seg - off);
+                rc->got_wal = true;
                 memcpy(rc->buf + off, data, take);
                 rc->received += take;
                 data += take;
@@ -526,6 +528,32 @@ static int start_position(receiver *rc, PGconn *conn)
         return 0;
 }
 
+/* After a refused START_REPLICATION: a slot that is gone or was
+ * invalidated (max_slot_wal_keep_size) will never serve this WAL again,
+ * so retrying is pointless.  15 and newer can tell. */
+static int slot_lost(receiver *rc, PGconn *conn, const char *lsn)
+{
+        _cleanup_(PQclearp) PGresult *res = NULL;
+        char cmd[128];
+
+        if (PQserverVersion(conn) < 150000)
+                return 0;
+        snprintf(cmd, sizeof(cmd), "READ_REPLICATION_SLOT %s", rc->src.slot);
+        res = PQexec(conn, cmd);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+                return 0;
+        if (PQgetisnull(res, 0, 0))
+                return log_error_errno(-ENOENT, "replication slot '%s' is gone from the source: the WAL after %s is "
+                                                "lost to timeline '%s'; link the server to a new timeline",
+                                       rc->src.slot, lsn, rc->timeline);
+        if (PQgetisnull(res, 0, 1))
+                return log_error_errno(-ESTALE, "replication slot '%s' on the source was invalidated "
+                                                "(max_slot_wal_keep_size): the WAL after %s is lost to timeline '%s'; "
+                                                "link the server to a new timeline",
+                                       rc->src.slot, lsn, rc->timeline);
+        return 0;
+}
+
 /* One connection's worth of streaming.  Returns 0 when asked to stop, 1
  * to reconnect, or a negative errno for errors that a retry cannot fix. */
 static int stream(receiver *rc, PGconn *conn)
@@ -545,6 +573,9 @@ static int stream(receiver *rc, PGconn *conn)
                          rc->tli);
                 res = PQexec(conn, cmd);
                 if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+                        r = slot_lost(rc, conn, lsn);
+                        if (r < 0)
+                                return r;
                         log_warning("START_REPLICATION at %s failed: %s", lsn,
                                     pg_error_line(PQresultErrorMessage(res), line, sizeof(line)));
                         return 1;
@@ -601,6 +632,7 @@ static int stream(receiver *rc, PGconn *conn)
                 }
 
                 /* End of the stream: a timeline switch, or an error. */
+                line[0] = 0;
                 r = flush_segment(rc, false);
                 if (r < 0)
                         return r;
@@ -622,14 +654,20 @@ static int stream(receiver *rc, PGconn *conn)
                                 }
                         } else if (PQresultStatus(next) != PGRES_COMMAND_OK &&
                                    PQresultStatus(next) != PGRES_COPY_OUT && PQresultStatus(next) != PGRES_COPY_BOTH)
-                                log_warning("the stream ended: %s",
-                                            pg_error_line(PQresultErrorMessage(next), line, sizeof(line)));
+                                pg_error_line(PQresultErrorMessage(next), line, sizeof(line));
                         PQclear(next);
                         if (PQstatus(conn) != CONNECTION_OK)
                                 break;
                 }
-                if (!switched)
+                if (!switched) {
+                        /* Said once, by slot_lost, when that is why. */
+                        r = slot_lost(rc, conn, lsn);
+                        if (r < 0)
+                                return r;
+                        if (line[0])
+                                log_warning("the stream ended: %s", line);
                         return 1;
+                }
         }
 }
 
@@ -674,13 +712,15 @@ static int receive(receiver *rc)
                 }
                 if (r >= 0)
                         r = start_position(rc, conn);
-                if (r == -ENOENT)
+                if (r == -ENOENT || r == -ESTALE)
                         break;
                 if (r >= 0) {
+                        rc->got_wal = false;
                         r = stream(rc, conn);
                         if (r <= 0)
                                 break;
-                        backoff = 1;
+                        if (rc->got_wal)
+                                backoff = 1;
                 }
                 /* The source restarting, the network: retry, waiting longer
                  * each time. */

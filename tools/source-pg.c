@@ -314,12 +314,15 @@ int pg_create_slot(PGconn *conn, const char *slot)
                                pg_error_line(PQresultErrorMessage(res), line, sizeof(line)));
 }
 
-void pg_drop_slot(PGconn *conn, const char *slot)
+void pg_drop_slot(const char *conninfo, const char *slot)
 {
+        PGconn *conn = connect_with(conninfo, "true", NULL);
         char cmd[128];
 
         snprintf(cmd, sizeof(cmd), "DROP_REPLICATION_SLOT %s", slot);
-        PQclear(PQexec(conn, cmd));
+        if (PQstatus(conn) == CONNECTION_OK)
+                PQclear(PQexec(conn, cmd));
+        PQfinish(conn);
 }
 
 /* --- Base backups --------------------------------------------------------------------- */
@@ -590,7 +593,9 @@ int pg_base_backup(PGconn *conn, cs_store *store, bool progress, pg_backup_resul
                         break;
                 }
                 PQclear(res);
-                if (r < 0 && PQstatus(conn) != CONNECTION_OK)
+                /* After a failure inside the COPY the rest of the stream is
+                 * not read: the caller closes the connection. */
+                if (r < 0)
                         break;
         }
         if (r >= 0 && stage < 3)
