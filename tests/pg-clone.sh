@@ -54,11 +54,7 @@ pg_sql "$src" "$port" "DO \$\$ BEGIN FOR i IN 1..200 LOOP INSERT INTO ticks DEFA
 pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
 T=$(pg_sql "$src" "$port" "SELECT to_char(date_trunc('second', min(at) + (max(at) - min(at)) / 2) AT TIME ZONE 'UTC',
                                           'YYYY-MM-DD HH24:MI:SS') || '+00' FROM ticks")
-last=$(pg_sql "$src" "$port" "SELECT pg_current_wal_flush_lsn()")
-for _ in $(seq 100); do
-        [ "$(pg_sql "$src" "$port" "SELECT restart_lsn >= '$last' FROM pg_replication_slots")" = t ] && break
-        sleep 0.1
-done
+pg_wait_slot "$src" "$port"
 
 expect_ok "timeline show" cl timeline show db
 cat "$workdir/out"
@@ -89,17 +85,8 @@ expect_grep "a pg_hba.conf was generated" "^local +all +all +peer" "$mnt/pg_hba.
 expect_grep "the recovery target is T" "^recovery_target_time = '${T%+00}" "$mnt/postgresql.auto.conf"
 [ -f "$mnt/recovery.signal" ] || fail "no recovery.signal"
 pass "recovery.signal is there"
-mkdir "$mnt.sock" && chown postgres: "$mnt.sock"
-touch "$mnt.log" && chown postgres: "$mnt.log"
 cport=$((port + 1))
-as_pg "$PGBIN/pg_ctl" -D "$mnt" -l "$mnt.log" -w -t 120 \
-        -o "-p $cport -k $mnt.sock -c listen_addresses=''" start >/dev/null ||
-        { cat "$mnt.log" >&2; fail "postgres did not start on the clone"; }
-on_exit "runuser -u postgres -- $PGBIN/pg_ctl -D '$mnt' -m immediate -w stop"
-for _ in $(seq 300); do
-        [ "$(pg_sql "$mnt" "$cport" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
-        sleep 0.1
-done
+pg_start_on "$mnt" "$cport"
 ready=$(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $start }")
 echo "# clone create to promoted and accepting connections: ${ready}s"
 expect_eq "the clone was promoted" "$(pg_sql "$mnt" "$cport" "SELECT pg_is_in_recovery()")" f

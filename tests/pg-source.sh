@@ -85,10 +85,7 @@ EOF
 mkdir "$restored.sock" && chown postgres: "$restored.sock"
 touch "$restored/recovery.signal"
 pg_start "$restored"
-for _ in $(seq 100); do
-        [ "$(pg_sql "$restored" 5492 "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
-        sleep 0.1
-done
+pg_wait_promoted "$restored" 5492
 expect_eq "the restored copy holds the rows" "$(pg_sql "$restored" 5492 "SELECT count(*), sum(id) FROM t")" \
         "20000|200010000"
 expect_eq "the restored copy holds the tablespace's rows" "$(pg_sql "$restored" 5492 "SELECT count(*) FROM t2")" 777

@@ -34,15 +34,9 @@ expect_ok "link the standby" cl pg link db "host=$standby.sock port=$sport user=
 recv=$!
 on_exit "kill $recv"
 
-tick() { # tick DIR PORT N
-        for _ in $(seq "$3"); do
-                pg_sql "$1" "$2" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
-                sleep 0.1
-        done
-}
-tick "$primary" "$pport" 10
+pg_tick "$primary" "$pport" 10
 pg_sql "$primary" "$pport" "SELECT pg_switch_wal()" >/dev/null
-tick "$primary" "$pport" 5
+pg_tick "$primary" "$pport" 5
 # Let the standby replay everything, then promote it.
 want=$(pg_sql "$primary" "$pport" "SELECT pg_current_wal_lsn()")
 for _ in $(seq 100); do
@@ -53,22 +47,13 @@ pg_stop "$primary"
 as_pg "$PGBIN/pg_ctl" -D "$standby" -w promote >/dev/null || fail "promote"
 expect_eq "the promoted standby is on timeline 2" \
         "$(pg_sql "$standby" "$sport" "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)::int")" 2
-tick "$standby" "$sport" 10
+pg_tick "$standby" "$sport" 10
 T=$(pg_sql "$standby" "$sport" "SELECT max(at) FROM ticks")
 sleep 1.1
-tick "$standby" "$sport" 5
+pg_tick "$standby" "$sport" 5
 pg_sql "$standby" "$sport" "SELECT pg_switch_wal()" >/dev/null
-tick "$standby" "$sport" 3
-last=$(pg_sql "$standby" "$sport" "SELECT pg_current_wal_flush_lsn()")
-ok=0
-for _ in $(seq 150); do
-        if [ "$(pg_sql "$standby" "$sport" "SELECT restart_lsn >= '$last' FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" = t ]; then
-                ok=1
-                break
-        fi
-        sleep 0.1
-done
-[ $ok = 1 ] || { cat "$workdir/recv.err" >&2; fail "receive-wal did not follow onto timeline 2"; }
+pg_tick "$standby" "$sport" 3
+pg_wait_slot "$standby" "$sport"
 pass "receive-wal followed the server onto timeline 2"
 grep -q "switched to timeline 2" "$workdir/recv.err" || { cat "$workdir/recv.err" >&2; fail "no switch logged"; }
 pass "the switch is logged"
@@ -91,16 +76,8 @@ pass "$n stored segments of timeline 2 are byte-identical"
 expect_ok "clone create --at a time after the promotion" cl clone create c1 --from db --at "$T"
 mnt=$workdir/c1
 mount_clonefs "$store" "$mnt" -o clone=c1 -o allow_other
-mkdir "$mnt.sock" && chown postgres: "$mnt.sock"
-touch "$mnt.log" && chown postgres: "$mnt.log"
 cport=$((sport + 1))
-as_pg "$PGBIN/pg_ctl" -D "$mnt" -l "$mnt.log" -w -t 120 -o "-p $cport -k $mnt.sock" start >/dev/null ||
-        { cat "$mnt.log" >&2; fail "postgres did not start on the clone"; }
-on_exit "runuser -u postgres -- $PGBIN/pg_ctl -D '$mnt' -m immediate -w stop"
-for _ in $(seq 300); do
-        [ "$(pg_sql "$mnt" "$cport" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
-        sleep 0.1
-done
+pg_start_on "$mnt" "$cport"
 wantn=$(pg_sql "$standby" "$sport" "SELECT count(*) FROM ticks WHERE pg_xact_commit_timestamp(xmin) <= '$T'")
 expect_eq "the clone holds exactly the rows committed by T, across the switch" \
         "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM ticks")" "$wantn"

@@ -28,11 +28,8 @@ expect_error "wal-fetch of a missing segment" "has no WAL segment" \
 recv=$!
 on_exit "kill $recv"
 
-tick() { # tick N: N rows, one transaction each, 100 ms apart
-        for _ in $(seq "$1"); do
-                pg_sql "$src" 5493 "INSERT INTO ticks DEFAULT VALUES" >/dev/null
-                sleep 0.1
-        done
+tick() {
+        pg_tick "$src" 5493 "$1"
 }
 tick 10
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
@@ -47,19 +44,10 @@ sleep 1.1
 tick 10
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
 tick 3
-last=$(pg_sql "$src" 5493 "SELECT pg_current_wal_flush_lsn()")
 
 # Everything up to the last write is acknowledged: the slot's flush
 # position (restart_lsn) reaches it only through receive-wal.
-ok=0
-for _ in $(seq 100); do
-        if [ "$(pg_sql "$src" 5493 "SELECT restart_lsn >= '$last' FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" = t ]; then
-                ok=1
-                break
-        fi
-        sleep 0.1
-done
-[ $ok = 1 ] || { cat "$workdir/recv.err" >&2; fail "the slot did not reach $last"; }
+pg_wait_slot "$src" 5493
 pass "the slot's position reaches the source's flush position"
 kill -TERM $recv
 wait $recv || { cat "$workdir/recv.err" >&2; fail "receive-wal exited with an error"; }
@@ -109,10 +97,7 @@ recovery_target_action = 'promote'
 EOF
 touch "$restored/recovery.signal"
 pg_start "$restored"
-for _ in $(seq 100); do
-        [ "$(pg_sql "$restored" 5494 "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
-        sleep 0.1
-done
+pg_wait_promoted "$restored" 5494
 # Rows commit just after their "at": the source's commit timestamps say
 # which ones committed by the target.
 want=$(pg_sql "$src" 5493 "SELECT count(*) FROM ticks WHERE pg_xact_commit_timestamp(xmin) <= '$mid'")
