@@ -32,6 +32,8 @@ tick() {
         pg_tick "$src" 5493 "$1"
 }
 tick 10
+expect_error "a second receive-wal of the timeline" "slot 'clonefs_db' is in use: another receive-wal" \
+        timeout 60 "$CLONECTL" --store "$store" pg receive-wal db
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
 tick 5
 # A restart of the source while receive-wal runs.

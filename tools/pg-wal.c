@@ -573,6 +573,11 @@ static int stream(receiver *rc, PGconn *conn)
                          rc->tli);
                 res = PQexec(conn, cmd);
                 if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+                        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                        if (state && strcmp(state, "55006") == 0) /* object_in_use */
+                                return log_error_errno(-EBUSY, "replication slot '%s' is in use: another "
+                                                               "receive-wal of timeline '%s' is running",
+                                                       rc->src.slot, rc->timeline);
                         r = slot_lost(rc, conn, lsn);
                         if (r < 0)
                                 return r;

@@ -23,7 +23,7 @@
  *     attribute from a missing pg_hba.conf line; the server's own words
  *     are the fallback.
  *  4. Passwords: conninfo is parsed with PQconninfoParse and written back
- *     without "password"; libpq finds it at connect time in PGPASSFILE,
+ *     without "password" (or "sslpassword"); libpq finds it at connect time in PGPASSFILE,
  *     ~/.pgpass or a service file.  No message prints a conninfo.
  */
 #include <ctype.h>
@@ -133,7 +133,8 @@ int pg_conninfo_strip(const char *conninfo, char **ret)
                 return r;
         }
         for (PQconninfoOption *o = opts; o->keyword; o++) {
-                if (!o->val || strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "replication") == 0)
+                if (!o->val || strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "sslpassword") == 0 ||
+                    strcmp(o->keyword, "replication") == 0)
                         continue;
                 r = append_quoted(&out, o->keyword, o->val);
                 if (r < 0)
