@@ -109,6 +109,15 @@ expect_eq "the newest row is before the target, within a second" \
         "$(pg_sql "$restored" 5494 "SELECT max(at) <= '$mid' AND max(at) > '$mid'::timestamptz - interval '1 second' FROM ticks")" t
 expect_eq "and no later row exists" "$(pg_sql "$restored" 5494 "SELECT count(*) FROM ticks WHERE at > '$mid'")" 0
 
+# Retention: forgetting the first base point drops the WAL only it needed.
+expect_ok "a second base point" cl pg sync db
+expect_ok "forget the first" cl forget db --keep-last 1
+expect_grep "forget drops the WAL before the remaining base point" "dropped [0-9]+ WAL segments" "$workdir/out"
+expect_error "the first base point's WAL is gone" "has no WAL segment" \
+        cl pg wal-fetch db 000000010000000000000002 "$workdir/x"
+expect_ok "gc" cl gc
+expect_ok "verify after gc" cl verify --data
+
 # A slot the source invalidated (max_slot_wal_keep_size) while receive-wal
 # was down: one clear line, no endless retries.
 pg_sql "$src" 5493 "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'" >/dev/null

@@ -740,6 +740,34 @@ static int receive(receiver *rc)
         return r < 0 && !*stop ? r : 0;
 }
 
+/* --- Retention ----------------------------------------------------------------------- */
+
+int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped)
+{
+        _cleanup_free_ cs_pg_backup *backups = NULL;
+        uint64_t before = UINT64_MAX;
+        cs_pg_source src;
+        size_t n = 0;
+        int r;
+
+        *ret_dropped = 0;
+        r = cs_pg_source_get(store, timeline, &src);
+        if (r == -ENOENT)
+                return 0;
+        if (r >= 0)
+                r = cs_pg_backup_list(store, timeline, &backups, &n);
+        if (r < 0)
+                return log_error_errno(r, "cannot read timeline '%s': %m", timeline);
+        /* Recovery from a base point needs the WAL from its start on. */
+        for (size_t i = 0; i < n; i++)
+                before = MIN(before, backups[i].start_lsn / src.segment_size);
+        r = cs_pg_wal_prune(store, timeline, before);
+        if (r < 0)
+                return log_error_errno(r, "cannot drop the old WAL of timeline '%s': %m", timeline);
+        *ret_dropped = (uint64_t) r;
+        return 0;
+}
+
 /* --- archive_command, restore_command --------------------------------------------------- */
 
 static int read_file(const char *path, size_t max, uint8_t **ret, size_t *ret_size)
