@@ -104,3 +104,8 @@ expect_eq "two points" "$(cl points db | grep -c '^2')" 2
 expect_ok "verify --data" cl verify --data
 expect_ok "gc keeps both points" cl gc
 expect_ok "verify after gc" cl verify --data
+
+# The source down: one line, and the store keeps its two points.
+pg_stop "$src"
+expect_error "sync with the source down" "cannot connect to the source" cl pg sync db
+expect_eq "still two points" "$(cl points db | grep -c '^2')" 2
