@@ -46,6 +46,9 @@ sleep 1.1
 tick 10
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
 tick 3
+# One more complete segment the source cannot have recycled yet.
+pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
+tick 3
 
 # Everything up to the last write is acknowledged: the slot's flush
 # position (restart_lsn) reaches it only through receive-wal.

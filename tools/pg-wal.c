@@ -310,7 +310,8 @@ typedef struct receiver {
         uint8_t *buf;        /* segment_size bytes */
         size_t received;     /* bytes of buf received */
         size_t stored;       /* bytes of buf durable in the store */
-        uint64_t flushed;    /* LSN acknowledged as flushed */
+        uint64_t flushed;    /* LSN durable in the store */
+        uint64_t acked;      /* LSN last sent to the server as flushed */
         double last_flush, last_status;
         int64_t last_commit;
         bool got_wal; /* on this connection: then a retry starts over at 1 s */
@@ -410,6 +411,7 @@ static int send_status(receiver *rc, PGconn *conn, bool reply)
                 return log_warning_errno(-EIO, "cannot send a status update to the source: %s",
                                          pg_error_line(PQerrorMessage(conn), line, sizeof(line)));
         rc->last_status = now_mono();
+        rc->acked = rc->flushed;
         return 0;
 }
 
@@ -632,8 +634,9 @@ static int stream(receiver *rc, PGconn *conn)
                                 r = send_status(rc, conn, false);
                                 if (r < 0)
                                         return 1;
-                        } else if (now - rc->last_status >= STATUS_INTERVAL && send_status(rc, conn, false) < 0)
-                                return 1;
+                        } else if ((rc->flushed > rc->acked || now - rc->last_status >= STATUS_INTERVAL) &&
+                                   send_status(rc, conn, false) < 0)
+                                return 1; /* a completed segment is acknowledged at once */
                 }
 
                 /* End of the stream: a timeline switch, or an error. */
