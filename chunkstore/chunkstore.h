@@ -474,6 +474,13 @@ int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, b
  * point): unchanged subtrees and files are the base's own chunks, so this
  * costs what the clone changed.  -EBUSY if the clone is open. */
 int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree);
+/* Reset and destroy of a clone the caller has open (a mount, asked through
+ * its control socket): the caller's handle keeps the clone's lock, so no
+ * one else can slip in between.  store must be a write handle.  After a
+ * reset every inode number but the root's is gone (ENOENT); after a
+ * destroy the handle works on unlinked files until it is closed. */
+int cs_clone_reset_open(cs_clone *c, cs_store *store, const cs_point_info *to);
+int cs_clone_destroy_open(cs_clone *c, cs_store *store);
 
 /* Folds a clone open in this process (a mount's), putting chunks through
  * dst (opened with CS_OPEN_WRITE) and committing them; writers of the
@@ -629,6 +636,22 @@ int cs_blob_read(cs_store *store, const cs_chunk_id *id, void *buf, size_t buf_s
  * block may be short. */
 int cs_blob_blocks(cs_store *store, const cs_chunk_id *id, cs_chunk_id **ret_blocks, size_t *ret_n,
                    uint64_t *ret_size);
+
+/* --- The libraries, as loaded (version.c) ------------------------------- */
+
+#define CS_LIBRARY_COUNT 3
+
+typedef struct cs_library_version {
+        const char *name;    /* "SQLite", "LZ4", "xxHash" */
+        const char *package; /* the Debian package that provides it */
+        const char *minimum; /* the oldest version this build accepts */
+        char version[32];    /* the version loaded now */
+        bool too_old;        /* version is older than minimum */
+} cs_library_version;
+
+/* Fills ret with the libraries the chunk store uses, as loaded at run
+ * time.  Strings other than version are static. */
+void cs_library_versions(cs_library_version ret[static CS_LIBRARY_COUNT]);
 
 #ifdef __cplusplus
 }

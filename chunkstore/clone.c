@@ -51,9 +51,26 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "clone-cache.h"
 #include "cs-internal.h"
 
 #define CLONE_DIR "clones"
+
+/* Statements on the read and write paths, prepared once per open clone. */
+enum {
+        STMT_LOAD_INODE,
+        STMT_UPDATE_ATTR,
+        STMT_BLOCK_IS_LOCAL,
+        STMT_MARK_LOCAL,
+        STMT_FIND_DENTRY,
+        N_STMTS,
+};
+
+/* Overwrites in place whose new times may wait outside the catalog. */
+#define PENDING_TIMES 64
+
+/* Decoded base blocks kept per open clone: 8 MiB at 64 KiB blocks. */
+#define CLONE_BLOCK_CACHE_BYTES (8u << 20)
 
 struct cs_clone {
         cs_store *store;
@@ -67,6 +84,21 @@ struct cs_clone {
         uint32_t block_size;
         uint64_t key; /* for stable inode numbers */
         uint8_t *buf; /* one block, under lock */
+        cs_fd_cache fds;       /* delta files, under lock */
+        cs_block_cache blocks; /* decoded base blocks, under lock */
+        sqlite3_stmt *stmts[N_STMTS]; /* prepared once, under lock */
+        /* What an fsync must make durable (design note 5): commits that
+         * changed where data lives (block map, sizes, names) and commits
+         * that changed attributes only; a delta file created. */
+        bool meta_dirty, attr_dirty, dir_dirty;
+        bool op_attrs_only; /* the running transaction changes attributes only */
+        /* Times of overwrites in place not yet in the catalog: written by
+         * the next transaction, a full fsync, or the close (design note 5). */
+        struct {
+                uint64_t ino;
+                struct timespec mtime, ctime;
+        } pending[PENDING_TIMES];
+        size_t n_pending;
 };
 
 static const char clone_schema[] =
@@ -95,9 +127,32 @@ bool cs_clone_name_is_valid(const char *name)
 
 /* --- Small SQL helpers ---------------------------------------------------- */
 
+static int pending_flush(cs_clone *c);
+
 static int prep(cs_clone *c, const char *sql, sqlite3_stmt **ret)
 {
         return cs_index_prepare(c->db, sql, ret);
+}
+
+/* A statement of the hot paths, prepared on first use and kept: borrowed,
+ * to be released with sqlite3_resetp (which also ends its read). */
+static int prep_cached(cs_clone *c, unsigned which, const char *sql, sqlite3_stmt **ret)
+{
+        if (!c->stmts[which]) {
+                int rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &c->stmts[which], NULL);
+                if (rc != SQLITE_OK)
+                        return cs_sqlite_errno(rc);
+        }
+        *ret = c->stmts[which];
+        return 0;
+}
+
+static void sqlite3_resetp(sqlite3_stmt **stmt)
+{
+        if (*stmt) {
+                sqlite3_reset(*stmt);
+                sqlite3_clear_bindings(*stmt);
+        }
 }
 
 /* --- Base content encoding: segmented flag, then ids -------------------- */
@@ -177,7 +232,10 @@ static int open_state_db(int clone_dir_fd, bool create, sqlite3 **ret)
         sqlite3_busy_timeout(db, 60000);
         int persist = 1;
         sqlite3_file_control(db, NULL, SQLITE_FCNTL_PERSIST_WAL, &persist);
-        r = cs_index_exec(db, "PRAGMA synchronous=NORMAL");
+        /* Only the holder of the clone's lock opens its catalog, so SQLite
+         * may keep its file locks and WAL index to itself: no fcntl() per
+         * transaction on the write path. */
+        r = cs_index_exec(db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=NORMAL");
         if (r >= 0 && create)
                 r = cs_index_exec(db, clone_schema);
         if (r < 0) {
@@ -433,13 +491,12 @@ static void clone_closep(cs_clone **c);
 static uint64_t mix64(uint64_t x);
 static uint64_t name_key(const char *name);
 
+static int destroy_held(cs_store *store, const char *name);
+
 int cs_clone_destroy(cs_store *store, const char *name, bool force)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         _cleanup_(clone_closep) cs_clone *holder = NULL;
-        _cleanup_close_ int dir_fd = -1;
         cs_clone_info info;
-        sqlite3 *cat;
         int r;
 
         if (!store || !name)
@@ -452,6 +509,27 @@ int cs_clone_destroy(cs_store *store, const char *name, bool force)
         r = clone_open(store, name, force, &holder);
         if (r < 0)
                 return r;
+        return destroy_held(store, name);
+}
+
+int cs_clone_destroy_open(cs_clone *c, cs_store *store)
+{
+        if (!c || !store)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        return destroy_held(store, c->name);
+}
+
+/* Removes a clone whose lock the caller holds: its row, then its files.
+ * An open handle on it keeps working on the unlinked files until closed. */
+static int destroy_held(cs_store *store, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_close_ int dir_fd = -1;
+        sqlite3 *cat;
+        int r;
+
         pthread_mutex_lock(&store->write_lock);
         cat = cs_index_writer(store->index);
         r = cs_index_prepare(cat, "DELETE FROM clones WHERE name = ?", &stmt);
@@ -516,10 +594,12 @@ static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **r
         c->dir_fd = c->data_fd = c->lock_fd = -1;
         c->store = store;
         c->block_size = cs_store_block_size(store);
+        cs_fd_cache_init(&c->fds);
         pthread_mutex_init(&c->lock, NULL);
         c->name = strdup(name);
         c->buf = malloc(c->block_size);
-        if (!c->name || !c->buf) {
+        r = cs_block_cache_init(&c->blocks, CLONE_BLOCK_CACHE_BYTES / c->block_size, c->block_size);
+        if (!c->name || !c->buf || r < 0) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -582,8 +662,18 @@ cs_clone *cs_clone_close(cs_clone *c)
 {
         if (!c)
                 return NULL;
+        if (c->n_pending > 0 && cs_index_begin(c->db) >= 0) {
+                if (pending_flush(c) >= 0)
+                        (void) cs_index_commit(c->db);
+                else
+                        cs_index_rollback(c->db);
+        }
+        for (size_t i = 0; i < N_STMTS; i++)
+                sqlite3_finalize(c->stmts[i]);
         if (c->db)
                 sqlite3_close(c->db);
+        cs_fd_cache_clear(&c->fds);
+        cs_block_cache_done(&c->blocks);
         safe_close(c->lock_fd);
         safe_close(c->data_fd);
         safe_close(c->dir_fd);
@@ -621,10 +711,10 @@ static void inode_clear(inode *i)
 
 static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
         int rc, r;
 
-        r = prep(c, "SELECT " INODE_COLUMNS " FROM inodes WHERE ino = ?", &stmt);
+        r = prep_cached(c, STMT_LOAD_INODE, "SELECT " INODE_COLUMNS " FROM inodes WHERE ino = ?", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) ino);
@@ -657,7 +747,44 @@ static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
         ret->local_all = sqlite3_column_int(stmt, 15) != 0;
         ret->materialized = sqlite3_column_int(stmt, 16) != 0;
         a->blocks = DIV_ROUND_UP(a->size, 512);
+        for (size_t k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino) {
+                        a->mtime = c->pending[k].mtime;
+                        a->ctime = c->pending[k].ctime;
+                }
         return 0;
+}
+
+static void pending_forget(cs_clone *c, uint64_t ino)
+{
+        for (size_t k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino) {
+                        c->pending[k] = c->pending[--c->n_pending];
+                        return;
+                }
+}
+
+/* Writes the pending times into the running transaction. */
+static int pending_flush(cs_clone *c)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r;
+
+        if (c->n_pending == 0)
+                return 0;
+        r = prep(c, "UPDATE inodes SET mtime = ?, mtime_ns = ?, ctime = ?, ctime_ns = ? WHERE ino = ?", &stmt);
+        for (size_t k = 0; r >= 0 && k < c->n_pending; k++) {
+                sqlite3_bind_int64(stmt, 1, c->pending[k].mtime.tv_sec);
+                sqlite3_bind_int64(stmt, 2, c->pending[k].mtime.tv_nsec);
+                sqlite3_bind_int64(stmt, 3, c->pending[k].ctime.tv_sec);
+                sqlite3_bind_int64(stmt, 4, c->pending[k].ctime.tv_nsec);
+                sqlite3_bind_int64(stmt, 5, (int64_t) c->pending[k].ino);
+                r = cs_index_step(stmt);
+                sqlite3_reset(stmt);
+        }
+        if (r >= 0)
+                c->n_pending = 0;
+        return r;
 }
 
 /* Binds an inode's attributes as parameters ?1 to ?12, in the column
@@ -676,13 +803,15 @@ static void bind_attr(sqlite3_stmt *stmt, const cs_clone_attr *a)
 
 static int update_attr(cs_clone *c, const cs_clone_attr *a)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int r = prep(c,
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int r = prep_cached(c, STMT_UPDATE_ATTR,
                      "UPDATE inodes SET mode = ?1, uid = ?2, gid = ?3, nlink = ?4, size = ?5, rdev = ?6, atime = ?7,"
                      " atime_ns = ?8, mtime = ?9, mtime_ns = ?10, ctime = ?11, ctime_ns = ?12 WHERE ino = ?13",
                      &stmt);
         if (r < 0)
                 return r;
+        /* a holds the pending times, if any (load_inode): they go in now. */
+        pending_forget(c, a->ino);
         bind_attr(stmt, a);
         sqlite3_bind_int64(stmt, 13, (int64_t) a->ino);
         return cs_index_step(stmt);
@@ -732,8 +861,8 @@ static int add_dentry(cs_clone *c, uint64_t parent, const char *name, size_t len
 
 static int find_dentry(cs_clone *c, uint64_t parent, const char *name, uint64_t *ret_ino)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int rc, r = prep(c, "SELECT ino FROM dentries WHERE parent = ? AND name = ?", &stmt);
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int rc, r = prep_cached(c, STMT_FIND_DENTRY, "SELECT ino FROM dentries WHERE parent = ? AND name = ?", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) parent);
@@ -849,8 +978,14 @@ static int begin(cs_clone *c)
 {
         pthread_mutex_lock(&c->lock);
         int r = cs_index_begin(c->db);
+        if (r >= 0) {
+                r = pending_flush(c);
+                if (r < 0)
+                        cs_index_rollback(c->db);
+        }
         if (r < 0)
                 pthread_mutex_unlock(&c->lock);
+        c->op_attrs_only = false;
         return r;
 }
 
@@ -860,6 +995,10 @@ static int end(cs_clone *c, int r)
                 int k = cs_index_commit(c->db);
                 if (k < 0)
                         r = k;
+                else if (c->op_attrs_only)
+                        c->attr_dirty = true;
+                else
+                        c->meta_dirty = true;
         } else {
                 cs_index_rollback(c->db);
         }
@@ -1224,6 +1363,8 @@ static int drop_if_unused(cs_clone *c, const inode *i, bool open)
                  "; DELETE FROM inodes WHERE ino = %1$" PRIu64 "; DELETE FROM base_links WHERE ino = %1$" PRIu64,
                  i->attr.ino);
         snprintf(path, sizeof(path), "%" PRIx64, i->attr.ino);
+        cs_fd_cache_drop(&c->fds, i->attr.ino);
+        pending_forget(c, i->attr.ino);
         (void) unlinkat(c->data_fd, path, 0);
         return cs_index_exec(c->db, sql);
 }
@@ -1449,25 +1590,32 @@ out_dirs:
 
 static int block_is_local(cs_clone *c, const inode *i, uint64_t k)
 {
-        int64_t n = 0;
-        char sql[128];
-        int r;
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int rc, r;
 
         if (i->local_all)
                 return 1;
-        snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM blocks WHERE ino = %" PRIu64 " AND block = ?", i->attr.ino);
-        r = cs_index_query_int(c->db, sql, (int64_t) k, &n);
-        return r < 0 ? r : n > 0;
+        r = prep_cached(c, STMT_BLOCK_IS_LOCAL, "SELECT 1 FROM blocks WHERE ino = ? AND block = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) i->attr.ino);
+        sqlite3_bind_int64(stmt, 2, (int64_t) k);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW)
+                return 1;
+        return rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
 }
 
+/* The delta file of ino: borrowed from the fd cache, valid under the lock
+ * until the next open_data. */
 static int open_data(cs_clone *c, uint64_t ino, bool create)
 {
-        char name[32];
-        int fd;
+        bool created = false;
+        int fd = cs_fd_cache_get(&c->fds, c->data_fd, ino, create, &created);
 
-        snprintf(name, sizeof(name), "%" PRIx64, ino);
-        fd = openat(c->data_fd, name, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
-        return fd < 0 ? negative_errno() : fd;
+        if (created)
+                c->dir_dirty = true;
+        return fd;
 }
 
 /* Fills buf (one block) with block k as the clone sees it. */
@@ -1487,17 +1635,23 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
         }
         if (start >= i->base_size || !i->base)
                 return 0;
-        cs_content content;
-        cs_chunk_id id;
-        int r = content_from_blob(i->base, i->base_len, &content);
-        if (r >= 0)
-                r = cs_content_blocks(c->store, &content, k, 1, &id);
-        if (r < 0)
-                return r;
-        if (!cs_chunk_id_is_zero(&id)) {
-                r = cs_store_get(c->store, &id, buf, c->block_size);
+        const uint8_t *cached = cs_block_cache_find(&c->blocks, i->attr.ino, k);
+        if (cached) {
+                memcpy(buf, cached, c->block_size);
+        } else {
+                cs_content content;
+                cs_chunk_id id;
+                int r = content_from_blob(i->base, i->base_len, &content);
+                if (r >= 0)
+                        r = cs_content_blocks(c->store, &content, k, 1, &id);
                 if (r < 0)
                         return r;
+                if (!cs_chunk_id_is_zero(&id)) {
+                        r = cs_store_get(c->store, &id, buf, c->block_size);
+                        if (r < 0)
+                                return r;
+                }
+                cs_block_cache_store(&c->blocks, i->attr.ino, k, buf);
         }
         /* Base bytes past a truncation are gone. */
         if (i->base_size - start < c->block_size)
@@ -1507,7 +1661,7 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
 
 ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         inode i;
         size_t done = 0;
         int r;
@@ -1542,13 +1696,17 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
 
 static int mark_local(cs_clone *c, uint64_t ino, uint64_t k)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int r = prep(c, "INSERT OR IGNORE INTO blocks VALUES(?, ?)", &stmt);
+        _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
+        int r = prep_cached(c, STMT_MARK_LOCAL, "INSERT OR IGNORE INTO blocks VALUES(?, ?)", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) ino);
         sqlite3_bind_int64(stmt, 2, (int64_t) k);
-        return cs_index_step(stmt);
+        r = cs_index_step(stmt);
+        /* Only a new row changes where data lives. */
+        if (r >= 0 && sqlite3_changes(c->db) > 0)
+                c->op_attrs_only = false;
+        return r;
 }
 
 static int write_all(int fd, const void *buf, size_t size, uint64_t offset)
@@ -1579,20 +1737,91 @@ static int make_local(cs_clone *c, inode *i, int fd, uint64_t k)
         return r;
 }
 
+/* Records new times of ino outside the catalog, making room by writing
+ * the pending ones when the table is full. */
+static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
+{
+        size_t k;
+        int r;
+
+        for (k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino)
+                        break;
+        if (k == PENDING_TIMES) {
+                r = cs_index_begin(c->db);
+                if (r >= 0)
+                        r = pending_flush(c);
+                r = r >= 0 ? cs_index_commit(c->db) : (cs_index_rollback(c->db), r);
+                if (r < 0)
+                        return r;
+                k = 0;
+        }
+        if (k == c->n_pending)
+                c->n_pending++;
+        c->pending[k].ino = ino;
+        c->pending[k].mtime = c->pending[k].ctime = *t;
+        c->attr_dirty = true;
+        return 0;
+}
+
+/* An overwrite of blocks that are already local, within the file's size,
+ * changes data and times only: it needs no transaction, and its times
+ * wait in c->pending.  -EAGAIN: not such a write. */
+static ssize_t write_in_place(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
+{
+        struct timespec t;
+        bool loaded;
+        inode i;
+        int fd = -1, r;
+
+        if (size == 0)
+                return -EAGAIN;
+        pthread_mutex_lock(&c->lock);
+        r = load_inode(c, ino, &i);
+        loaded = r >= 0;
+        if (r >= 0 && (!S_ISREG(i.attr.mode) || offset + size > i.attr.size))
+                r = -EAGAIN;
+        for (uint64_t k = offset / c->block_size; r >= 0 && k <= (offset + size - 1) / c->block_size; k++) {
+                int local = block_is_local(c, &i, k);
+                r = local < 0 ? local : local ? 0 : -EAGAIN;
+        }
+        if (r >= 0) {
+                fd = open_data(c, ino, false);
+                r = fd == -ENOENT ? -EAGAIN : MIN(fd, 0);
+        }
+        if (r >= 0)
+                r = write_all(fd, buf, size, offset);
+        if (r >= 0) {
+                now(&t);
+                r = pending_set(c, ino, &t);
+        }
+        if (loaded)
+                inode_clear(&i);
+        pthread_mutex_unlock(&c->lock);
+        return r < 0 ? r : (ssize_t) size;
+}
+
 ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         struct timespec t;
         inode i;
         size_t done = 0;
+        ssize_t n;
         int r;
 
+        n = write_in_place(c, ino, buf, size, offset);
+        if (n != -EAGAIN)
+                return n;
         r = begin(c);
         if (r < 0)
                 return r;
         r = load_inode(c, ino, &i);
         if (r < 0)
                 return end(c, r);
+        /* An overwrite of local blocks within the size changes only the
+         * times, which fdatasync need not make durable. */
+        c->op_attrs_only = offset + size <= i.attr.size;
         if (!S_ISREG(i.attr.mode))
                 r = -EINVAL;
         if (r >= 0) {
@@ -1600,13 +1829,18 @@ ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, 
                 if (fd < 0)
                         r = fd;
         }
+        /* A file made in the clone has every block local: one pwrite. */
+        if (r >= 0 && i.local_all) {
+                r = write_all(fd, buf, size, offset);
+                done = size;
+        }
         while (r >= 0 && done < size) {
                 uint64_t pos = offset + done, k = pos / c->block_size, in = pos % c->block_size;
                 size_t take = MIN(size - done, (size_t) (c->block_size - in));
                 /* A whole block needs no old content; a part of one does. */
                 if (take < c->block_size)
                         r = make_local(c, &i, fd, k);
-                else if (!i.local_all)
+                else
                         r = mark_local(c, ino, k);
                 if (r >= 0)
                         r = write_all(fd, (const uint8_t *) buf + done, take, pos);
@@ -1654,7 +1888,7 @@ static int cut(cs_clone *c, inode *i, int fd, uint64_t size)
 
 int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsigned valid, cs_clone_attr *ret)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         struct timespec t;
         inode i;
         int r;
@@ -1699,7 +1933,7 @@ int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsig
 
 int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uint64_t length)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         struct timespec t;
         inode i;
         int r;
@@ -1754,20 +1988,41 @@ int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uin
 int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
 {
         _cleanup_close_ int fd = -1;
-        int r;
+        int r = 0;
 
+        /* The data first, outside the lock, on a descriptor of our own:
+         * the cache's may be closed by another thread meanwhile. */
+        pthread_mutex_lock(&c->lock);
         fd = open_data(c, ino, false);
+        fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+        pthread_mutex_unlock(&c->lock);
         if (fd >= 0 && (datasync ? fdatasync(fd) : fsync(fd)) < 0)
                 return negative_errno();
-        /* A synchronous commit makes every earlier one durable (note 5). */
+
+        /* A synchronous commit makes every earlier one durable (note 5).
+         * fdatasync needs it only when where data lives changed: the
+         * steady state of a database's log, overwriting blocks already
+         * local, costs one flush of the delta file, as on a disk. */
         pthread_mutex_lock(&c->lock);
-        r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
-                                 " UPDATE meta SET value = value WHERE key = 'generation'; COMMIT;");
-        if (r < 0)
-                cs_index_rollback(c->db);
-        (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
-        if (r >= 0 && fsync(c->data_fd) < 0)
-                r = negative_errno();
+        if (c->meta_dirty || (!datasync && c->attr_dirty)) {
+                r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
+                                         " UPDATE meta SET value = value WHERE key = 'generation'");
+                if (r >= 0)
+                        r = pending_flush(c);
+                if (r >= 0)
+                        r = cs_index_exec(c->db, "COMMIT");
+                if (r < 0)
+                        cs_index_rollback(c->db);
+                (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
+                if (r >= 0)
+                        c->meta_dirty = c->attr_dirty = false;
+        }
+        if (r >= 0 && c->dir_dirty) {
+                if (fsync(c->data_fd) < 0)
+                        r = negative_errno();
+                else
+                        c->dir_dirty = false;
+        }
         pthread_mutex_unlock(&c->lock);
         return r;
 }
@@ -1921,6 +2176,10 @@ int cs_clone_release_inode(cs_clone *c, uint64_t ino)
 
 static int empty_data_dir(cs_clone *c)
 {
+        /* Inode numbers start over in the new catalog. */
+        c->n_pending = 0;
+        cs_fd_cache_clear(&c->fds);
+        cs_block_cache_clear(&c->blocks);
         _cleanup_close_ int fd = dup(c->data_fd);
         struct dirent *de;
         DIR *d;
@@ -1939,11 +2198,11 @@ static int empty_data_dir(cs_clone *c)
         return r;
 }
 
+static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to);
+
 int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, bool wait)
 {
         _cleanup_(clone_closep) cs_clone *c = NULL;
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        sqlite3 *cat;
         int r;
 
         if (!store || !name || !to)
@@ -1953,6 +2212,34 @@ int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, b
         r = clone_open(store, name, wait, &c);
         if (r < 0)
                 return r;
+        return reset_held(c, store, to);
+}
+
+int cs_clone_reset_open(cs_clone *c, cs_store *store, const cs_point_info *to)
+{
+        int r;
+
+        if (!c || !store || !to)
+                return -EINVAL;
+        if (!(store->flags & CS_OPEN_WRITE))
+                return -EROFS;
+        pthread_mutex_lock(&c->lock);
+        r = reset_held(c, store, to);
+        /* Whatever fsync comes next makes the new state durable. */
+        c->meta_dirty = c->dir_dirty = true;
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+/* Replaces the state of a clone whose lock the caller holds (and, for an
+ * open clone, its mutex) with the point `to`. */
+static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        const char *name = c->name;
+        sqlite3 *cat;
+        int r;
+
         /* The new state commits first: a crash after it leaves old delta
          * files that no row names, removed just below or by the next reset. */
         r = cs_index_begin(c->db);
@@ -2053,7 +2340,7 @@ static void free_xattrs(cs_xattr *items, char **strings, size_t n)
 /* The block list of a regular file, built from its local and base blocks. */
 static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *ret_n)
 {
-        _cleanup_close_ int fd = -1;
+        int fd = -1;
         uint64_t n = DIV_ROUND_UP(i->attr.size, c->block_size);
         cs_chunk_id *blocks = calloc(MAX(n, 1u), sizeof(*blocks));
         cs_content content = {};

@@ -70,6 +70,7 @@ typedef struct cfs_clone {
         int control_fd;
         pthread_t control_thread;
         bool control_running;
+        bool destroyed; /* under the context's clones_lock */
 } cfs_clone;
 
 /* A point in use by the mount: pinned in the store while any node of it lives. */
@@ -125,8 +126,11 @@ struct cfs_context {
         size_t prefetch_blocks;
         const uint8_t *zeros; /* one block of zeros, for holes */
 
+        struct fuse_session *se; /* for invalidations outside requests */
+
         pthread_mutex_t clones_lock;
         cfs_clone *clones;
+        cfs_clone *destroyed; /* destroyed while mounted: nodes may still point at them */
 
         pthread_mutex_t table_lock;
         cfs_node **table;

@@ -8,6 +8,14 @@
  * Protocol: one request line, one reply line.
  *   "fold\n"  ->  "ok <32 hex digits>\n" (the folded tree, committed to
  *                 the store, not yet a point) or "error <errno>\n"
+ *   "reset TIMELINE POINT FORCE\n"  ->  "ok\n" or "error <errno>\n":
+ *                 rewind or refresh to that point (FORCE 0 or 1)
+ *   "destroy FORCE\n"  ->  "ok\n" or "error <errno>\n"
+ * reset and destroy refuse with ETXTBSY while files of the clone are open
+ * in this mount, and destroy with EBUSY when the clone is the mount's
+ * root (-o clone=NAME), unless FORCE is 1.  Afterwards the kernel's entries,
+ * attributes and pages of every inode of the clone are invalidated, so
+ * no reader sees the old state; handles still open (FORCE) get ENOENT.
  * The socket is abstract (cs_clone_control_address); only root and the
  * daemon's own uid are served (SO_PEERCRED).
  */
@@ -32,35 +40,159 @@ static bool peer_allowed(int conn)
         return cred.uid == 0 || cred.uid == getuid();
 }
 
+/* Whether a file or directory of the clone is open in this mount. */
+static bool files_open(cfs_context *ctx, cfs_clone *cl)
+{
+        bool open = false;
+
+        pthread_mutex_lock(&ctx->table_lock);
+        for (size_t i = 0; i < ctx->table_size && !open; i++)
+                for (cfs_node *n = ctx->table[i]; n && !open; n = n->hash_next)
+                        open = n->clone == cl && n->opens > 0;
+        if (ctx->root.clone == cl && ctx->root.opens > 0)
+                open = true;
+        pthread_mutex_unlock(&ctx->table_lock);
+        return open;
+}
+
+typedef struct stale_entry {
+        fuse_ino_t parent;
+        char *name;
+} stale_entry;
+
+/* Drops everything the kernel caches about the clone's inodes: the names
+ * it knows (its dentries), and the attributes and pages of each inode.
+ * The nodes' ids and names are copied under the table lock and the
+ * kernel is told outside it, since the kernel may call back into us. */
+static void invalidate_clone(cfs_context *ctx, cfs_clone *cl)
+{
+        stale_entry *entries = NULL;
+        fuse_ino_t *inodes = NULL;
+        size_t n_entries = 0, n_inodes = 0, cap = 0;
+
+        pthread_mutex_lock(&ctx->table_lock);
+        cap = ctx->n_nodes + 1;
+        entries = calloc(cap, sizeof(*entries));
+        inodes = calloc(cap, sizeof(*inodes));
+        for (size_t i = 0; entries && inodes && i <= ctx->table_size; i++) {
+                cfs_node *first = i < ctx->table_size ? ctx->table[i] : &ctx->root;
+                for (cfs_node *n = first; n && n_inodes < cap; n = i < ctx->table_size ? n->hash_next : NULL) {
+                        if (n->clone != cl)
+                                continue;
+                        inodes[n_inodes++] = cfs_node_ino(ctx, n);
+                        if (n->parent && n->name) {
+                                entries[n_entries].parent = cfs_node_ino(ctx, n->parent);
+                                entries[n_entries].name = strdup(n->name);
+                                if (entries[n_entries].name)
+                                        n_entries++;
+                        }
+                }
+        }
+        pthread_mutex_unlock(&ctx->table_lock);
+        if (!entries || !inodes)
+                fuse_log(FUSE_LOG_ERR, "clonefs: clone %s: out of memory: the kernel may serve stale data for %d s\n",
+                         cs_clone_name(cl->clone), 1);
+        for (size_t i = 0; i < n_entries; i++) {
+                (void) fuse_lowlevel_notify_inval_entry(ctx->se, entries[i].parent, entries[i].name,
+                                                        strlen(entries[i].name));
+                free(entries[i].name);
+        }
+        for (size_t i = 0; i < n_inodes; i++)
+                (void) fuse_lowlevel_notify_inval_inode(ctx->se, inodes[i], 0, 0);
+        free(entries);
+        free(inodes);
+}
+
+/* "reset TIMELINE POINT FORCE" */
+static int serve_reset(cfs_clone *cl, cs_store *writer, const char *args)
+{
+        char timeline[129], point[129];
+        cs_point_info to;
+        int force, r;
+
+        /* The widths match the buffers, not the names' limits: a longer
+         * name is simply not found. */
+        if (sscanf(args, "%128s %128s %d", timeline, point, &force) != 3)
+                return -EINVAL;
+        if (!force && files_open(cl->ctx, cl))
+                return -ETXTBSY;
+        r = cs_point_find(writer, timeline, point, &to);
+        if (r < 0)
+                return r;
+        r = cs_clone_reset_open(cl->clone, writer, &to);
+        invalidate_clone(cl->ctx, cl);
+        return r;
+}
+
+/* "destroy FORCE": the clone leaves the list of the mount's clones, so
+ * clones/NAME is looked up afresh (and not found); nodes that still point
+ * at it keep a handle on its unlinked files until unmount. */
+static int serve_destroy(cfs_clone *cl, cs_store *writer, const char *args)
+{
+        cfs_context *ctx = cl->ctx;
+        int force, r;
+
+        if (sscanf(args, "%d", &force) != 1)
+                return -EINVAL;
+        if (!force && files_open(ctx, cl))
+                return -ETXTBSY;
+        /* A mount of this clone alone (-o clone=NAME, say bound into a
+         * container) is in use for as long as it is mounted. */
+        if (!force && ctx->root.clone == cl)
+                return -EBUSY;
+        pthread_mutex_lock(&ctx->clones_lock);
+        r = cs_clone_destroy_open(cl->clone, writer);
+        if (r >= 0) {
+                for (cfs_clone **p = &ctx->clones; *p; p = &(*p)->next)
+                        if (*p == cl) {
+                                *p = cl->next;
+                                break;
+                        }
+                cl->next = ctx->destroyed;
+                ctx->destroyed = cl;
+                cl->destroyed = true;
+        }
+        pthread_mutex_unlock(&ctx->clones_lock);
+        invalidate_clone(ctx, cl);
+        return r;
+}
+
 static void serve(cfs_clone *cl, int conn)
 {
         struct timeval timeout = { .tv_sec = 10 };
-        char request[64] = "", reply[80];
+        char request[300] = "", reply[80] = "ok\n";
         cs_store *writer = NULL;
         cs_chunk_id tree;
         ssize_t n;
-        int r;
+        int r = 0;
 
         (void) setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
         if (!peer_allowed(conn))
                 r = -EPERM;
-        else {
-                n = read(conn, request, sizeof(request) - 1);
-                r = n > 0 && strncmp(request, "fold\n", 5) == 0 ? 0 : -EINVAL;
-        }
-        /* A write handle for as long as the fold takes: the chunks it puts
-         * are committed before the reply, and the caller roots them. */
+        else if ((n = read(conn, request, sizeof(request) - 1)) <= 0 || !strchr(request, '\n'))
+                r = -EINVAL;
+        /* A write handle for as long as the operation takes: the chunks a
+         * fold puts are committed before the reply, and the caller roots
+         * them; a reset and a destroy change the catalog. */
         if (r >= 0)
                 r = cs_store_open(cl->ctx->store_path, CS_OPEN_WRITE | CS_OPEN_NOWAIT, &writer);
-        if (r >= 0)
+        if (r < 0)
+                ;
+        else if (strcmp(request, "fold\n") == 0) {
                 r = cs_clone_fold_open(cl->clone, writer, &tree);
+                if (r >= 0) {
+                        char hex[CS_CHUNK_ID_STRING_MAX];
+                        snprintf(reply, sizeof(reply), "ok %s\n", cs_chunk_id_format(&tree, hex));
+                }
+        } else if (strncmp(request, "reset ", 6) == 0)
+                r = serve_reset(cl, writer, request + 6);
+        else if (strncmp(request, "destroy ", 8) == 0)
+                r = serve_destroy(cl, writer, request + 8);
+        else
+                r = -EINVAL;
         cs_store_unref(writer);
-        if (r >= 0) {
-                char hex[CS_CHUNK_ID_STRING_MAX];
-                snprintf(reply, sizeof(reply), "ok %s\n", cs_chunk_id_format(&tree, hex));
-        } else {
+        if (r < 0)
                 snprintf(reply, sizeof(reply), "error %d\n", -r);
-        }
         (void) !write(conn, reply, strlen(reply));
 }
 
@@ -77,6 +209,11 @@ static void *control_main(void *userdata)
                 }
                 serve(cl, conn);
                 close(conn);
+                if (cl->destroyed) {
+                        /* Frees the socket's name for a new clone of the same name. */
+                        cl->control_fd = safe_close(cl->control_fd);
+                        break;
+                }
         }
         return NULL;
 }

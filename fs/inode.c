@@ -292,13 +292,16 @@ int cfs_clone_get(cfs_context *ctx, const char *name, cfs_clone **ret)
 
 void cfs_clones_close(cfs_context *ctx)
 {
-        for (cfs_clone *cl = ctx->clones, *next; cl; cl = next) {
-                next = cl->next;
-                cfs_control_stop(cl);
-                cs_clone_close(cl->clone);
-                free(cl);
-        }
-        ctx->clones = NULL;
+        cfs_clone *lists[] = { ctx->clones, ctx->destroyed };
+
+        for (size_t i = 0; i < ELEMENTSOF(lists); i++)
+                for (cfs_clone *cl = lists[i], *next; cl; cl = next) {
+                        next = cl->next;
+                        cfs_control_stop(cl);
+                        cs_clone_close(cl->clone);
+                        free(cl);
+                }
+        ctx->clones = ctx->destroyed = NULL;
 }
 
 int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const cs_clone_attr *attr,

@@ -294,6 +294,7 @@ int main(int argc, char **argv)
         se = fuse_session_new(&args, &cfs_ops, sizeof(cfs_ops), &ctx);
         if (!se)
                 goto out3;
+        ctx.se = se;
         if (fuse_set_signal_handlers(se) != 0)
                 goto out4;
         if (fuse_session_mount(se, cmd.mountpoint) != 0) {

@@ -249,6 +249,12 @@ void cfs_clone_op_open(fuse_req_t req, cfs_context *ctx, cfs_node *n, struct fus
 
         if (r >= 0 && S_ISDIR(attr.mode))
                 r = -EISDIR;
+        /* The kernel leaves O_TRUNC to us (atomic_o_trunc): it has checked
+         * write permission, and the truncation moves mtime and ctime. */
+        if (r >= 0 && (fi->flags & O_TRUNC) && S_ISREG(attr.mode) && attr.size > 0) {
+                cs_clone_attr empty = { .size = 0 };
+                r = cs_clone_setattr(n->clone->clone, n->cino, &empty, CS_SET_SIZE, &attr);
+        }
         if (r >= 0)
                 r = handle_new(ctx, n, fi);
         if (r < 0)

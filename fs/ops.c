@@ -792,6 +792,9 @@ static void cfs_op_init(void *userdata, struct fuse_conn_info *conn)
         /* Writes go straight to the clone: its fsync is what makes them
          * durable, and a write-back cache would delay them past it. */
         conn->want &= ~(unsigned) FUSE_CAP_WRITEBACK_CACHE;
+        /* Large writes: a 1 MiB write is one request, not eight of the
+         * default 128 KiB (libfuse's buffer holds 256 pages). */
+        conn->max_write = 1024 * 1024;
 }
 
 const struct fuse_lowlevel_ops cfs_ops = {

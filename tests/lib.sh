@@ -122,6 +122,60 @@ with open(path, "r+b") as f:
 PY
 }
 
+# --- PostgreSQL 15, run by the tests as the postgres user -------------------
+PGBIN=/usr/lib/postgresql/15/bin
+
+require_postgres() {
+        [ -x "$PGBIN/postgres" ] && id postgres >/dev/null 2>&1 || skip "needs PostgreSQL 15 (postgresql-15)"
+}
+
+# pg_run COMMAND ARGS...: runs a PostgreSQL program as postgres.
+pg_run() {
+        local prog=$1
+        shift
+        runuser -u postgres -- "$PGBIN/$prog" "$@"
+}
+
+pg_initdb() {
+        pg_run initdb -D "$1" -A trust >/dev/null || fail "initdb $1 failed"
+}
+
+# pg_start DATADIR SOCKDIR: starts postgres on a Unix socket only, logging to
+# DATADIR/log, and registers a kill of its postmaster by PID.
+pg_start() {
+        local data=$1 sock=$2 pid
+        mkdir -p "$sock"
+        chown postgres "$sock"
+        pg_run pg_ctl -D "$data" -l "$data/log" -w -t 120 \
+                -o "-k $sock -c listen_addresses= -c fsync=on" start >/dev/null ||
+                { tail -n 20 "$data/log" >&2; fail "postgres did not start on $data"; }
+        pid=$(head -n 1 "$data/postmaster.pid")
+        echo "$pid" >"$workdir/postmaster.$(echo "$data" | md5sum | cut -c1-12)"
+        on_exit "kill -9 $pid"
+}
+
+# pg_stop DATADIR: a clean, fast shutdown.
+pg_stop() {
+        pg_run pg_ctl -D "$1" -m fast -w -t 120 stop >/dev/null || fail "postgres on $1 did not stop"
+}
+
+# pg_kill DATADIR: kill -9 of the postmaster started on DATADIR (even when
+# its data dir is gone), waiting until its backends are gone too.
+pg_kill() {
+        local pid
+        pid=$(cat "$workdir/postmaster.$(echo "$1" | md5sum | cut -c1-12)")
+        kill -9 "$pid" 2>/dev/null || true
+        for _ in $(seq 1 200); do
+                [ -z "$(pgrep -P "$pid" 2>/dev/null)" ] && ! kill -0 "$pid" 2>/dev/null && return 0
+                sleep 0.05
+        done
+}
+
+# pg_sql SOCKDIR SQL: one query's result, unaligned.
+pg_sql() {
+        pg_run psql -h "$1" -X -At -v ON_ERROR_STOP=1 -d postgres -c "$2"
+}
+
 # make_awkward_tree DIR: every node type, permission bit, owner, time,
 # xattr, ACL, hardlink group and hole, and names and paths as awkward as
 # Linux allows.  Needs root, setfattr and setfacl.

@@ -1,7 +1,11 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# Helpers for tests that run a real PostgreSQL 15, sourced after lib.sh.
-# Servers run as the postgres user in the test's scratch directory, listen
-# only on a Unix socket there, and are stopped (immediate) on any exit.
+# Helpers for tests that run a real PostgreSQL 15 as a replication
+# source, sourced after lib.sh: they replace lib.sh's plainer
+# require_postgres, pg_start, pg_stop and pg_sql (used by the tests that
+# run postgres on clones) with ones that configure and address a server by
+# its directory and port.  Servers run as the postgres user in the test's
+# scratch directory, listen only on a Unix socket there, and are stopped
+# (immediate) on any exit.
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 

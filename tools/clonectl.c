@@ -32,6 +32,7 @@ uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_ke
 bool arg_dry_run;
 bool arg_prune;
 const char *arg_to;
+bool arg_force;
 const char *arg_slot;
 const char *arg_at;
 
@@ -46,6 +47,7 @@ static const verb verbs[] = {
         { "init", 0, 0, verb_init, "init [--block-size SIZE] [--lz4hc LEVEL]   create a store" },
         { "verify", 0, 0, verb_verify, "verify [--data]                           check the store" },
         { "stats", 0, 0, verb_stats, "stats [--json]                            space used and saved" },
+        { "doctor", 0, 0, verb_doctor, "doctor                                    check this machine and the store, say what to fix" },
         { "snapshot", 1, 1, verb_snapshot,
           "snapshot TIMELINE --from DIR [--label L] [--pre CMD] [--post CMD] [--full] [--ignore-errors]\n"
           "                                            add a point: a copy of DIR now" },
@@ -61,8 +63,8 @@ static const verb verbs[] = {
         { "clone", 1, 3, verb_clone,
           "clone create NAME --from TIMELINE@POINT|CLONE   a writable copy, in milliseconds\n"
           "  clone create NAME --from TIMELINE --at TIME   a PostgreSQL timeline as of TIME (recovers on start)\n"
-          "  clone list | destroy NAME | snapshot NAME [--label L] | export NAME DIR\n"
-          "  clone rewind NAME [--to POINT] | refresh NAME" },
+          "  clone list | destroy NAME [--force] | snapshot NAME [--label L] | export NAME DIR\n"
+          "  clone rewind NAME [--to POINT] [--force] | refresh NAME [--force]" },
         { "timeline", 2, 2, verb_timeline,
           "timeline show TIMELINE                    points; for PostgreSQL, the times a clone can be made at" },
         { "pg", 2, 4, verb_pg,
@@ -117,6 +119,7 @@ enum {
         ARG_DRY_RUN,
         ARG_PRUNE,
         ARG_TO,
+        ARG_FORCE,
         ARG_SLOT,
         ARG_AT,
 };
@@ -160,6 +163,7 @@ static int parse_argv(int argc, char **argv)
                 { "dry-run", no_argument, NULL, ARG_DRY_RUN },
                 { "prune", no_argument, NULL, ARG_PRUNE },
                 { "to", required_argument, NULL, ARG_TO },
+                { "force", no_argument, NULL, ARG_FORCE },
                 { "slot", required_argument, NULL, ARG_SLOT },
                 { "at", required_argument, NULL, ARG_AT },
                 {}
@@ -251,6 +255,9 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_TO:
                         arg_to = optarg;
+                        break;
+                case ARG_FORCE:
+                        arg_force = true;
                         break;
                 case ARG_SLOT:
                         arg_slot = optarg;

@@ -29,6 +29,7 @@ extern uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly,
 extern bool arg_dry_run;
 extern bool arg_prune;
 extern const char *arg_to;
+extern bool arg_force;
 extern const char *arg_slot;
 extern const char *arg_at;
 
@@ -49,6 +50,7 @@ int verb_gc(int argc, char **argv);
 int verb_clone(int argc, char **argv);
 int verb_pg(int argc, char **argv);
 int verb_timeline(int argc, char **argv);
+int verb_doctor(int argc, char **argv);
 
 /* Splits "TIMELINE@POINT" (POINT optional: *ret_point is then NULL),
  * reporting a malformed spec in one line. */

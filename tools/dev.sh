@@ -20,7 +20,8 @@ build="$top/_build"
 test_packages=(
         build-essential autoconf automake libtool pkgconf
         fuse3 rsync acl attr python3 procps util-linux file
-        postgresql-15 postgresql-client-15 xxhash lz4
+        postgresql-15 postgresql-client-15 mariadb-server xxhash lz4
+        groff-base man-db systemd lintian
 )
 
 need_root() {
@@ -133,20 +134,29 @@ run_demo() {
         "$clonectl" points app
         echo "== clonectl diff app@first app@latest"
         "$clonectl" diff app@first app@latest
-        echo "== clonectl clone create dev --from app@first"
-        "$clonectl" clone create dev --from app@first
-        echo "== clonefs $CLONEFS_STORE $demo/mnt"
+        echo "== clonefs $CLONEFS_STORE $demo/mnt  (unmounted when the demo exits)"
         "$clonefs" "$CLONEFS_STORE" "$demo/mnt"
-        trap 'fusermount3 -u "$demo/mnt" 2>/dev/null' EXIT
-        ls "$demo/mnt" "$demo/mnt/timelines/app" "$demo/mnt/clones"
+        # $demo is expanded now: the trap runs after run_demo has returned.
+        trap "fusermount3 -u '$demo/mnt' && echo '== unmounted $demo/mnt'" EXIT
+        ls "$demo/mnt" "$demo/mnt/timelines/app"
+        echo "== clonectl clone create dev --from app@first  (the mount shows it at once)"
+        "$clonectl" clone create dev --from app@first
+        ls "$demo/mnt/clones"
         echo "== write into the clone: the point beside it does not change"
+        local before after
+        before=$(sha256sum <"$demo/mnt/timelines/app/first/config/app.conf")$(sha256sum <"$demo/mnt/timelines/app/first/data/table.db")
         echo "setting_1 = changed in the clone" >"$demo/mnt/clones/dev/config/app.conf"
         printf 'clone write' | dd of="$demo/mnt/clones/dev/data/table.db" bs=1 seek=4096 conv=notrunc status=none
+        after=$(sha256sum <"$demo/mnt/timelines/app/first/config/app.conf")$(sha256sum <"$demo/mnt/timelines/app/first/data/table.db")
         echo "clone: $(head -n 1 "$demo/mnt/clones/dev/config/app.conf")"
         echo "point: $(head -n 1 "$demo/mnt/timelines/app/first/config/app.conf")"
         cmp "$demo/mnt/clones/dev/data/table.db" "$demo/mnt/timelines/app/first/data/table.db" || true
-        fusermount3 -u "$demo/mnt"
-        trap - EXIT
+        if [ "$before" = "$after" ]; then
+                echo "point app@first: unchanged (same SHA-256 before and after the clone's writes)"
+        else
+                echo "tools/dev.sh: error: the point changed under the clone's writes" >&2
+                exit 1
+        fi
         echo "== clonectl clone list (the clone stores only what it changed)"
         "$clonectl" clone list
         echo "== clonectl stats"

@@ -3,9 +3,10 @@
  * clonectl clone create|list|destroy|snapshot|rewind|refresh|export.
  *
  * A clone's snapshots are points of the timeline named after the clone.
- * A mount holds its clones exclusively: snapshot and export of a mounted
- * clone ask the mount to fold it (fs/control.c); rewind, refresh and
- * destroy need it unmounted, and say so in one line.
+ * A mount holds its clones exclusively: snapshot, export, rewind, refresh
+ * and destroy of a mounted clone ask the mount to do it (fs/control.c).
+ * The mount refuses a rewind, refresh or destroy while files of the clone
+ * are open in it, unless --force.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -33,6 +34,9 @@ static int check_name(const char *name)
 
 static int busy(int r, const char *name, const char *what)
 {
+        if (r == -ETXTBSY)
+                return log_error_errno(r, "cannot %s clone '%s': files of it are open in a mount (close them, or use --force)",
+                                       what, name);
         if (r == -EBUSY)
                 return log_error_errno(r, "cannot %s clone '%s': it is in use by another process (unmount it first)",
                                        what, name);
@@ -65,8 +69,9 @@ static int count_tree(cs_store *store, const cs_chunk_id *dir_id, uint64_t *file
         return r;
 }
 
-/* Asks the mount that has the clone open to fold it (fs/control.c). */
-static int fold_through_mount(cs_store *store, const char *name, cs_chunk_id *ret)
+/* Sends one request line to the mount that has the clone open
+ * (fs/control.c) and returns what follows "ok" in its reply, or its error. */
+static int ask_mount(cs_store *store, const char *name, const char *request, char *ret_reply, size_t size)
 {
         _cleanup_close_ int fd = -1;
         struct sockaddr_un addr;
@@ -83,7 +88,7 @@ static int fold_through_mount(cs_store *store, const char *name, cs_chunk_id *re
                 return negative_errno();
         if (connect(fd, (struct sockaddr *) &addr, len) < 0)
                 return -EBUSY; /* held by something that does not listen: it stays busy */
-        if (write(fd, "fold\n", 5) != 5)
+        if (write(fd, request, strlen(request)) != (ssize_t) strlen(request))
                 return -EIO;
         while (got < sizeof(reply) - 1) {
                 ssize_t n = read(fd, reply + got, sizeof(reply) - 1 - got);
@@ -97,11 +102,22 @@ static int fold_through_mount(cs_store *store, const char *name, cs_chunk_id *re
         }
         reply[got] = 0;
         reply[strcspn(reply, "\n")] = 0;
-        if (strncmp(reply, "ok ", 3) == 0)
-                return cs_chunk_id_parse(reply + 3, ret) < 0 ? -EBADMSG : 0;
+        if (strncmp(reply, "ok", 2) == 0 && (reply[2] == 0 || reply[2] == ' ')) {
+                snprintf(ret_reply, size, "%s", reply[2] ? reply + 3 : "");
+                return 0;
+        }
         if (strncmp(reply, "error ", 6) == 0 && atoi(reply + 6) > 0)
                 return -atoi(reply + 6);
         return -EIO;
+}
+
+static int fold_through_mount(cs_store *store, const char *name, cs_chunk_id *ret)
+{
+        char reply[96];
+        int r = ask_mount(store, name, "fold\n", reply, sizeof(reply));
+        if (r < 0)
+                return r;
+        return cs_chunk_id_parse(reply, ret) < 0 ? -EBADMSG : 0;
 }
 
 /* Folds a clone into a tree: directly, or through the mount that has it
@@ -257,6 +273,11 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
                         return log_error_errno(r, "clone '%s' has no snapshot and its base point is gone", name);
         }
         r = cs_clone_reset(store, name, &to, false);
+        if (r == -EBUSY) {
+                char request[300], reply[8];
+                snprintf(request, sizeof(request), "reset %s %s %d\n", to.timeline, to.name, arg_force ? 1 : 0);
+                r = ask_mount(store, name, request, reply, sizeof(reply));
+        }
         if (r < 0)
                 return busy(r, name, refresh ? "refresh" : "rewind");
         printf("clone %s now holds %s@%s\n", name, to.timeline, to.name);
@@ -322,6 +343,10 @@ int verb_clone(int argc, char **argv)
                 return clone_create(store, name);
         if (strcmp(sub, "destroy") == 0) {
                 r = cs_clone_destroy(store, name, false);
+                if (r == -EBUSY) {
+                        char reply[8];
+                        r = ask_mount(store, name, arg_force ? "destroy 1\n" : "destroy 0\n", reply, sizeof(reply));
+                }
                 if (r < 0)
                         return busy(r, name, "destroy");
                 printf("destroyed clone %s\n", name);

@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Unit tests of clones through the library: copy-on-write per block, the
+ * write paths (a transaction, or an overwrite in place whose times wait in
+ * memory), the base block cache across truncation, and reset and destroy
+ * of a clone that is held open (what a mount does for clonectl).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cs-internal.h"
+#include "tap.h"
+
+#define BLOCK 16384
+#define FILE_BLOCKS 40 /* past the inline limit: a segmented file */
+
+static uint8_t base[FILE_BLOCKS * BLOCK], buf[FILE_BLOCKS * BLOCK];
+
+/* A point of one regular file "f" of FILE_BLOCKS blocks of text. */
+static int make_point(cs_store *s, const char *timeline, uint64_t seed, cs_point_info *ret)
+{
+        cs_chunk_id ids[FILE_BLOCKS], *storage = NULL, dir;
+        cs_dir_builder *b = NULL;
+        cs_entry file = { .name = "f", .name_len = 1, .mode = S_IFREG | 0644, .nlink = 1, .size = sizeof(base) };
+        cs_entry root = { .mode = S_IFDIR | 0755, .nlink = 2 };
+        int r;
+
+        tap_fill(base, sizeof(base), DATA_TEXT, seed);
+        for (size_t k = 0; k < FILE_BLOCKS; k++) {
+                r = cs_store_put(s, CS_KIND_DATA, base + k * BLOCK, BLOCK, &ids[k]);
+                if (r < 0)
+                        return r;
+        }
+        r = cs_content_build(s, ids, FILE_BLOCKS, &file.content, &storage);
+        if (r >= 0)
+                r = cs_dir_builder_new(s, &b);
+        if (r >= 0)
+                r = cs_dir_builder_add(b, &file);
+        if (r >= 0)
+                r = cs_dir_builder_finish(b, &dir);
+        cs_dir_builder_free(b);
+        free(storage);
+        if (r < 0)
+                return r;
+        root.subdir = dir;
+        *ret = (cs_point_info) {};
+        snprintf(ret->timeline, sizeof(ret->timeline), "%s", timeline);
+        ret->created = (int64_t) time(NULL);
+        r = cs_point_build(s, &root, &ret->root);
+        if (r >= 0)
+                r = cs_store_commit(s);
+        return r < 0 ? r : cs_point_add(s, ret);
+}
+
+static uint64_t stored_bytes(const char *store_path, const char *clone)
+{
+        char path[600];
+        struct stat st;
+        uint64_t total = 0;
+
+        for (int ino = 1; ino < 64; ino++) {
+                snprintf(path, sizeof(path), "%s/clones/%s/data/%x", store_path, clone, ino);
+                if (stat(path, &st) == 0)
+                        total += (uint64_t) st.st_blocks * 512;
+        }
+        return total;
+}
+
+static void test_copy_on_write(cs_store *s, const char *path, const cs_point_info *p)
+{
+        cs_clone *c = NULL;
+        cs_clone_attr a, a2;
+        uint8_t page[8192];
+
+        tap_fill(base, sizeof(base), DATA_TEXT, 1); /* p's content */
+        ok(cs_clone_create(s, "cow", p) == 0, "create a clone");
+        ok(cs_clone_open(s, "cow", &c) == 0, "open it");
+        ok(cs_clone_lookup(c, CS_CLONE_ROOT, "f", &a) == 0, "look up its file");
+        ok(cs_clone_read(c, a.ino, buf, sizeof(buf), 0) == (ssize_t) sizeof(buf) && memcmp(buf, base, sizeof(buf)) == 0,
+           "it reads as the point");
+
+        memset(page, 'x', sizeof(page));
+        ok(cs_clone_write(c, a.ino, page, sizeof(page), 5 * BLOCK + 100) == (ssize_t) sizeof(page),
+           "write 8 KiB into a base block");
+        uint64_t after_first = stored_bytes(path, "cow");
+        ok(after_first >= BLOCK && after_first <= 2 * BLOCK, "it stores one block (%llu bytes)",
+           (unsigned long long) after_first);
+        ok(cs_clone_read(c, a.ino, buf, sizeof(buf), 0) == (ssize_t) sizeof(buf), "read the file back");
+        ok(memcmp(buf + 5 * BLOCK + 100, page, sizeof(page)) == 0, "the write is there");
+        ok(memcmp(buf, base, 5 * BLOCK + 100) == 0 &&
+                   memcmp(buf + 5 * BLOCK + 100 + sizeof(page), base + 5 * BLOCK + 100 + sizeof(page),
+                          sizeof(buf) - (5 * BLOCK + 100 + sizeof(page))) == 0,
+           "everything around it is the base");
+
+        /* The same block again: an overwrite in place, times held in memory. */
+        ok(cs_clone_getattr(c, a.ino, &a) == 0, "getattr");
+        struct timespec before = a.mtime;
+        usleep(2000);
+        memset(page, 'y', sizeof(page));
+        ok(cs_clone_write(c, a.ino, page, 100, 5 * BLOCK + 200) == 100, "overwrite in place");
+        ok(cs_clone_getattr(c, a.ino, &a2) == 0 &&
+                   (a2.mtime.tv_sec > before.tv_sec ||
+                    (a2.mtime.tv_sec == before.tv_sec && a2.mtime.tv_nsec > before.tv_nsec)),
+           "its new mtime shows at once");
+        ok(stored_bytes(path, "cow") == after_first, "an overwrite in place stores nothing more");
+        ok(cs_clone_fsync(c, a.ino, false) == 0, "a full fsync writes the pending times");
+        cs_clone_close(c);
+        c = NULL;
+        ok(cs_clone_open(s, "cow", &c) == 0, "reopen");
+        ok(cs_clone_getattr(c, a.ino, &a) == 0 && a.mtime.tv_sec == a2.mtime.tv_sec &&
+                   a.mtime.tv_nsec == a2.mtime.tv_nsec,
+           "the time of the overwrite in place survived the close");
+        ok(cs_clone_read(c, a.ino, buf, 300, 5 * BLOCK + 100) == 300 && buf[0] == 'x' && buf[100] == 'y' &&
+                   buf[199] == 'y' && buf[200] == 'x',
+           "and so did its data");
+
+        /* Truncation lowers the base: cached base blocks must not show past it. */
+        ok(cs_clone_read(c, a.ino, buf, BLOCK, 20 * BLOCK) == BLOCK, "read a base block (now cached)");
+        cs_clone_attr shorter = { .size = 20 * BLOCK + 10 };
+        ok(cs_clone_setattr(c, a.ino, &shorter, CS_SET_SIZE, &a) == 0, "truncate inside that block");
+        cs_clone_attr longer = { .size = sizeof(base) };
+        ok(cs_clone_setattr(c, a.ino, &longer, CS_SET_SIZE, &a) == 0, "and grow the file again");
+        ok(cs_clone_read(c, a.ino, buf, BLOCK, 20 * BLOCK) == BLOCK, "read the block again");
+        bool zeros = true;
+        for (size_t k = 10; k < BLOCK; k++)
+                zeros = zeros && buf[k] == 0;
+        ok(memcmp(buf, base + 20 * BLOCK, 10) == 0 && zeros, "the bytes past the truncation read as zeros");
+        ok(cs_clone_read(c, a.ino, buf, BLOCK, 30 * BLOCK) == BLOCK && memcmp(buf, (uint8_t[BLOCK]) {}, BLOCK) == 0,
+           "and so do whole base blocks past it");
+        cs_clone_close(c);
+}
+
+static void test_held_open(cs_store *s, const cs_point_info *p, const cs_point_info *newer)
+{
+        cs_clone *c = NULL, *other = NULL;
+        cs_clone_attr a, created;
+        uint8_t byte = 'z';
+
+        ok(cs_clone_create(s, "held", p) == 0, "create a clone to hold open");
+        ok(cs_clone_open(s, "held", &c) == 0, "hold it open");
+        ok(cs_clone_open(s, "held", &other) == -EBUSY, "a second opener is refused");
+        ok(cs_clone_reset(s, "held", newer, false) == -EBUSY, "a reset from outside is refused");
+        ok(cs_clone_lookup(c, CS_CLONE_ROOT, "f", &a) == 0, "look up the file");
+        ok(cs_clone_write(c, a.ino, &byte, 1, 0) == 1, "write into it");
+        ok(cs_clone_create_node(c, CS_CLONE_ROOT, "made", S_IFREG | 0600, 0, 0, 0, 022, NULL, &created) == 0,
+           "make a file");
+
+        ok(cs_clone_reset_open(c, s, newer) == 0, "reset the open clone to a newer point");
+        ok(cs_clone_getattr(c, a.ino, &a) == -ENOENT, "its old inode numbers are gone");
+        ok(cs_clone_lookup(c, CS_CLONE_ROOT, "made", &created) == -ENOENT, "so is the file made in it");
+        ok(cs_clone_lookup(c, CS_CLONE_ROOT, "f", &a) == 0, "the point's file is there");
+        tap_fill(base, sizeof(base), DATA_TEXT, 2);
+        ok(cs_clone_read(c, a.ino, buf, sizeof(buf), 0) == (ssize_t) sizeof(buf) && memcmp(buf, base, sizeof(buf)) == 0,
+           "with the newer point's content (no stale cached block)");
+        cs_clone_info info;
+        ok(cs_clone_find(s, "held", &info) == 0 && strcmp(info.base_point, newer->name) == 0,
+           "the catalog names the new base");
+
+        ok(cs_clone_destroy_open(c, s) == 0, "destroy the open clone");
+        ok(cs_clone_find(s, "held", &info) == -ENOENT, "it is gone from the catalog");
+        ok(cs_clone_read(c, a.ino, buf, 10, 0) == 10, "the handle still reads its unlinked files");
+        cs_clone_close(c);
+        ok(cs_clone_create(s, "held", p) == 0, "the name can be used again");
+        ok(cs_clone_destroy(s, "held", false) == 0, "and destroyed");
+}
+
+int main(void)
+{
+        char path[512];
+        cs_store *s = NULL;
+        cs_point_info p, newer;
+
+        tap_path(path, sizeof(path), "clone");
+        ok(cs_store_init(path, &(cs_init_params) { .block_size = BLOCK }) == 0, "init a store");
+        ok(cs_store_open(path, CS_OPEN_WRITE, &s) == 0, "open it");
+        ok(make_point(s, "db", 1, &p) == 0, "a point of one segmented file");
+        sleep(1); /* point names are seconds */
+        ok(make_point(s, "db", 2, &newer) == 0, "a newer point");
+        test_copy_on_write(s, path, &p);
+        test_held_open(s, &p, &newer);
+        cs_store_unref(s);
+        return tap_done();
+}
