@@ -26,9 +26,11 @@
  *     segment as partial, fetches the new timeline's history file
  *     (TIMELINE_HISTORY) into the catalog and goes on from the start of
  *     the segment holding the switch point.
- *  5. The store handle is reopened every REOPEN_INTERVAL seconds and after
- *     each complete segment: a write handle holds the store's shared lock,
- *     and gc waits for it.
+ *  5. The store handle is closed once it is older than REOPEN_INTERVAL
+ *     seconds (at the next flush, or as soon as nothing is pending) and
+ *     opened again when needed: a write handle holds the store's shared
+ *     lock, and gc waits for it.  Not per segment: closing seals the pack,
+ *     which would make a small pack per segment.
  *  6. Commit timestamps come from the WAL itself: XLOG records of the
  *     transaction resource manager (RM_XACT_ID 1) whose operation is
  *     COMMIT (0x00) or COMMIT_PREPARED (0x30) begin their main data with
@@ -385,8 +387,6 @@ static int flush_segment(receiver *rc, bool complete)
                         rc->last_commit = last;
         }
         if (complete) {
-                /* Let a waiting gc in between segments (design note 5). */
-                rc->store = cs_store_unref(rc->store);
                 rc->segno++;
                 rc->received = rc->stored = 0;
                 memset(rc->buf, 0, seg);
@@ -627,6 +627,9 @@ static int stream(receiver *rc, PGconn *conn)
                                 break; /* the server ended the stream, or the connection broke */
 
                         double now = now_mono();
+                        /* An idle source must not keep gc waiting (design note 5). */
+                        if (rc->store && rc->received == rc->stored && now - rc->store_opened > REOPEN_INTERVAL)
+                                rc->store = cs_store_unref(rc->store);
                         if (rc->received > rc->stored && now - rc->last_flush >= FLUSH_INTERVAL) {
                                 r = flush_segment(rc, false);
                                 if (r < 0)
