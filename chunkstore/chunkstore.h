@@ -619,6 +619,9 @@ int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w);
 int cs_pg_wal_get(cs_store *store, const char *timeline, uint32_t tli, uint64_t segno, cs_pg_wal *ret);
 /* Every stored segment of a timeline, by segno then tli; *ret to free(). */
 int cs_pg_wal_list(cs_store *store, const char *timeline, cs_pg_wal **ret, size_t *ret_n);
+/* Removes the segments below before_segno (their chunks go at the next
+ * gc).  Returns how many rows it removed. */
+int cs_pg_wal_prune(cs_store *store, const char *timeline, uint64_t before_segno);
 /* A timeline history file (tli's "0000000N.history"). */
 int cs_pg_history_put(cs_store *store, const char *timeline, uint32_t tli, const void *content, size_t size);
 /* *ret (NUL-terminated, to free()); -ENOENT if not stored. */

@@ -307,6 +307,30 @@ int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w)
                          bind_wal, &row);
 }
 
+typedef struct prune_row {
+        const char *timeline;
+        uint64_t before;
+} prune_row;
+
+static void bind_prune(sqlite3_stmt *stmt, const void *userdata)
+{
+        const prune_row *p = userdata;
+
+        sqlite3_bind_text(stmt, 1, p->timeline, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(stmt, 2, (int64_t) MIN(p->before, (uint64_t) INT64_MAX));
+}
+
+int cs_pg_wal_prune(cs_store *store, const char *timeline, uint64_t before_segno)
+{
+        prune_row p = { timeline, before_segno };
+        int r;
+
+        if (!store || !cs_name_is_valid(timeline))
+                return -EINVAL;
+        r = write_row(store, "DELETE FROM pg_wal WHERE timeline = ? AND segno < ?", bind_prune, &p);
+        return r < 0 ? r : sqlite3_changes(cs_index_writer(store->index));
+}
+
 static int read_wal_row(sqlite3_stmt *stmt, void *userdata)
 {
         cs_pg_wal *w = userdata;

@@ -71,3 +71,46 @@ pg_stop() {
 pg_sql() {
         as_pg "$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h "$1.sock" -p "$2" -U "${4:-postgres}" -d postgres -c "$3"
 }
+
+# pg_tick DIR PORT N: N rows into ticks, one transaction each, 100 ms apart.
+pg_tick() {
+        for _ in $(seq "$3"); do
+                pg_sql "$1" "$2" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
+                sleep 0.1
+        done
+}
+
+# pg_wait_slot DIR PORT: waits (15 s at most) until the clonefs_db slot has
+# been acknowledged up to the server's flush position; fails otherwise.
+pg_wait_slot() {
+        local last
+        last=$(pg_sql "$1" "$2" "SELECT pg_current_wal_flush_lsn()")
+        for _ in $(seq 150); do
+                [ "$(pg_sql "$1" "$2" "SELECT restart_lsn >= '$last' FROM pg_replication_slots
+                                         WHERE slot_name = 'clonefs_db'")" = t ] && return 0
+                sleep 0.1
+        done
+        cat "$workdir/recv.err" >&2
+        fail "the slot was not acknowledged up to $last"
+}
+
+# pg_wait_promoted DIR PORT: waits (30 s at most) for the end of recovery.
+pg_wait_promoted() {
+        for _ in $(seq 300); do
+                [ "$(pg_sql "$1" "$2" "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && return 0
+                sleep 0.1
+        done
+        cat "$1.log" >&2
+        fail "$1 did not finish recovery"
+}
+
+# pg_start_on MNT PORT: starts postgres on a clone's mount (socket MNT.sock,
+# log MNT.log), registers its stop, waits for the end of recovery.
+pg_start_on() {
+        mkdir -p "$1.sock" && chown postgres: "$1.sock"
+        touch "$1.log" && chown postgres: "$1.log"
+        as_pg "$PGBIN/pg_ctl" -D "$1" -l "$1.log" -w -t 120 -o "-p $2 -k $1.sock -c listen_addresses=''" \
+                start >/dev/null || { cat "$1.log" >&2; fail "postgres did not start on $1"; }
+        on_exit "runuser -u postgres -- $PGBIN/pg_ctl -D '$1' -m immediate -w stop"
+        pg_wait_promoted "$1" "$2"
+}

@@ -28,13 +28,12 @@ expect_error "wal-fetch of a missing segment" "has no WAL segment" \
 recv=$!
 on_exit "kill $recv"
 
-tick() { # tick N: N rows, one transaction each, 100 ms apart
-        for _ in $(seq "$1"); do
-                pg_sql "$src" 5493 "INSERT INTO ticks DEFAULT VALUES" >/dev/null
-                sleep 0.1
-        done
+tick() {
+        pg_tick "$src" 5493 "$1"
 }
 tick 10
+expect_error "a second receive-wal of the timeline" "slot 'clonefs_db' is in use: another receive-wal" \
+        timeout 60 "$CLONECTL" --store "$store" pg receive-wal db
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
 tick 5
 # A restart of the source while receive-wal runs.
@@ -47,19 +46,13 @@ sleep 1.1
 tick 10
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
 tick 3
-last=$(pg_sql "$src" 5493 "SELECT pg_current_wal_flush_lsn()")
+# One more complete segment the source cannot have recycled yet.
+pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
+tick 3
 
 # Everything up to the last write is acknowledged: the slot's flush
 # position (restart_lsn) reaches it only through receive-wal.
-ok=0
-for _ in $(seq 100); do
-        if [ "$(pg_sql "$src" 5493 "SELECT restart_lsn >= '$last' FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" = t ]; then
-                ok=1
-                break
-        fi
-        sleep 0.1
-done
-[ $ok = 1 ] || { cat "$workdir/recv.err" >&2; fail "the slot did not reach $last"; }
+pg_wait_slot "$src" 5493
 pass "the slot's position reaches the source's flush position"
 kill -TERM $recv
 wait $recv || { cat "$workdir/recv.err" >&2; fail "receive-wal exited with an error"; }
@@ -109,10 +102,7 @@ recovery_target_action = 'promote'
 EOF
 touch "$restored/recovery.signal"
 pg_start "$restored"
-for _ in $(seq 100); do
-        [ "$(pg_sql "$restored" 5494 "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break
-        sleep 0.1
-done
+pg_wait_promoted "$restored" 5494
 # Rows commit just after their "at": the source's commit timestamps say
 # which ones committed by the target.
 want=$(pg_sql "$src" 5493 "SELECT count(*) FROM ticks WHERE pg_xact_commit_timestamp(xmin) <= '$mid'")
@@ -121,3 +111,25 @@ expect_eq "recovery stopped at the target: exactly the rows committed by then" \
 expect_eq "the newest row is before the target, within a second" \
         "$(pg_sql "$restored" 5494 "SELECT max(at) <= '$mid' AND max(at) > '$mid'::timestamptz - interval '1 second' FROM ticks")" t
 expect_eq "and no later row exists" "$(pg_sql "$restored" 5494 "SELECT count(*) FROM ticks WHERE at > '$mid'")" 0
+
+# Retention: forgetting the first base point drops the WAL only it needed.
+expect_ok "a second base point" cl pg sync db
+expect_ok "forget the first" cl forget db --keep-last 1
+expect_grep "forget drops the WAL before the remaining base point" "dropped [0-9]+ WAL segments" "$workdir/out"
+expect_error "the first base point's WAL is gone" "has no WAL segment" \
+        cl pg wal-fetch db 000000010000000000000002 "$workdir/x"
+expect_ok "gc" cl gc
+expect_ok "verify after gc" cl verify --data
+
+# A slot the source invalidated (max_slot_wal_keep_size) while receive-wal
+# was down: one clear line, no endless retries.
+pg_sql "$src" 5493 "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'" >/dev/null
+pg_sql "$src" 5493 "SELECT pg_reload_conf()" >/dev/null
+for _ in 1 2 3 4; do
+        pg_sql "$src" 5493 "INSERT INTO ticks SELECT FROM generate_series(1, 20000); SELECT pg_switch_wal()" >/dev/null
+done
+pg_sql "$src" 5493 "CHECKPOINT" >/dev/null
+expect_eq "the source invalidated the slot" \
+        "$(pg_sql "$src" 5493 "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" lost
+expect_error "receive-wal on an invalidated slot" "slot 'clonefs_db' on the source was invalidated.*link the server to a new timeline" \
+        timeout 60 "$CLONECTL" --store "$store" pg receive-wal db

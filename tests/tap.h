@@ -122,4 +122,20 @@ static inline void tap_fill(void *buf, size_t size, int kind, uint64_t seed)
         }
 }
 
+#ifdef CLONEFS_CHUNKSTORE_H
+/* A new store of 4 KiB blocks in the scratch directory, open for writing
+ * (tests that include chunkstore.h before this header). */
+static inline cs_store *tap_store(const char *name)
+{
+        char path[512];
+        cs_store *s = NULL;
+
+        tap_path(path, sizeof(path), name);
+        cs_store_init(path, &(cs_init_params) { .block_size = 4096 });
+        if (cs_store_open(path, CS_OPEN_WRITE, &s) < 0)
+                printf("Bail out! cannot open %s\n", path);
+        return s;
+}
+#endif
+
 #endif

@@ -9,18 +9,6 @@
 #include "cs-internal.h"
 #include "tap.h"
 
-static cs_store *open_scratch_store(const char *name)
-{
-        char path[512];
-        cs_store *s = NULL;
-
-        tap_path(path, sizeof(path), name);
-        cs_store_init(path, &(cs_init_params) { .block_size = 4096 });
-        if (cs_store_open(path, CS_OPEN_WRITE, &s) < 0)
-                printf("Bail out! cannot open %s\n", path);
-        return s;
-}
-
 static void fake_id(cs_chunk_id *id, uint64_t n)
 {
         memset(id, 0, sizeof(*id));
@@ -30,7 +18,7 @@ static void fake_id(cs_chunk_id *id, uint64_t n)
 
 static void test_big_directory(void)
 {
-        cs_store *s = open_scratch_store("tree-dir");
+        cs_store *s = tap_store("tree-dir");
         cs_dir_builder *b = NULL;
         cs_dir *d = NULL;
         cs_chunk_id dir_id, data_id;
@@ -123,7 +111,7 @@ static void test_big_directory(void)
 
 static void test_content(void)
 {
-        cs_store *s = open_scratch_store("tree-content");
+        cs_store *s = tap_store("tree-content");
         const size_t n = 3 * CS_SEGMENT_BLOCKS + 17;
         cs_chunk_id *blocks = calloc(n, sizeof(*blocks)), *back = calloc(n, sizeof(*back)), *storage = NULL;
         cs_content c;
@@ -148,7 +136,7 @@ static void test_content(void)
 
 static void test_point_and_damage(void)
 {
-        cs_store *s = open_scratch_store("tree-point");
+        cs_store *s = tap_store("tree-point");
         cs_dir_builder *b = NULL;
         cs_chunk_id dir_id, point, bogus;
         cs_entry root = { .mode = S_IFDIR | 0750, .uid = 7, .gid = 8, .mtime_sec = -86400, .mtime_nsec = 5 }, got;

@@ -26,9 +26,11 @@
  *     segment as partial, fetches the new timeline's history file
  *     (TIMELINE_HISTORY) into the catalog and goes on from the start of
  *     the segment holding the switch point.
- *  5. The store handle is reopened every REOPEN_INTERVAL seconds and after
- *     each complete segment: a write handle holds the store's shared lock,
- *     and gc waits for it.
+ *  5. The store handle is closed once it is older than REOPEN_INTERVAL
+ *     seconds (at the next flush, or as soon as nothing is pending) and
+ *     opened again when needed: a write handle holds the store's shared
+ *     lock, and gc waits for it.  Not per segment: closing seals the pack,
+ *     which would make a small pack per segment.
  *  6. Commit timestamps come from the WAL itself: XLOG records of the
  *     transaction resource manager (RM_XACT_ID 1) whose operation is
  *     COMMIT (0x00) or COMMIT_PREPARED (0x30) begin their main data with
@@ -310,9 +312,11 @@ typedef struct receiver {
         uint8_t *buf;        /* segment_size bytes */
         size_t received;     /* bytes of buf received */
         size_t stored;       /* bytes of buf durable in the store */
-        uint64_t flushed;    /* LSN acknowledged as flushed */
+        uint64_t flushed;    /* LSN durable in the store */
+        uint64_t acked;      /* LSN last sent to the server as flushed */
         double last_flush, last_status;
         int64_t last_commit;
+        bool got_wal; /* on this connection: then a retry starts over at 1 s */
 } receiver;
 
 static double now_mono(void)
@@ -383,8 +387,6 @@ static int flush_segment(receiver *rc, bool complete)
                         rc->last_commit = last;
         }
         if (complete) {
-                /* Let a waiting gc in between segments (design note 5). */
-                rc->store = cs_store_unref(rc->store);
                 rc->segno++;
                 rc->received = rc->stored = 0;
                 memset(rc->buf, 0, seg);
@@ -409,6 +411,7 @@ static int send_status(receiver *rc, PGconn *conn, bool reply)
                 return log_warning_errno(-EIO, "cannot send a status update to the source: %s",
                                          pg_error_line(PQerrorMessage(conn), line, sizeof(line)));
         rc->last_status = now_mono();
+        rc->acked = rc->flushed;
         return 0;
 }
 
@@ -424,6 +427,7 @@ static int take_wal(receiver *rc, const uint8_t *data, size_t len, uint64_t star
                 if (segno != rc->segno || off != rc->received)
                         return log_error_errno(-EBADMSG, "the source sent WAL at an unexpected position");
                 size_t take = MIN(len, (size_t) seg - off);
+                rc->got_wal = true;
                 memcpy(rc->buf + off, data, take);
                 rc->received += take;
                 data += take;
@@ -526,6 +530,32 @@ static int start_position(receiver *rc, PGconn *conn)
         return 0;
 }
 
+/* After a refused START_REPLICATION: a slot that is gone or was
+ * invalidated (max_slot_wal_keep_size) will never serve this WAL again,
+ * so retrying is pointless.  15 and newer can tell. */
+static int slot_lost(receiver *rc, PGconn *conn, const char *lsn)
+{
+        _cleanup_(PQclearp) PGresult *res = NULL;
+        char cmd[128];
+
+        if (PQserverVersion(conn) < 150000)
+                return 0;
+        snprintf(cmd, sizeof(cmd), "READ_REPLICATION_SLOT %s", rc->src.slot);
+        res = PQexec(conn, cmd);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+                return 0;
+        if (PQgetisnull(res, 0, 0))
+                return log_error_errno(-ENOENT, "replication slot '%s' is gone from the source: the WAL after %s is "
+                                                "lost to timeline '%s'; link the server to a new timeline",
+                                       rc->src.slot, lsn, rc->timeline);
+        if (PQgetisnull(res, 0, 1))
+                return log_error_errno(-ESTALE, "replication slot '%s' on the source was invalidated "
+                                                "(max_slot_wal_keep_size): the WAL after %s is lost to timeline '%s'; "
+                                                "link the server to a new timeline",
+                                       rc->src.slot, lsn, rc->timeline);
+        return 0;
+}
+
 /* One connection's worth of streaming.  Returns 0 when asked to stop, 1
  * to reconnect, or a negative errno for errors that a retry cannot fix. */
 static int stream(receiver *rc, PGconn *conn)
@@ -545,6 +575,14 @@ static int stream(receiver *rc, PGconn *conn)
                          rc->tli);
                 res = PQexec(conn, cmd);
                 if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+                        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                        if (state && strcmp(state, "55006") == 0) /* object_in_use */
+                                return log_error_errno(-EBUSY, "replication slot '%s' is in use: another "
+                                                               "receive-wal of timeline '%s' is running",
+                                                       rc->src.slot, rc->timeline);
+                        r = slot_lost(rc, conn, lsn);
+                        if (r < 0)
+                                return r;
                         log_warning("START_REPLICATION at %s failed: %s", lsn,
                                     pg_error_line(PQresultErrorMessage(res), line, sizeof(line)));
                         return 1;
@@ -589,6 +627,9 @@ static int stream(receiver *rc, PGconn *conn)
                                 break; /* the server ended the stream, or the connection broke */
 
                         double now = now_mono();
+                        /* An idle source must not keep gc waiting (design note 5). */
+                        if (rc->store && rc->received == rc->stored && now - rc->store_opened > REOPEN_INTERVAL)
+                                rc->store = cs_store_unref(rc->store);
                         if (rc->received > rc->stored && now - rc->last_flush >= FLUSH_INTERVAL) {
                                 r = flush_segment(rc, false);
                                 if (r < 0)
@@ -596,11 +637,13 @@ static int stream(receiver *rc, PGconn *conn)
                                 r = send_status(rc, conn, false);
                                 if (r < 0)
                                         return 1;
-                        } else if (now - rc->last_status >= STATUS_INTERVAL && send_status(rc, conn, false) < 0)
-                                return 1;
+                        } else if ((rc->flushed > rc->acked || now - rc->last_status >= STATUS_INTERVAL) &&
+                                   send_status(rc, conn, false) < 0)
+                                return 1; /* a completed segment is acknowledged at once */
                 }
 
                 /* End of the stream: a timeline switch, or an error. */
+                line[0] = 0;
                 r = flush_segment(rc, false);
                 if (r < 0)
                         return r;
@@ -622,14 +665,20 @@ static int stream(receiver *rc, PGconn *conn)
                                 }
                         } else if (PQresultStatus(next) != PGRES_COMMAND_OK &&
                                    PQresultStatus(next) != PGRES_COPY_OUT && PQresultStatus(next) != PGRES_COPY_BOTH)
-                                log_warning("the stream ended: %s",
-                                            pg_error_line(PQresultErrorMessage(next), line, sizeof(line)));
+                                pg_error_line(PQresultErrorMessage(next), line, sizeof(line));
                         PQclear(next);
                         if (PQstatus(conn) != CONNECTION_OK)
                                 break;
                 }
-                if (!switched)
+                if (!switched) {
+                        /* Said once, by slot_lost, when that is why. */
+                        r = slot_lost(rc, conn, lsn);
+                        if (r < 0)
+                                return r;
+                        if (line[0])
+                                log_warning("the stream ended: %s", line);
                         return 1;
+                }
         }
 }
 
@@ -674,13 +723,15 @@ static int receive(receiver *rc)
                 }
                 if (r >= 0)
                         r = start_position(rc, conn);
-                if (r == -ENOENT)
+                if (r == -ENOENT || r == -ESTALE)
                         break;
                 if (r >= 0) {
+                        rc->got_wal = false;
                         r = stream(rc, conn);
                         if (r <= 0)
                                 break;
-                        backoff = 1;
+                        if (rc->got_wal)
+                                backoff = 1;
                 }
                 /* The source restarting, the network: retry, waiting longer
                  * each time. */
@@ -693,6 +744,34 @@ static int receive(receiver *rc)
         if (rc->status_line)
                 fputc('\n', stderr);
         return r < 0 && !*stop ? r : 0;
+}
+
+/* --- Retention ----------------------------------------------------------------------- */
+
+int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped)
+{
+        _cleanup_free_ cs_pg_backup *backups = NULL;
+        uint64_t before = UINT64_MAX;
+        cs_pg_source src;
+        size_t n = 0;
+        int r;
+
+        *ret_dropped = 0;
+        r = cs_pg_source_get(store, timeline, &src);
+        if (r == -ENOENT)
+                return 0;
+        if (r >= 0)
+                r = cs_pg_backup_list(store, timeline, &backups, &n);
+        if (r < 0)
+                return log_error_errno(r, "cannot read timeline '%s': %m", timeline);
+        /* Recovery from a base point needs the WAL from its start on. */
+        for (size_t i = 0; i < n; i++)
+                before = MIN(before, backups[i].start_lsn / src.segment_size);
+        r = cs_pg_wal_prune(store, timeline, before);
+        if (r < 0)
+                return log_error_errno(r, "cannot drop the old WAL of timeline '%s': %m", timeline);
+        *ret_dropped = (uint64_t) r;
+        return 0;
 }
 
 /* --- archive_command, restore_command --------------------------------------------------- */

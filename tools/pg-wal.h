@@ -43,6 +43,11 @@ void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint3
  * from its slot into the store, reconnecting with backoff. */
 int pg_receive_wal(const char *timeline, bool status_line, const volatile sig_atomic_t *stop);
 
+/* After forget: drops the stored WAL from before the oldest remaining
+ * base point's start (all of it when none remains).  0 and nothing done
+ * for a timeline not linked to PostgreSQL. */
+int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped);
+
 /* Stores the WAL file at path (archive_command's %p). */
 int pg_archive_wal(const char *timeline, const char *path);
 

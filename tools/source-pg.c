@@ -23,7 +23,7 @@
  *     attribute from a missing pg_hba.conf line; the server's own words
  *     are the fallback.
  *  4. Passwords: conninfo is parsed with PQconninfoParse and written back
- *     without "password"; libpq finds it at connect time in PGPASSFILE,
+ *     without "password" (or "sslpassword"); libpq finds it at connect time in PGPASSFILE,
  *     ~/.pgpass or a service file.  No message prints a conninfo.
  */
 #include <ctype.h>
@@ -133,7 +133,8 @@ int pg_conninfo_strip(const char *conninfo, char **ret)
                 return r;
         }
         for (PQconninfoOption *o = opts; o->keyword; o++) {
-                if (!o->val || strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "replication") == 0)
+                if (!o->val || strcmp(o->keyword, "password") == 0 || strcmp(o->keyword, "sslpassword") == 0 ||
+                    strcmp(o->keyword, "replication") == 0)
                         continue;
                 r = append_quoted(&out, o->keyword, o->val);
                 if (r < 0)
@@ -314,12 +315,15 @@ int pg_create_slot(PGconn *conn, const char *slot)
                                pg_error_line(PQresultErrorMessage(res), line, sizeof(line)));
 }
 
-void pg_drop_slot(PGconn *conn, const char *slot)
+void pg_drop_slot(const char *conninfo, const char *slot)
 {
+        PGconn *conn = connect_with(conninfo, "true", NULL);
         char cmd[128];
 
         snprintf(cmd, sizeof(cmd), "DROP_REPLICATION_SLOT %s", slot);
-        PQclear(PQexec(conn, cmd));
+        if (PQstatus(conn) == CONNECTION_OK)
+                PQclear(PQexec(conn, cmd));
+        PQfinish(conn);
 }
 
 /* --- Base backups --------------------------------------------------------------------- */
@@ -452,13 +456,7 @@ static int typed_message(backup_state *s, const char *msg, size_t len)
         case 'd':
                 return archive_data(s, msg + 1, len - 1);
         case 'p':
-                if (len >= 9) {
-                        uint64_t v = 0;
-                        for (int i = 1; i <= 8; i++)
-                                v = (v << 8) | (uint8_t) msg[i];
-                        (void) v; /* bytes the server has sent: we count our own */
-                }
-                return 0;
+                return 0; /* the server's count of bytes done: clonectl counts what it receives */
         case 'm':
                 r = end_archive(s);
                 if (r < 0)
@@ -590,7 +588,9 @@ int pg_base_backup(PGconn *conn, cs_store *store, bool progress, pg_backup_resul
                         break;
                 }
                 PQclear(res);
-                if (r < 0 && PQstatus(conn) != CONNECTION_OK)
+                /* After a failure inside the COPY the rest of the stream is
+                 * not read: the caller closes the connection. */
+                if (r < 0)
                         break;
         }
         if (r >= 0 && stage < 3)

@@ -56,8 +56,9 @@ int pg_check_server(PGconn *conn, pg_server *ret);
 /* A permanent physical slot that reserves WAL now.  -EEXIST (reported,
  * with what to do) if the name is taken. */
 int pg_create_slot(PGconn *conn, const char *slot);
-/* Best effort, after a failed link. */
-void pg_drop_slot(PGconn *conn, const char *slot);
+/* Best effort, after a failed link, on a connection of its own (the
+ * link's may be in the middle of a COPY). */
+void pg_drop_slot(const char *conninfo, const char *slot);
 /* Default slot name of a timeline: clonefs_ + the name in [a-z0-9_]. */
 void pg_default_slot(const char *timeline, char buf[static CS_PG_SLOT_MAX]);
 bool pg_slot_name_is_valid(const char *slot);

@@ -143,8 +143,12 @@ static int verb_pg_link(const char *timeline, const char *conninfo)
                 if (r < 0)
                         log_error_errno(r, "cannot record the link of timeline '%s': %m", timeline);
         }
-        if (r < 0)
-                pg_drop_slot(conn, src.slot);
+        if (r < 0) {
+                /* A backup stopped half-way leaves its connection in COPY:
+                 * close it, then drop the slot so it holds no WAL. */
+                PQfinish(TAKE_PTR(conn));
+                pg_drop_slot(conninfo, src.slot);
+        }
         return r;
 }
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "clonectl.h"
+#include "pg-wal.h"
 #include "restore.h"
 #include "source-dir.h"
 #include "util/json.h"
@@ -413,7 +414,7 @@ int verb_forget(int argc, char **argv)
         char timeline[CS_TIMELINE_NAME_MAX + 1];
         const char *only;
         size_t n = 0, n_removed = 0;
-        uint64_t total = 0;
+        uint64_t total = 0, wal_dropped = 0;
         cs_reach *reach = NULL;
         bool any_rule = arg_keep_last || arg_keep_hourly || arg_keep_daily || arg_keep_weekly || arg_keep_monthly;
         int r;
@@ -498,12 +499,21 @@ int verb_forget(int argc, char **argv)
                 if (r < 0 && r != -ENOENT)
                         return log_error_errno(r, "cannot remove point %s: %m", points[i].name);
         }
+        /* A PostgreSQL timeline's WAL from before its oldest base point. */
+        if (!arg_dry_run && n_removed > 0) {
+                r = pg_prune_wal(store, timeline, &wal_dropped);
+                if (r < 0)
+                        return r;
+        }
         if (arg_json) {
-                printf("],\"removed\":%zu,\"frees_bytes\":%" PRIu64 "}\n", n_removed, total);
+                printf("],\"removed\":%zu,\"frees_bytes\":%" PRIu64 ",\"wal_segments_dropped\":%" PRIu64 "}\n",
+                       n_removed, total, wal_dropped);
         } else {
                 char size[FORMAT_BYTES_MAX];
                 printf("%s %zu of %zu points, freeing %s%s\n", arg_dry_run ? "would remove" : "removed", n_removed, n,
                        format_bytes(size, total), arg_dry_run || arg_prune ? "" : " at the next 'clonectl gc'");
+                if (wal_dropped)
+                        printf("dropped %" PRIu64 " WAL segments from before the oldest base point\n", wal_dropped);
         }
         if (arg_prune && !arg_dry_run && n_removed > 0) {
                 cs_store_unref(TAKE_PTR(store));
