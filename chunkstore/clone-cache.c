@@ -137,3 +137,47 @@ void cs_block_cache_clear(cs_block_cache *cache)
         if (cache->key)
                 memset(cache->key, 0, cache->n_slots * sizeof(*cache->key));
 }
+
+int cs_id_cache_init(cs_id_cache *cache, size_t n_slots)
+{
+        *cache = (cs_id_cache) { .n_slots = n_slots };
+        cache->slot = calloc(n_slots, sizeof(*cache->slot));
+        return cache->slot ? 0 : -ENOMEM;
+}
+
+void cs_id_cache_done(cs_id_cache *cache)
+{
+        free(cache->slot);
+        *cache = (cs_id_cache) {};
+}
+
+static size_t id_slot_of(const cs_id_cache *cache, uint64_t ino, uint64_t block)
+{
+        uint64_t h = ino * UINT64_C(0x9e3779b97f4a7c15);
+        return (size_t) ((h ^ (h >> 29)) + block) % cache->n_slots;
+}
+
+bool cs_id_cache_find(const cs_id_cache *cache, uint64_t ino, uint64_t block, cs_chunk_id *ret)
+{
+        if (cache->n_slots == 0)
+                return false;
+        const struct cs_id_slot *s = &cache->slot[id_slot_of(cache, ino, block)];
+        if (s->ino != ino || s->block != block)
+                return false;
+        *ret = s->id;
+        return true;
+}
+
+void cs_id_cache_store(cs_id_cache *cache, uint64_t ino, uint64_t block, const cs_chunk_id *id)
+{
+        if (cache->n_slots == 0)
+                return;
+        struct cs_id_slot *s = &cache->slot[id_slot_of(cache, ino, block)];
+        *s = (struct cs_id_slot) { .ino = ino, .block = block, .id = *id };
+}
+
+void cs_id_cache_clear(cs_id_cache *cache)
+{
+        if (cache->slot)
+                memset(cache->slot, 0, cache->n_slots * sizeof(*cache->slot));
+}

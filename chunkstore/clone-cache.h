@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "chunkstore.h"
+
 #define CS_FD_CACHE_SLOTS 64
 
 typedef struct cs_fd_cache {
@@ -57,3 +59,23 @@ void cs_block_cache_done(cs_block_cache *cache);
 const uint8_t *cs_block_cache_find(const cs_block_cache *cache, uint64_t ino, uint64_t block);
 void cs_block_cache_store(cs_block_cache *cache, uint64_t ino, uint64_t block, const uint8_t *data);
 void cs_block_cache_clear(cs_block_cache *cache);
+
+/* Base block ids by (inode, block), direct-mapped.  A segmented file's
+ * ids live in segment chunks that cost a read and a decode each; one
+ * segment load fills the ids of CS_ID_CACHE_RUN neighbouring blocks. */
+#define CS_ID_CACHE_RUN 256
+
+typedef struct cs_id_cache {
+        size_t n_slots;
+        struct cs_id_slot {
+                uint64_t ino; /* 0: free */
+                uint64_t block;
+                cs_chunk_id id;
+        } *slot;
+} cs_id_cache;
+
+int cs_id_cache_init(cs_id_cache *cache, size_t n_slots);
+void cs_id_cache_done(cs_id_cache *cache);
+bool cs_id_cache_find(const cs_id_cache *cache, uint64_t ino, uint64_t block, cs_chunk_id *ret);
+void cs_id_cache_store(cs_id_cache *cache, uint64_t ino, uint64_t block, const cs_chunk_id *id);
+void cs_id_cache_clear(cs_id_cache *cache);

@@ -72,6 +72,9 @@ enum {
 
 /* Decoded base blocks kept per open clone: 8 MiB at 64 KiB blocks. */
 #define CLONE_BLOCK_CACHE_BYTES (8u << 20)
+/* Base block ids kept per open clone (512 KiB): 1 GiB of file at 64 KiB
+ * blocks. */
+#define CLONE_ID_CACHE_SLOTS 16384
 
 struct cs_clone {
         cs_store *store;
@@ -87,6 +90,7 @@ struct cs_clone {
         uint8_t *buf; /* one block, under lock */
         cs_fd_cache fds;       /* delta files, under lock */
         cs_block_cache blocks; /* decoded base blocks, under lock */
+        cs_id_cache ids;       /* base block ids, under lock */
         sqlite3_stmt *stmts[N_STMTS]; /* prepared once, under lock */
         /* What an fsync must make durable (design note 5): commits that
          * changed where data lives (block map, sizes, names) and commits
@@ -600,6 +604,8 @@ static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **r
         c->name = strdup(name);
         c->buf = malloc(c->block_size);
         r = cs_block_cache_init(&c->blocks, CLONE_BLOCK_CACHE_BYTES / c->block_size, c->block_size);
+        if (r >= 0)
+                r = cs_id_cache_init(&c->ids, CLONE_ID_CACHE_SLOTS);
         if (!c->name || !c->buf || r < 0) {
                 r = -ENOMEM;
                 goto fail;
@@ -675,6 +681,7 @@ cs_clone *cs_clone_close(cs_clone *c)
                 sqlite3_close(c->db);
         cs_fd_cache_clear(&c->fds);
         cs_block_cache_done(&c->blocks);
+        cs_id_cache_done(&c->ids);
         safe_close(c->lock_fd);
         safe_close(c->data_fd);
         safe_close(c->dir_fd);
@@ -1619,6 +1626,30 @@ static int open_data(cs_clone *c, uint64_t ino, bool create)
         return fd;
 }
 
+/* The id of base block k of inode i (under the mutex), through the id
+ * cache: a miss loads the ids of the run of blocks around k at once, so a
+ * segmented file's segment is read once per run, not once per block. */
+static int base_block_id(cs_clone *c, const inode *i, uint64_t k, cs_chunk_id *ret)
+{
+        cs_chunk_id run[CS_ID_CACHE_RUN];
+        cs_content content;
+        uint64_t first = k - k % CS_ID_CACHE_RUN, n_blocks = DIV_ROUND_UP(i->base_size, c->block_size);
+        size_t n = (size_t) MIN((uint64_t) CS_ID_CACHE_RUN, n_blocks - first);
+        int r;
+
+        if (cs_id_cache_find(&c->ids, i->attr.ino, k, ret))
+                return 0;
+        r = content_from_blob(i->base, i->base_len, &content);
+        if (r >= 0)
+                r = cs_content_blocks(c->store, &content, first, n, run);
+        if (r < 0)
+                return r;
+        for (size_t x = 0; x < n; x++)
+                cs_id_cache_store(&c->ids, i->attr.ino, first + x, &run[x]);
+        *ret = run[k - first];
+        return 0;
+}
+
 /* Fills buf (one block) with block k as the clone sees it. */
 static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *buf)
 {
@@ -1640,11 +1671,8 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
         if (cached) {
                 memcpy(buf, cached, c->block_size);
         } else {
-                cs_content content;
                 cs_chunk_id id;
-                int r = content_from_blob(i->base, i->base_len, &content);
-                if (r >= 0)
-                        r = cs_content_blocks(c->store, &content, k, 1, &id);
+                int r = base_block_id(c, i, k, &id);
                 if (r < 0)
                         return r;
                 if (!cs_chunk_id_is_zero(&id)) {
@@ -1660,9 +1688,47 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
         return 0;
 }
 
+
+/* Copies [pos, pos + take) of base block k into dst.  Called and returns
+ * under the mutex, but drops it while the chunk is read and decoded, so
+ * other readers and writers of the clone (and the disk) keep going: base
+ * content never changes under an inode number, so nothing it read can go
+ * stale meanwhile. */
+static int read_base(cs_clone *c, const inode *i, uint64_t k, uint64_t pos, size_t take, uint8_t *dst,
+                     uint8_t **scratch)
+{
+        uint64_t start = k * c->block_size, in = pos - start;
+        const uint8_t *block = cs_block_cache_find(&c->blocks, i->attr.ino, k);
+        cs_chunk_id id;
+        int r;
+
+        if (!block) {
+                r = base_block_id(c, i, k, &id);
+                if (r < 0)
+                        return r;
+                if (!*scratch && !(*scratch = malloc(c->block_size)))
+                        return -ENOMEM;
+                memset(*scratch, 0, c->block_size);
+                if (!cs_chunk_id_is_zero(&id)) {
+                        pthread_mutex_unlock(&c->lock);
+                        r = cs_store_get(c->store, &id, *scratch, c->block_size);
+                        pthread_mutex_lock(&c->lock);
+                        if (r < 0)
+                                return r;
+                }
+                cs_block_cache_store(&c->blocks, i->attr.ino, k, *scratch);
+                block = *scratch;
+        }
+        /* Base bytes past a truncation are gone. */
+        size_t keep = i->base_size > pos ? (size_t) MIN((uint64_t) take, i->base_size - pos) : 0;
+        memcpy(dst, block + in, keep);
+        memset(dst + keep, 0, take - keep);
+        return 0;
+}
+
 ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset)
 {
-        int fd = -1;
+        _cleanup_free_ uint8_t *scratch = NULL;
         inode i;
         size_t done = 0;
         int r;
@@ -1673,21 +1739,32 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
                 pthread_mutex_unlock(&c->lock);
                 return r;
         }
-        fd = open_data(c, ino, false);
-        if (fd == -ENOENT)
-                fd = -1;
-        else if (fd < 0)
-                r = fd;
         if (offset < i.attr.size)
                 size = (size_t) MIN((uint64_t) size, i.attr.size - offset);
         else
                 size = 0;
         while (r >= 0 && done < size) {
-                uint64_t pos = offset + done, k = pos / c->block_size, in = pos % c->block_size;
-                size_t take = MIN(size - done, (size_t) (c->block_size - in));
-                r = read_block(c, &i, fd, k, c->buf);
-                if (r >= 0)
-                        memcpy((uint8_t *) buf + done, c->buf + in, take);
+                uint64_t pos = offset + done, k = pos / c->block_size;
+                size_t take = MIN(size - done, (size_t) (c->block_size - pos % c->block_size));
+                uint8_t *dst = (uint8_t *) buf + done;
+                int local = block_is_local(c, &i, k);
+
+                if (local < 0) {
+                        r = local;
+                } else if (local) {
+                        /* Only the bytes asked for; past the delta file's end,
+                         * or with no delta file at all, zeros. */
+                        int fd = open_data(c, ino, false);
+                        ssize_t n = fd == -ENOENT ? 0 : fd < 0 ? fd : pread(fd, dst, take, (off_t) pos);
+                        if (n < 0)
+                                r = fd < 0 ? fd : negative_errno();
+                        else
+                                memset(dst + n, 0, take - (size_t) n);
+                } else if (pos < i.base_size && i.base) {
+                        r = read_base(c, &i, k, pos, take, dst, &scratch);
+                } else {
+                        memset(dst, 0, take);
+                }
                 done += take;
         }
         inode_clear(&i);
@@ -2191,6 +2268,7 @@ static int empty_data_dir(cs_clone *c)
         c->n_pending = 0;
         cs_fd_cache_clear(&c->fds);
         cs_block_cache_clear(&c->blocks);
+        cs_id_cache_clear(&c->ids);
         _cleanup_close_ int fd = dup(c->data_fd);
         struct dirent *de;
         DIR *d;
