@@ -133,3 +133,6 @@ expect_eq "the source invalidated the slot" \
         "$(pg_sql "$src" 5493 "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'clonefs_db'")" lost
 expect_error "receive-wal on an invalidated slot" "slot 'clonefs_db' on the source was invalidated.*link the server to a new timeline" \
         timeout 60 "$CLONECTL" --store "$store" pg receive-wal db
+status=0
+timeout 60 "$CLONECTL" --store "$store" pg receive-wal db 2>/dev/null || status=$?
+expect_eq "it exits with status 3, which its unit does not restart on" "$status" 3

@@ -44,6 +44,7 @@ pass "systemd-analyze verify rejects a broken unit"
 expect_grep "pg-receive runs clonectl pg receive-wal for its instance" \
         "^ExecStart=$top_builddir/clonectl pg receive-wal %i$" "$workdir/units/clonefs-pg-receive@.service"
 expect_grep "pg-receive restarts on failure" '^Restart=on-failure$' "$workdir/units/clonefs-pg-receive@.service"
+expect_grep "but not on receive-wal's give-up status" '^RestartPreventExitStatus=3$' "$workdir/units/clonefs-pg-receive@.service"
 expect_grep "the mount unit waits for the store's file system" '^RequiresMountsFor=/var/lib/clonefs %f$' \
         "$workdir/units/clonefs@.service"
 expect_grep "the mount unit unmounts on stop" '^ExecStop=/bin/fusermount3 -u %f$' "$workdir/units/clonefs@.service"

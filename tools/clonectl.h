@@ -28,6 +28,9 @@ extern int arg_threads;
 extern uint64_t arg_keep_last, arg_keep_hourly, arg_keep_daily, arg_keep_weekly, arg_keep_monthly;
 extern bool arg_dry_run;
 extern bool arg_prune;
+/* pg receive-wal: a failure that restarting cannot fix (clonectl(8)). */
+#define CLONECTL_EXIT_GIVE_UP 3
+
 extern const char *arg_to;
 extern bool arg_force;
 extern const char *arg_slot;

@@ -287,7 +287,14 @@ static int verb_pg_receive_wal(const char *timeline)
                 return r;
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
-        return pg_receive_wal(timeline, isatty(STDERR_FILENO), &stop_requested);
+        r = pg_receive_wal(timeline, isatty(STDERR_FILENO), &stop_requested);
+        /* Errors no restart can fix (the slot is gone, invalidated or taken;
+         * the timeline is not linked) exit with their own status, so a
+         * service manager can stop restarting (clonefs-pg-receive@.service:
+         * RestartPreventExitStatus). The error line is already out. */
+        if (r == -ENOENT || r == -ESTALE || r == -EBUSY)
+                exit(CLONECTL_EXIT_GIVE_UP);
+        return r;
 }
 
 int verb_pg(int argc, char **argv)
