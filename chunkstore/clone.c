@@ -763,6 +763,16 @@ static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
         return 0;
 }
 
+/* Takes the clone's mutex and loads an inode; on failure, lets go. */
+static int lock_inode(cs_clone *c, uint64_t ino, inode *ret)
+{
+        pthread_mutex_lock(&c->lock);
+        int r = load_inode(c, ino, ret);
+        if (r < 0)
+                pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
 static void pending_forget(cs_clone *c, uint64_t ino)
 {
         for (size_t k = 0; k < c->n_pending; k++)
@@ -982,18 +992,26 @@ static int load_dir(cs_clone *c, uint64_t ino, inode *ret)
 }
 
 /* Every operation runs as one transaction under the clone's mutex. */
-static int begin(cs_clone *c)
+/* Under the mutex: starts the operation's transaction, which takes the
+ * pending times in with it. */
+static int begin_locked(cs_clone *c)
 {
-        pthread_mutex_lock(&c->lock);
         int r = cs_index_begin(c->db);
         if (r >= 0) {
                 r = pending_flush(c);
                 if (r < 0)
                         cs_index_rollback(c->db);
         }
+        c->op_attrs_only = false;
+        return r;
+}
+
+static int begin(cs_clone *c)
+{
+        pthread_mutex_lock(&c->lock);
+        int r = begin_locked(c);
         if (r < 0)
                 pthread_mutex_unlock(&c->lock);
-        c->op_attrs_only = false;
         return r;
 }
 
@@ -1650,6 +1668,53 @@ static int base_block_id(cs_clone *c, const inode *i, uint64_t k, cs_chunk_id *r
         return 0;
 }
 
+/* Copies [pos, pos + take) of base block k into dst, through the base
+ * block cache.  Called and returns under the mutex.  Unless keep_lock, it
+ * drops the mutex while the chunk is read and decoded, so other readers
+ * and writers of the clone (and the disk) keep going: base content never
+ * changes under an inode number, so nothing it read can go stale
+ * meanwhile.  A whole block (in == 0, take == block size) is decoded
+ * straight into dst; anything less goes through *scratch (allocated on
+ * first use, the caller frees it). */
+static int read_base(cs_clone *c, const inode *i, uint64_t k, uint64_t pos, size_t take, uint8_t *dst,
+                     uint8_t **scratch, bool keep_lock)
+{
+        uint64_t start = k * c->block_size, in = pos - start;
+        const uint8_t *block = cs_block_cache_find(&c->blocks, i->attr.ino, k);
+        cs_chunk_id id;
+        int r;
+
+        if (!block) {
+                uint8_t *into = dst;
+                if (in != 0 || take != c->block_size) {
+                        if (!*scratch && !(*scratch = malloc(c->block_size)))
+                                return -ENOMEM;
+                        into = *scratch;
+                }
+                r = base_block_id(c, i, k, &id);
+                if (r < 0)
+                        return r;
+                memset(into, 0, c->block_size);
+                if (!cs_chunk_id_is_zero(&id)) {
+                        if (!keep_lock)
+                                pthread_mutex_unlock(&c->lock);
+                        r = cs_store_get(c->store, &id, into, c->block_size);
+                        if (!keep_lock)
+                                pthread_mutex_lock(&c->lock);
+                        if (r < 0)
+                                return r;
+                }
+                cs_block_cache_store(&c->blocks, i->attr.ino, k, into);
+                block = into;
+        }
+        /* Base bytes past a truncation are gone. */
+        size_t keep = i->base_size > pos ? (size_t) MIN((uint64_t) take, i->base_size - pos) : 0;
+        if (block != dst)
+                memcpy(dst, block + in, keep);
+        memset(dst + keep, 0, take - keep);
+        return 0;
+}
+
 /* Fills buf (one block) with block k as the clone sees it. */
 static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *buf)
 {
@@ -1667,64 +1732,11 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
         }
         if (start >= i->base_size || !i->base)
                 return 0;
-        const uint8_t *cached = cs_block_cache_find(&c->blocks, i->attr.ino, k);
-        if (cached) {
-                memcpy(buf, cached, c->block_size);
-        } else {
-                cs_chunk_id id;
-                int r = base_block_id(c, i, k, &id);
-                if (r < 0)
-                        return r;
-                if (!cs_chunk_id_is_zero(&id)) {
-                        r = cs_store_get(c->store, &id, buf, c->block_size);
-                        if (r < 0)
-                                return r;
-                }
-                cs_block_cache_store(&c->blocks, i->attr.ino, k, buf);
-        }
-        /* Base bytes past a truncation are gone. */
-        if (i->base_size - start < c->block_size)
-                memset(buf + (i->base_size - start), 0, c->block_size - (size_t) (i->base_size - start));
-        return 0;
+        /* Its callers (make_local, the fold) hold the clone still. */
+        return read_base(c, i, k, start, c->block_size, buf, NULL, true);
 }
 
 
-/* Copies [pos, pos + take) of base block k into dst.  Called and returns
- * under the mutex, but drops it while the chunk is read and decoded, so
- * other readers and writers of the clone (and the disk) keep going: base
- * content never changes under an inode number, so nothing it read can go
- * stale meanwhile. */
-static int read_base(cs_clone *c, const inode *i, uint64_t k, uint64_t pos, size_t take, uint8_t *dst,
-                     uint8_t **scratch)
-{
-        uint64_t start = k * c->block_size, in = pos - start;
-        const uint8_t *block = cs_block_cache_find(&c->blocks, i->attr.ino, k);
-        cs_chunk_id id;
-        int r;
-
-        if (!block) {
-                r = base_block_id(c, i, k, &id);
-                if (r < 0)
-                        return r;
-                if (!*scratch && !(*scratch = malloc(c->block_size)))
-                        return -ENOMEM;
-                memset(*scratch, 0, c->block_size);
-                if (!cs_chunk_id_is_zero(&id)) {
-                        pthread_mutex_unlock(&c->lock);
-                        r = cs_store_get(c->store, &id, *scratch, c->block_size);
-                        pthread_mutex_lock(&c->lock);
-                        if (r < 0)
-                                return r;
-                }
-                cs_block_cache_store(&c->blocks, i->attr.ino, k, *scratch);
-                block = *scratch;
-        }
-        /* Base bytes past a truncation are gone. */
-        size_t keep = i->base_size > pos ? (size_t) MIN((uint64_t) take, i->base_size - pos) : 0;
-        memcpy(dst, block + in, keep);
-        memset(dst + keep, 0, take - keep);
-        return 0;
-}
 
 ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset)
 {
@@ -1733,12 +1745,9 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
         size_t done = 0;
         int r;
 
-        pthread_mutex_lock(&c->lock);
-        r = load_inode(c, ino, &i);
-        if (r < 0) {
-                pthread_mutex_unlock(&c->lock);
+        r = lock_inode(c, ino, &i);
+        if (r < 0)
                 return r;
-        }
         if (offset < i.attr.size)
                 size = (size_t) MIN((uint64_t) size, i.attr.size - offset);
         else
@@ -1761,7 +1770,7 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
                         else
                                 memset(dst + n, 0, take - (size_t) n);
                 } else if (pos < i.base_size && i.base) {
-                        r = read_base(c, &i, k, pos, take, dst, &scratch);
+                        r = read_base(c, &i, k, pos, take, dst, &scratch, false);
                 } else {
                         memset(dst, 0, take);
                 }
@@ -1844,71 +1853,47 @@ static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
 
 /* An overwrite of blocks that are already local, within the file's size,
  * changes data and times only: it needs no transaction, and its times
- * wait in c->pending.  -EAGAIN: not such a write. */
-static ssize_t write_in_place(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
+ * wait in c->pending.  Under the mutex.  -EAGAIN: not such a write. */
+static int write_in_place(cs_clone *c, const inode *i, const void *buf, size_t size, uint64_t offset)
 {
         struct timespec t;
-        bool loaded;
-        inode i;
-        int fd = -1, r;
+        int fd, r = 0;
 
-        if (size == 0)
+        if (size == 0 || !S_ISREG(i->attr.mode) || offset + size > i->attr.size)
                 return -EAGAIN;
-        pthread_mutex_lock(&c->lock);
-        r = load_inode(c, ino, &i);
-        loaded = r >= 0;
-        if (r >= 0 && (!S_ISREG(i.attr.mode) || offset + size > i.attr.size))
-                r = -EAGAIN;
         for (uint64_t k = offset / c->block_size; r >= 0 && k <= (offset + size - 1) / c->block_size; k++) {
-                int local = block_is_local(c, &i, k);
+                int local = block_is_local(c, i, k);
                 r = local < 0 ? local : local ? 0 : -EAGAIN;
         }
-        if (r >= 0) {
-                fd = open_data(c, ino, false);
-                r = fd == -ENOENT ? -EAGAIN : MIN(fd, 0);
-        }
-        if (r >= 0)
-                r = write_all(fd, buf, size, offset);
-        if (r >= 0) {
-                now(&t);
-                r = pending_set(c, ino, &t);
-        }
-        if (loaded)
-                inode_clear(&i);
-        pthread_mutex_unlock(&c->lock);
-        return r < 0 ? r : (ssize_t) size;
-}
-
-ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
-{
-        int fd = -1;
-        struct timespec t;
-        inode i;
-        size_t done = 0;
-        ssize_t n;
-        int r;
-
-        n = write_in_place(c, ino, buf, size, offset);
-        if (n != -EAGAIN)
-                return n;
-        r = begin(c);
         if (r < 0)
                 return r;
-        r = load_inode(c, ino, &i);
+        fd = open_data(c, i->attr.ino, false);
+        if (fd < 0)
+                return fd == -ENOENT ? -EAGAIN : fd;
+        r = write_all(fd, buf, size, offset);
         if (r < 0)
-                return end(c, r);
+                return r;
+        now(&t);
+        return pending_set(c, i->attr.ino, &t);
+}
+
+/* Any other write, inside the operation's transaction. */
+static int write_blocks(cs_clone *c, inode *i, const void *buf, size_t size, uint64_t offset)
+{
+        struct timespec t;
+        size_t done = 0;
+        int fd, r = 0;
+
         /* An overwrite of local blocks within the size changes only the
          * times, which fdatasync need not make durable. */
-        c->op_attrs_only = offset + size <= i.attr.size;
-        if (!S_ISREG(i.attr.mode))
-                r = -EINVAL;
-        if (r >= 0) {
-                fd = open_data(c, ino, true);
-                if (fd < 0)
-                        r = fd;
-        }
+        c->op_attrs_only = offset + size <= i->attr.size;
+        if (!S_ISREG(i->attr.mode))
+                return -EINVAL;
+        fd = open_data(c, i->attr.ino, true);
+        if (fd < 0)
+                return fd;
         /* A file made in the clone has every block local: one pwrite. */
-        if (r >= 0 && i.local_all) {
+        if (i->local_all) {
                 r = write_all(fd, buf, size, offset);
                 done = size;
         }
@@ -1917,21 +1902,36 @@ ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, 
                 size_t take = MIN(size - done, (size_t) (c->block_size - in));
                 /* A whole block needs no old content; a part of one does. */
                 if (take < c->block_size)
-                        r = make_local(c, &i, fd, k);
+                        r = make_local(c, i, fd, k);
                 else
-                        r = mark_local(c, ino, k);
+                        r = mark_local(c, i->attr.ino, k);
                 if (r >= 0)
                         r = write_all(fd, (const uint8_t *) buf + done, take, pos);
                 done += take;
         }
-        if (r >= 0) {
-                now(&t);
-                i.attr.size = MAX(i.attr.size, offset + size);
-                i.attr.mtime = i.attr.ctime = t;
-                r = update_attr(c, &i.attr);
-        }
+        if (r < 0)
+                return r;
+        now(&t);
+        i->attr.size = MAX(i->attr.size, offset + size);
+        i->attr.mtime = i->attr.ctime = t;
+        return update_attr(c, &i->attr);
+}
+
+ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, uint64_t offset)
+{
+        inode i;
+        int r;
+
+        /* The inode is loaded once, for the fast path and the slow one. */
+        r = lock_inode(c, ino, &i);
+        if (r < 0)
+                return r;
+        r = write_in_place(c, &i, buf, size, offset);
+        if (r == -EAGAIN && (r = begin_locked(c)) >= 0)
+                r = end(c, write_blocks(c, &i, buf, size, offset)); /* end() unlocks */
+        else
+                pthread_mutex_unlock(&c->lock);
         inode_clear(&i);
-        r = end(c, r);
         return r < 0 ? r : (ssize_t) size;
 }
 

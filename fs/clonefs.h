@@ -173,6 +173,10 @@ int cfs_node_list(cfs_context *ctx, cfs_node *n, off_t first, cfs_dirent_fn add,
 /* Opens (once) the clone called name. */
 int cfs_clone_get(cfs_context *ctx, const char *name, cfs_clone **ret);
 void cfs_clones_close(cfs_context *ctx);
+/* Calls fn for every node of the clone (the mount's root included) under
+ * the table lock, until it returns false.  fn must not take that lock. */
+void cfs_nodes_of_clone(cfs_context *ctx, const cfs_clone *cl, bool (*fn)(void *userdata, cfs_node *n),
+                        void *userdata);
 /* The node of a clone inode, counting one kernel lookup. */
 int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const cs_clone_attr *attr,
                        const char *name, cfs_node **ret);

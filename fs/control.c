@@ -40,25 +40,58 @@ static bool peer_allowed(int conn)
         return cred.uid == 0 || cred.uid == getuid();
 }
 
+static bool note_open(void *userdata, cfs_node *n)
+{
+        bool *open = userdata;
+        *open = n->opens > 0;
+        return !*open;
+}
+
 /* Whether a file or directory of the clone is open in this mount. */
 static bool files_open(cfs_context *ctx, cfs_clone *cl)
 {
         bool open = false;
-
-        pthread_mutex_lock(&ctx->table_lock);
-        for (size_t i = 0; i < ctx->table_size && !open; i++)
-                for (cfs_node *n = ctx->table[i]; n && !open; n = n->hash_next)
-                        open = n->clone == cl && n->opens > 0;
-        if (ctx->root.clone == cl && ctx->root.opens > 0)
-                open = true;
-        pthread_mutex_unlock(&ctx->table_lock);
+        cfs_nodes_of_clone(ctx, cl, note_open, &open);
         return open;
 }
 
-typedef struct stale_entry {
-        fuse_ino_t parent;
-        char *name;
-} stale_entry;
+/* What the kernel must forget of a clone: the kernel ids of its nodes,
+ * and (parent id, name) of each that has a name. */
+typedef struct stale {
+        cfs_context *ctx;
+        fuse_ino_t *inodes;
+        fuse_ino_t *parents;
+        char **names;
+        size_t n_inodes, n_names, cap;
+        bool failed;
+} stale;
+
+static bool note_stale(void *userdata, cfs_node *n)
+{
+        stale *st = userdata;
+
+        if (st->n_inodes == st->cap) {
+                size_t cap = MAX(st->cap * 2, 64u);
+                fuse_ino_t *inodes = realloc(st->inodes, cap * sizeof(*inodes));
+                if (inodes)
+                        st->inodes = inodes;
+                fuse_ino_t *parents = realloc(st->parents, cap * sizeof(*parents));
+                if (parents)
+                        st->parents = parents;
+                char **names = realloc(st->names, cap * sizeof(*names));
+                if (names)
+                        st->names = names;
+                if (!inodes || !parents || !names) {
+                        st->failed = true;
+                        return false;
+                }
+                st->cap = cap;
+        }
+        st->inodes[st->n_inodes++] = cfs_node_ino(st->ctx, n);
+        if (n->parent && n->name && (st->names[st->n_names] = strdup(n->name)))
+                st->parents[st->n_names++] = cfs_node_ino(st->ctx, n->parent);
+        return true;
+}
 
 /* Drops everything the kernel caches about the clone's inodes: the names
  * it knows (its dentries), and the attributes and pages of each inode.
@@ -66,41 +99,21 @@ typedef struct stale_entry {
  * kernel is told outside it, since the kernel may call back into us. */
 static void invalidate_clone(cfs_context *ctx, cfs_clone *cl)
 {
-        stale_entry *entries = NULL;
-        fuse_ino_t *inodes = NULL;
-        size_t n_entries = 0, n_inodes = 0, cap = 0;
+        stale st = { .ctx = ctx };
 
-        pthread_mutex_lock(&ctx->table_lock);
-        cap = ctx->n_nodes + 1;
-        entries = calloc(cap, sizeof(*entries));
-        inodes = calloc(cap, sizeof(*inodes));
-        for (size_t i = 0; entries && inodes && i <= ctx->table_size; i++) {
-                cfs_node *first = i < ctx->table_size ? ctx->table[i] : &ctx->root;
-                for (cfs_node *n = first; n && n_inodes < cap; n = i < ctx->table_size ? n->hash_next : NULL) {
-                        if (n->clone != cl)
-                                continue;
-                        inodes[n_inodes++] = cfs_node_ino(ctx, n);
-                        if (n->parent && n->name) {
-                                entries[n_entries].parent = cfs_node_ino(ctx, n->parent);
-                                entries[n_entries].name = strdup(n->name);
-                                if (entries[n_entries].name)
-                                        n_entries++;
-                        }
-                }
+        cfs_nodes_of_clone(ctx, cl, note_stale, &st);
+        if (st.failed)
+                fuse_log(FUSE_LOG_ERR, "clonefs: clone %s: out of memory: the kernel may serve stale data for 1 s\n",
+                         cs_clone_name(cl->clone));
+        for (size_t i = 0; i < st.n_names; i++) {
+                (void) fuse_lowlevel_notify_inval_entry(ctx->se, st.parents[i], st.names[i], strlen(st.names[i]));
+                free(st.names[i]);
         }
-        pthread_mutex_unlock(&ctx->table_lock);
-        if (!entries || !inodes)
-                fuse_log(FUSE_LOG_ERR, "clonefs: clone %s: out of memory: the kernel may serve stale data for %d s\n",
-                         cs_clone_name(cl->clone), 1);
-        for (size_t i = 0; i < n_entries; i++) {
-                (void) fuse_lowlevel_notify_inval_entry(ctx->se, entries[i].parent, entries[i].name,
-                                                        strlen(entries[i].name));
-                free(entries[i].name);
-        }
-        for (size_t i = 0; i < n_inodes; i++)
-                (void) fuse_lowlevel_notify_inval_inode(ctx->se, inodes[i], 0, 0);
-        free(entries);
-        free(inodes);
+        for (size_t i = 0; i < st.n_inodes; i++)
+                (void) fuse_lowlevel_notify_inval_inode(ctx->se, st.inodes[i], 0, 0);
+        free(st.inodes);
+        free(st.parents);
+        free(st.names);
 }
 
 /* "reset TIMELINE POINT FORCE" */

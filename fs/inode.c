@@ -290,6 +290,21 @@ int cfs_clone_get(cfs_context *ctx, const char *name, cfs_clone **ret)
         return 0;
 }
 
+void cfs_nodes_of_clone(cfs_context *ctx, const cfs_clone *cl, bool (*fn)(void *userdata, cfs_node *n),
+                        void *userdata)
+{
+        bool go_on = true;
+
+        pthread_mutex_lock(&ctx->table_lock);
+        if (ctx->root.clone == cl)
+                go_on = fn(userdata, &ctx->root);
+        for (size_t i = 0; go_on && i < ctx->table_size; i++)
+                for (cfs_node *n = ctx->table[i]; go_on && n; n = n->hash_next)
+                        if (n->clone == cl)
+                                go_on = fn(userdata, n);
+        pthread_mutex_unlock(&ctx->table_lock);
+}
+
 void cfs_clones_close(cfs_context *ctx)
 {
         cfs_clone *lists[] = { ctx->clones, ctx->destroyed };
