@@ -8,8 +8,10 @@
  * Protocol: one request line, one reply line.
  *   "fold\n"  ->  "ok <32 hex digits>\n" (the folded tree, committed to
  *                 the store, not yet a point) or "error <errno>\n"
- *   "reset TIMELINE POINT FORCE\n"  ->  "ok\n" or "error <errno>\n":
- *                 rewind or refresh to that point (FORCE 0 or 1)
+ *   "reset TIMELINE POINT FORCE ROOT\n"  ->  "ok\n" or "error <errno>\n":
+ *                 rewind or refresh to the tree ROOT (32 hex digits),
+ *                 which is that point's or derived from it (a PostgreSQL
+ *                 clone's recovery setup); FORCE 0 or 1
  *   "destroy FORCE\n"  ->  "ok\n" or "error <errno>\n"
  * reset and destroy refuse with ETXTBSY while files of the clone are open
  * in this mount, and destroy with EBUSY when the clone is the mount's
@@ -116,22 +118,20 @@ static void invalidate_clone(cfs_context *ctx, cfs_clone *cl)
         free(st.names);
 }
 
-/* "reset TIMELINE POINT FORCE" */
+/* "reset TIMELINE POINT FORCE ROOT" */
 static int serve_reset(cfs_clone *cl, cs_store *writer, const char *args)
 {
-        char timeline[129], point[129];
-        cs_point_info to;
+        char root[CS_CHUNK_ID_STRING_MAX];
+        cs_point_info to = {};
         int force, r;
 
-        /* The widths match the buffers, not the names' limits: a longer
-         * name is simply not found. */
-        if (sscanf(args, "%128s %128s %d", timeline, point, &force) != 3)
+        /* The widths are CS_TIMELINE_NAME_MAX, CS_POINT_NAME_MAX - 1 and
+         * 2 * CS_CHUNK_ID_SIZE: a longer field is cut, then refused. */
+        if (sscanf(args, "%128s %63s %d %32s", to.timeline, to.name, &force, root) != 4 ||
+            cs_chunk_id_parse(root, &to.root) < 0)
                 return -EINVAL;
         if (!force && files_open(cl->ctx, cl))
                 return -ETXTBSY;
-        r = cs_point_find(writer, timeline, point, &to);
-        if (r < 0)
-                return r;
         r = cs_clone_reset_open(cl->clone, writer, &to);
         invalidate_clone(cl->ctx, cl);
         return r;

@@ -6,6 +6,9 @@
 # timeline show gives the range; a clone at a second T in the middle,
 # mounted, started: its newest row is at or before T and within a second
 # of it, no later row exists, a write to it leaves the source untouched.
+# A tablespace comes along, relocated into the clone (the source's files
+# stay untouched); rewind goes back to the recovery setup; refresh and
+# --at latest replay every stored segment.
 # The source keeps its configuration outside the data directory (Debian).
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/pg-lib.sh"
@@ -35,6 +38,14 @@ pg_start "$etc"
 pg_sql "$src" "$port" "CREATE ROLE rep LOGIN REPLICATION PASSWORD 'pa ss''word';
                        CREATE TABLE ticks(id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
                        GRANT SELECT ON ticks TO rep;"
+# A tablespace outside the data directory: the clone must get its own
+# copy of it, relocated through tablespace_map, never the source's.
+mkdir "$workdir/ts" && chown postgres: "$workdir/ts"
+pg_sql "$src" "$port" "CREATE TABLESPACE ts LOCATION '$workdir/ts'"
+pg_sql "$src" "$port" "CREATE TABLE far(x int) TABLESPACE ts; INSERT INTO far SELECT generate_series(1, 500)"
+tsoid=$(pg_sql "$src" "$port" "SELECT oid FROM pg_tablespace WHERE spcname = 'ts'")
+far_file=$src/$(pg_sql "$src" "$port" "SELECT pg_relation_filepath('far')")
+far_size=$(stat -L -c %s "$far_file")
 printf '127.0.0.1:%s:*:rep:pa ss'"'"'word\n' "$port" >"$workdir/pgpass"
 chmod 600 "$workdir/pgpass"
 export PGPASSFILE=$workdir/pgpass
@@ -105,6 +116,39 @@ expect_eq "the source has no clone_only table" \
         "$(pg_sql "$src" "$port" "SELECT count(*) FROM pg_class WHERE relname = 'clone_only'")" 0
 expect_eq "the clone does not archive" "$(pg_sql "$mnt" "$cport" "SHOW archive_mode")" off
 expect_eq "the clone has no primary" "$(pg_sql "$mnt" "$cport" "SHOW primary_conninfo")" ""
+# --- The tablespace: relocated into the clone -----------------------------
+expect_eq "tablespace_map relocated the tablespace into the clone" "$(readlink "$mnt/pg_tblspc/$tsoid")" \
+        "../.clonefs/tablespaces/$tsoid"
+expect_eq "the clone reads the tablespace's rows" "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM far")" 500
+pg_sql "$mnt" "$cport" "INSERT INTO far SELECT generate_series(1, 5000)" >/dev/null
+pg_sql "$mnt" "$cport" "CHECKPOINT" >/dev/null
+expect_eq "the clone wrote to its tablespace" "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM far")" 5500
+expect_eq "the source's tablespace file is untouched" "$(stat -L -c %s "$far_file")" "$far_size"
+expect_eq "the source's tablespace holds its rows" "$(pg_sql "$src" "$port" "SELECT count(*) FROM far")" 500
+
+# --- rewind: back to the recovery setup, not to the bare backup -----------
+pg_stop "$mnt"
+expect_ok "clone rewind while mounted" cl clone rewind c1
+[ -f "$mnt/recovery.signal" ] || fail "rewind lost recovery.signal"
+expect_grep "the rewound clone recovers to T again" "^recovery_target_time = '${T%+00}" "$mnt/postgresql.auto.conf"
+pg_start_on "$mnt" "$cport"
+expect_eq "rewound: exactly the rows committed by T" "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM ticks")" "$want"
+expect_eq "rewound: the clone's writes are gone" "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM far")" 500
+
+# --- refresh: the newest data, which is in the WAL past the base point -----
+for _ in 1 2 3; do pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null; done
+pg_wait_slot "$src" "$port"
+pg_stop "$mnt"
+expect_ok "clone refresh while mounted" cl clone refresh c1
+expect_eq "the refreshed clone has no recovery target" \
+        "$(grep -c '^recovery_target_time =' "$mnt/postgresql.auto.conf" || true)" 0
+pg_start_on "$mnt" "$cport"
+expect_eq "refreshed: every row the source committed" "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM ticks")" \
+        "$(pg_sql "$src" "$port" "SELECT count(*) FROM ticks")"
+pg_stop "$mnt"
+expect_ok "clone create --at latest" cl clone create c2 --from db --at latest
+expect_grep "--at latest recovers all the stored WAL" "recovering to the end of its stored WAL" "$workdir/out"
+
 kill -TERM $recv
 wait $recv || { cat "$workdir/recv.err" >&2; fail "receive-wal failed"; }
 pass "receive-wal stopped cleanly"

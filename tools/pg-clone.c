@@ -26,14 +26,25 @@
  *                              hole); restore_command copies from here, so
  *                              the clone recovers wherever it is mounted,
  *                              in a container too, without the store
+ *       .clonefs/tablespaces/OID/
+ *                              each tablespace, moved here from the
+ *                              point's pg_tblspc/OID/ (a directory entry,
+ *                              no copy); pg_tblspc/ is left empty
+ *       tablespace_map         relocates them: "OID ../.clonefs/
+ *                              tablespaces/OID", a path relative to
+ *                              pg_tblspc/, so the symlinks PostgreSQL makes
+ *                              from it at startup work wherever the clone
+ *                              is mounted, in a container too, and never
+ *                              reach the source's own tablespace locations
  *       .clonefs/tablespace_map.source
- *                              the source's map, moved aside: tablespaces
- *                              stay under pg_tblspc/OID as directories
- *                              (allow_in_place_tablespaces = on)
+ *                              the source's map, kept for reference
  *       postgresql.conf, pg_hba.conf
  *                              generated when the source keeps them
  *                              outside the data directory (Debian)
- *  3. Ownership: every entry belongs to the local "postgres" user (else the
+ *  3. "latest" recovers every segment stored, with no recovery target:
+ *     PostgreSQL replays until restore_command finds no more WAL, then
+ *     promotes.  That is what clone refresh of such a clone provisions.
+ *  4. Ownership: every entry belongs to the local "postgres" user (else the
  *     source's owner of the data directory), and the root is 0700, as the
  *     server demands.  When that differs from the backup's owner, every
  *     directory object is rebuilt with the new owner; file contents are
@@ -185,7 +196,7 @@ int pg_coverage_load(cs_store *store, const char *timeline, pg_coverage *ret)
         return 0;
 }
 
-/* --- Building the clone's tree (design notes 2, 3) ---------------------------------------- */
+/* --- Building the clone's tree (design notes 2 to 4) ---------------------------------------- */
 
 typedef struct owner {
         uint32_t uid, gid;
@@ -324,14 +335,79 @@ static const char default_conf[] =
 
 typedef struct plan {
         const char *name, *timeline;
-        int64_t at;
+        int64_t at; /* PG_AT_LATEST: every stored segment, no target */
         const pg_coverage *c;
         const pg_range *rg;
         uint64_t last_segno; /* the segment with the first commit after at */
         owner o;
 } plan;
 
-static int build_wal_dir(cs_store *store, const plan *pl, const cs_entry *tablespace_map, cs_entry *ret_dir)
+/* The point's tablespaces, relocated (design note 2). */
+typedef struct tablespaces {
+        cs_entry pg_tblspc; /* the point's, emptied */
+        cs_entry moved;     /* .clonefs/tablespaces/, one directory per tablespace */
+        char *map;          /* the clone's tablespace_map */
+        size_t n;
+} tablespaces;
+
+static void tablespaces_done(tablespaces *ts)
+{
+        free(ts->map);
+}
+
+static int relocate_tablespaces(cs_store *store, const plan *pl, const cs_entry *pg_tblspc, tablespaces *ret)
+{
+        _cleanup_(cs_dir_freep) cs_dir *d = NULL;
+        _cleanup_(cs_dir_builder_freep) cs_dir_builder *moved = NULL, *left = NULL;
+        int r;
+
+        if (!pg_tblspc || !S_ISDIR(pg_tblspc->mode))
+                return 0;
+        r = cs_dir_load(store, &pg_tblspc->subdir, &d);
+        if (r >= 0)
+                r = cs_dir_builder_new(store, &moved);
+        if (r >= 0)
+                r = cs_dir_builder_new(store, &left);
+        for (size_t i = 0; r >= 0 && i < cs_dir_size(d); i++) {
+                cs_entry e = *cs_dir_entry(d, i);
+                char *line;
+
+                e.uid = pl->o.uid;
+                e.gid = pl->o.gid;
+                if (!S_ISDIR(e.mode) || memchr(e.name, '\n', e.name_len) || memchr(e.name, ' ', e.name_len)) {
+                        r = cs_dir_builder_add(left, &e);
+                        continue;
+                }
+                if (pl->o.rewrite)
+                        r = chown_dir(store, &cs_dir_entry(d, i)->subdir, &pl->o, &e.subdir);
+                if (r >= 0)
+                        r = cs_dir_builder_add(moved, &e);
+                if (r < 0)
+                        break;
+                if (asprintf(&line, "%s%.*s ../" WAL_DIR "/tablespaces/%.*s\n", ret->map ? ret->map : "",
+                             (int) e.name_len, e.name, (int) e.name_len, e.name) < 0)
+                        return -ENOMEM;
+                free(ret->map);
+                ret->map = line;
+                ret->n++;
+        }
+        if (r < 0 || ret->n == 0)
+                return r;
+        ret->pg_tblspc = *pg_tblspc;
+        ret->pg_tblspc.uid = pl->o.uid;
+        ret->pg_tblspc.gid = pl->o.gid;
+        ret->pg_tblspc.nlink = 2;
+        r = cs_dir_builder_finish(left, &ret->pg_tblspc.subdir);
+        if (r < 0)
+                return r;
+        ret->moved = (cs_entry) { .name = "tablespaces", .name_len = strlen("tablespaces"), .mode = S_IFDIR | 0700,
+                                  .uid = pl->o.uid, .gid = pl->o.gid, .nlink = 2 + ret->n,
+                                  .mtime_sec = (int64_t) time(NULL), .ctime_sec = (int64_t) time(NULL) };
+        return cs_dir_builder_finish(moved, &ret->moved.subdir);
+}
+
+static int build_wal_dir(cs_store *store, const plan *pl, const cs_entry *tablespace_map, const tablespaces *ts,
+                         cs_entry *ret_dir)
 {
         _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL, *top = NULL;
         cs_entry e;
@@ -371,6 +447,8 @@ static int build_wal_dir(cs_store *store, const plan *pl, const cs_entry *tables
                 r = cs_dir_builder_new(store, &top);
         if (r >= 0)
                 r = cs_dir_builder_add(top, &e);
+        if (r >= 0 && ts->n)
+                r = cs_dir_builder_add(top, &ts->moved);
         if (r >= 0 && tablespace_map) {
                 e = *tablespace_map;
                 e.name = "tablespace_map.source";
@@ -382,30 +460,38 @@ static int build_wal_dir(cs_store *store, const plan *pl, const cs_entry *tables
         if (r < 0)
                 return r;
         *ret_dir = (cs_entry) { .name = WAL_DIR, .name_len = strlen(WAL_DIR), .mode = S_IFDIR | 0700,
-                                .uid = pl->o.uid, .gid = pl->o.gid, .nlink = 3,
+                                .uid = pl->o.uid, .gid = pl->o.gid, .nlink = ts->n ? 4 : 3,
                                 .mtime_sec = (int64_t) time(NULL), .ctime_sec = (int64_t) time(NULL) };
         return cs_dir_builder_finish(top, &ret_dir->subdir);
 }
 
-static int recovery_settings(const plan *pl, const char *base, bool tablespaces, char **ret)
+static int recovery_settings(const plan *pl, const char *base, char **ret)
 {
+        _cleanup_free_ char *target = NULL;
         char when[40];
 
-        pg_format_time(pl->at, when);
+        if (pl->at == PG_AT_LATEST) {
+                snprintf(when, sizeof(when), "the end of its stored WAL");
+                target = strdup("");
+        } else {
+                pg_format_time(pl->at, when);
+                if (asprintf(&target, "recovery_target_time = '%s'\nrecovery_target_action = 'promote'\n", when) < 0)
+                        target = NULL;
+        }
+        if (!target)
+                return -ENOMEM;
         return asprintf(ret,
                         "%s%s"
                         "# Added by clonefs: clone %s of timeline %s as of %s\n"
                         "restore_command = 'cp " WAL_DIR "/wal/%%f \"%%p\" 2>/dev/null'\n"
-                        "recovery_target_time = '%s'\n"
-                        "recovery_target_action = 'promote'\n"
+                        "%s"
                         "recovery_target_timeline = 'latest'\n"
                         "archive_mode = 'off'\n"
                         "primary_conninfo = ''\n"
                         "primary_slot_name = ''\n"
-                        "synchronous_standby_names = ''\n"
-                        "%s",
+                        "synchronous_standby_names = ''\n",
                         base, base[0] && base[strlen(base) - 1] != '\n' ? "\n" : "", pl->name, pl->timeline, when,
-                        when, tablespaces ? "allow_in_place_tablespaces = 'on'\n" : "") < 0
+                        target) < 0
                        ? -ENOMEM
                        : 0;
 }
@@ -422,12 +508,12 @@ static bool is_replaced(const cs_entry *e)
 
 static int build_tree(cs_store *store, const plan *pl, cs_chunk_id *ret)
 {
-        _cleanup_(cs_dir_freep) cs_dir *keep = NULL, *root = NULL, *tblspc = NULL;
+        _cleanup_(cs_dir_freep) cs_dir *keep = NULL, *root = NULL;
         _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL;
+        _cleanup_(tablespaces_done) tablespaces ts = {};
         _cleanup_free_ char *auto_conf = NULL, *settings = NULL;
         const cs_entry *e;
         cs_entry top, wal;
-        bool tablespaces = false;
         int r;
 
         r = cs_point_load(store, &pl->rg->point.root, &top, &keep);
@@ -435,35 +521,41 @@ static int build_tree(cs_store *store, const plan *pl, cs_chunk_id *ret)
                 r = cs_dir_load(store, &top.subdir, &root);
         if (r >= 0)
                 r = cs_dir_builder_new(store, &b);
+        if (r >= 0)
+                r = relocate_tablespaces(store, pl, cs_dir_find(root, "pg_tblspc", strlen("pg_tblspc")), &ts);
         if (r < 0)
                 return r;
 
-        e = cs_dir_find(root, "pg_tblspc", strlen("pg_tblspc"));
-        if (e && S_ISDIR(e->mode) && cs_dir_load(store, &e->subdir, &tblspc) >= 0)
-                tablespaces = cs_dir_size(tblspc) > 0;
         e = cs_dir_find(root, "postgresql.auto.conf", strlen("postgresql.auto.conf"));
         if (e && S_ISREG(e->mode)) {
                 r = read_small_file(store, e, &auto_conf);
                 if (r < 0)
                         return r;
         }
-        r = recovery_settings(pl, auto_conf ? auto_conf : "", tablespaces, &settings);
+        r = recovery_settings(pl, auto_conf ? auto_conf : "", &settings);
         if (r >= 0)
                 r = put_file(store, b, "postgresql.auto.conf", settings, strlen(settings), &pl->o);
         if (r >= 0)
                 r = put_file(store, b, "recovery.signal", "", 0, &pl->o);
+        if (r >= 0 && ts.n)
+                r = put_file(store, b, "tablespace_map", ts.map, strlen(ts.map), &pl->o);
         if (r >= 0 && !cs_dir_find(root, "postgresql.conf", strlen("postgresql.conf")))
                 r = put_file(store, b, "postgresql.conf", default_conf, strlen(default_conf), &pl->o);
         if (r >= 0 && !cs_dir_find(root, "pg_hba.conf", strlen("pg_hba.conf")))
                 r = put_file(store, b, "pg_hba.conf", default_hba, strlen(default_hba), &pl->o);
         if (r >= 0)
-                r = build_wal_dir(store, pl, cs_dir_find(root, "tablespace_map", strlen("tablespace_map")), &wal);
+                r = build_wal_dir(store, pl, cs_dir_find(root, "tablespace_map", strlen("tablespace_map")), &ts,
+                                  &wal);
         if (r >= 0)
                 r = cs_dir_builder_add(b, &wal);
         for (size_t i = 0; r >= 0 && i < cs_dir_size(root); i++) {
                 cs_entry c = *cs_dir_entry(root, i);
                 if (is_replaced(&c))
                         continue;
+                if (ts.n && c.name_len == strlen("pg_tblspc") && memcmp(c.name, "pg_tblspc", c.name_len) == 0) {
+                        r = cs_dir_builder_add(b, &ts.pg_tblspc);
+                        continue;
+                }
                 c.uid = pl->o.uid;
                 c.gid = pl->o.gid;
                 if (S_ISDIR(c.mode) && pl->o.rewrite)
@@ -508,69 +600,102 @@ static void format_range(const pg_coverage *c, char *buf, size_t size)
         snprintf(buf, size, "from %s up to (not including) %s", a, z);
 }
 
-int pg_clone_create(cs_store *store, const char *name, const char *timeline, const char *at)
+/* The newest base point that can be recovered to `at`: one whose range
+ * holds it, or for PG_AT_LATEST, one whose WAL reaches its end. */
+static const pg_range *choose_base(const pg_coverage *c, int64_t at)
+{
+        for (size_t i = c->n_ranges; i > 0; i--) {
+                const pg_range *rg = &c->ranges[i - 1];
+                if (at == PG_AT_LATEST ? rg->wal_end_lsn >= rg->backup.end_lsn
+                                       : rg->usable && rg->from <= at && at < rg->to)
+                        return rg;
+        }
+        return NULL;
+}
+
+int pg_clone_tree(cs_store *store, const char *name, const char *timeline, int64_t at, cs_point_info *ret,
+                  uint64_t *ret_segments)
 {
         _cleanup_(pg_coverage_done) pg_coverage c = {};
-        plan pl = { .name = name, .timeline = timeline };
-        cs_point_info from;
+        _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
+        plan pl = { .name = name, .timeline = timeline, .at = at };
+        cs_entry root;
         cs_chunk_id tree;
         char range[200], when[40];
         struct passwd *pw;
         int r;
 
-        if (!cs_name_is_valid(timeline) || strchr(timeline, '@'))
-                return log_error_errno(-EINVAL, "--at needs --from TIMELINE (a timeline linked to PostgreSQL), "
-                                                "not '%s'",
-                                       timeline);
-        r = pg_parse_time(at, &pl.at);
-        if (r < 0)
-                return log_error_errno(r, "invalid --at '%s': expected YYYY-MM-DD HH:MM:SS[+TZ] or ISO 8601", at);
         r = pg_coverage_load(store, timeline, &c);
         if (r < 0)
                 return r;
         pl.c = &c;
-        for (size_t i = c.n_ranges; i > 0 && !pl.rg; i--) {
-                const pg_range *rg = &c.ranges[i - 1];
-                if (rg->usable && rg->from <= pl.at && pl.at < rg->to)
-                        pl.rg = rg;
-        }
-        pg_format_time(pl.at, when);
+        pl.rg = choose_base(&c, at);
+        if (!pl.rg && at == PG_AT_LATEST)
+                return log_error_errno(-ERANGE, "timeline '%s' has no base point whose WAL is stored up to its end "
+                                                "yet (clonectl pg receive-wal %s)",
+                                       timeline, timeline);
         if (!pl.rg) {
+                pg_format_time(at, when);
                 format_range(&c, range, sizeof(range));
                 return log_error_errno(-ERANGE, "timeline '%s' cannot be provisioned at %s: it covers %s", timeline,
                                        when, range);
         }
         /* Through the segment holding the first commit after the target. */
         pl.last_segno = pl.rg->last_segno;
-        for (size_t i = 0; i < c.n_wal; i++)
-                if (c.wal[i].segno >= pl.rg->first_segno && c.wal[i].last_commit > pl.at) {
+        for (size_t i = 0; at != PG_AT_LATEST && i < c.n_wal; i++)
+                if (c.wal[i].segno >= pl.rg->first_segno && c.wal[i].last_commit > at) {
                         pl.last_segno = c.wal[i].segno;
                         break;
                 }
 
-        cs_entry root;
-        cs_dir *keep = NULL;
         r = cs_point_load(store, &pl.rg->point.root, &root, &keep);
         if (r < 0)
                 return log_error_errno(r, "cannot read point %s: %m", pl.rg->point.name);
         pw = getpwnam("postgres");
         pl.o = (owner) { .uid = pw ? pw->pw_uid : root.uid, .gid = pw ? pw->pw_gid : root.gid };
         pl.o.rewrite = pl.o.uid != root.uid || pl.o.gid != root.gid;
-        cs_dir_free(keep);
 
         r = build_tree(store, &pl, &tree);
         if (r >= 0)
                 r = cs_store_commit(store);
         if (r < 0)
                 return log_error_errno(r, "cannot build the clone's recovery setup: %m");
-        from = pl.rg->point;
-        from.root = tree;
+        *ret = pl.rg->point;
+        ret->root = tree;
+        if (ret_segments)
+                *ret_segments = pl.last_segno - pl.rg->first_segno + 1;
+        return 0;
+}
+
+int pg_clone_create(cs_store *store, const char *name, const char *timeline, const char *at)
+{
+        cs_point_info from;
+        uint64_t segments = 0;
+        int64_t t = PG_AT_LATEST;
+        char when[64];
+        int r;
+
+        if (!cs_name_is_valid(timeline) || strchr(timeline, '@'))
+                return log_error_errno(-EINVAL, "--at needs --from TIMELINE (a timeline linked to PostgreSQL), "
+                                                "not '%s'",
+                                       timeline);
+        if (strcmp(at, "latest") != 0 && pg_parse_time(at, &t) < 0)
+                return log_error_errno(-EINVAL, "invalid --at '%s': expected YYYY-MM-DD HH:MM:SS[+TZ], ISO 8601 "
+                                                "or 'latest'",
+                                       at);
+        r = pg_clone_tree(store, name, timeline, t, &from, &segments);
+        if (r < 0)
+                return r;
         r = cs_clone_create(store, name, &from);
         if (r == -EEXIST)
                 return log_error_errno(r, "clone '%s' already exists", name);
         if (r < 0)
                 return log_error_errno(r, "cannot create clone '%s': %m", name);
+        if (t == PG_AT_LATEST)
+                snprintf(when, sizeof(when), "the end of its stored WAL");
+        else
+                pg_format_time(t, when);
         printf("created clone %s of %s@%s, recovering to %s (%" PRIu64 " WAL segments)\n", name, timeline,
-               pl.rg->point.name, when, pl.last_segno - pl.rg->first_segno + 1);
+               from.name, when, segments);
         return 0;
 }

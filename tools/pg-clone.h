@@ -42,7 +42,15 @@ int pg_parse_time(const char *s, int64_t *ret);
 /* "2026-11-22 08:15:05.123456+00" */
 void pg_format_time(int64_t usec, char buf[static 40]);
 
-/* clone create NAME --from TIMELINE --at TIME: the newest base point that
+/* The tree a clone NAME of TIMELINE as of `at` starts from (design notes
+ * of pg-clone.c): *ret is the base point it comes from with its root
+ * replaced by that tree, committed to the store.  PG_AT_LATEST recovers
+ * every stored segment.  Reports failures in one line. */
+#define PG_AT_LATEST INT64_MAX
+int pg_clone_tree(cs_store *store, const char *name, const char *timeline, int64_t at, cs_point_info *ret,
+                  uint64_t *ret_segments);
+
+/* clone create NAME --from TIMELINE --at TIME|latest: the newest base point that
  * ended by TIME, its WAL up to the first commit after TIME under
  * .clonefs/wal/, and the recovery settings (clonectl.c prints). */
 int pg_clone_create(cs_store *store, const char *name, const char *timeline, const char *at);

@@ -161,12 +161,13 @@ static int fold_clone(cs_store *store, const char *name, cs_chunk_id *ret)
 static int reset_attempt(cs_store *store, const char *name, void *userdata)
 {
         const cs_point_info *to = userdata;
-        char request[300], reply[8];
+        char request[400], reply[8], root[CS_CHUNK_ID_STRING_MAX];
         int r = cs_clone_reset(store, name, to, false);
 
         if (r != -EBUSY)
                 return r;
-        snprintf(request, sizeof(request), "reset %s %s %d\n", to->timeline, to->name, arg_force ? 1 : 0);
+        snprintf(request, sizeof(request), "reset %s %s %d %s\n", to->timeline, to->name, arg_force ? 1 : 0,
+                 cs_chunk_id_format(&to->root, root));
         return ask_mount(store, name, request, reply, sizeof(reply));
 }
 
@@ -299,12 +300,19 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
 {
         cs_clone_info info;
         cs_point_info to;
+        cs_pg_source src;
         int r;
 
         r = cs_clone_find(store, name, &info);
         if (r < 0)
                 return busy(r, name, refresh ? "refresh" : "rewind");
-        if (refresh) {
+        if (refresh && cs_pg_source_get(store, info.base_timeline, &src) == 0) {
+                /* A PostgreSQL timeline: its newest data is in the WAL past
+                 * the newest base point, so provision at its end. */
+                r = pg_clone_tree(store, name, info.base_timeline, PG_AT_LATEST, &to, NULL);
+                if (r < 0)
+                        return r;
+        } else if (refresh) {
                 r = cs_point_find(store, info.base_timeline, "latest", &to);
                 if (r < 0)
                         return log_error_errno(r, "timeline '%s' of clone '%s' has no points", info.base_timeline,
@@ -316,12 +324,18 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
                 if (r < 0)
                         return r == -EINVAL ? r : log_error_errno(r, "cannot find point '%s': %m", arg_to);
         } else {
-                /* Its last snapshot, or where it started. */
+                /* Its last snapshot, or the tree it started from, which is
+                 * not its base point's own when that was derived (a
+                 * PostgreSQL clone's recovery setup, pg-clone.c). */
                 r = cs_point_find(store, name, "latest", &to);
-                if (r == -ENOENT)
-                        r = cs_point_find(store, info.base_timeline, info.base_point, &to);
+                if (r == -ENOENT) {
+                        to = (cs_point_info) { .root = info.base_root };
+                        snprintf(to.timeline, sizeof(to.timeline), "%s", info.base_timeline);
+                        snprintf(to.name, sizeof(to.name), "%s", info.base_point);
+                        r = 0;
+                }
                 if (r < 0)
-                        return log_error_errno(r, "clone '%s' has no snapshot and its base point is gone", name);
+                        return log_error_errno(r, "cannot read the snapshots of clone '%s': %m", name);
         }
         r = with_clone(store, name, reset_attempt, &to);
         if (r < 0)
