@@ -91,6 +91,9 @@ struct cs_clone {
         cs_fd_cache fds;       /* delta files, under lock */
         cs_block_cache blocks; /* decoded base blocks, under lock */
         cs_id_cache ids;       /* base block ids, under lock */
+        /* Bumped when inode numbers start over (a reset): a decode that
+         * ran without the mutex across one must not fill the caches. */
+        uint64_t cache_epoch;
         sqlite3_stmt *stmts[N_STMTS]; /* prepared once, under lock */
         /* What an fsync must make durable (design note 5): commits that
          * changed where data lives (block map, sizes, names) and commits
@@ -1681,6 +1684,7 @@ static int read_base(cs_clone *c, const inode *i, uint64_t k, uint64_t pos, size
 {
         uint64_t start = k * c->block_size, in = pos - start;
         const uint8_t *block = cs_block_cache_find(&c->blocks, i->attr.ino, k);
+        uint64_t epoch = c->cache_epoch;
         cs_chunk_id id;
         int r;
 
@@ -1704,7 +1708,9 @@ static int read_base(cs_clone *c, const inode *i, uint64_t k, uint64_t pos, size
                         if (r < 0)
                                 return r;
                 }
-                cs_block_cache_store(&c->blocks, i->attr.ino, k, into);
+                /* After a reset meanwhile, ino names another file. */
+                if (epoch == c->cache_epoch)
+                        cs_block_cache_store(&c->blocks, i->attr.ino, k, into);
                 block = into;
         }
         /* Base bytes past a truncation are gone. */
@@ -1741,6 +1747,7 @@ static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *b
 ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset)
 {
         _cleanup_free_ uint8_t *scratch = NULL;
+        uint64_t epoch;
         inode i;
         size_t done = 0;
         int r;
@@ -1748,6 +1755,7 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
         r = lock_inode(c, ino, &i);
         if (r < 0)
                 return r;
+        epoch = c->cache_epoch;
         if (offset < i.attr.size)
                 size = (size_t) MIN((uint64_t) size, i.attr.size - offset);
         else
@@ -1771,6 +1779,10 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
                                 memset(dst + n, 0, take - (size_t) n);
                 } else if (pos < i.base_size && i.base) {
                         r = read_base(c, &i, k, pos, take, dst, &scratch, false);
+                        /* A forced reset while read_base let go of the
+                         * mutex: the handle is stale, as after one. */
+                        if (r >= 0 && epoch != c->cache_epoch)
+                                r = -ENOENT;
                 } else {
                         memset(dst, 0, take);
                 }
@@ -2266,6 +2278,7 @@ static int empty_data_dir(cs_clone *c)
 {
         /* Inode numbers start over in the new catalog. */
         c->n_pending = 0;
+        c->cache_epoch++;
         cs_fd_cache_clear(&c->fds);
         cs_block_cache_clear(&c->blocks);
         cs_id_cache_clear(&c->ids);
