@@ -421,8 +421,11 @@ typedef struct cs_reach cs_reach;
 cs_reach *cs_reach_new(void);
 cs_reach *cs_reach_free(cs_reach *r);
 int cs_reach_walk(cs_store *store, cs_reach *visited, const cs_chunk_id *id, uint64_t *ret_new_bytes);
-/* Walks every root and point except those named in skip (ids). */
-int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_points, size_t n_skip);
+/* Walks every root and point except the points named in skip (ids) and
+ * the stored WAL of wal_timeline (if not NULL) below segment wal_before,
+ * which a forget is about to drop (UINT64_MAX: all of it). */
+int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_points, size_t n_skip,
+                        const char *wal_timeline, uint64_t wal_before);
 
 /* Pins keep a tree alive through gc for as long as this process lives,
  * even after its point is forgotten: a mount pins every point it serves.

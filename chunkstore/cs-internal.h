@@ -141,6 +141,11 @@ static inline void sqlite3_finalizep(sqlite3_stmt **stmt)
         sqlite3_finalize(*stmt);
 }
 
+static inline void sqlite3_freep(char **s)
+{
+        sqlite3_free(*s);
+}
+
 /* --- pack.c ------------------------------------------------------------- */
 
 #define CS_PACK_MAGIC "CSPACK\r\n"

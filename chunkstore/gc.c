@@ -153,15 +153,26 @@ static int push_query(sqlite3 *db, const char *sql, id_stack *st, const int64_t 
         return rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
 }
 
-/* Pushes every root, clone base, stored WAL segment (pg.c) and every
- * point's root but the points in skip. */
-static int push_roots(sqlite3 *db, id_stack *st, const int64_t *skip_points, size_t n_skip)
+/* Pushes every root, clone base, stored WAL segment (pg.c) but those of
+ * wal_timeline (if not NULL) below segment wal_before, and every point's
+ * root but the points in skip. */
+static int push_roots(sqlite3 *db, id_stack *st, const int64_t *skip_points, size_t n_skip, const char *wal_timeline,
+                      uint64_t wal_before)
 {
-        int r = push_query(db, "SELECT id, 0 FROM roots", st, NULL, 0);
+        _cleanup_(sqlite3_freep) char *wal = NULL;
+        int r;
+
+        /* segno is a SQLite integer: a bound past INT64_MAX means all. */
+        wal = wal_timeline ? sqlite3_mprintf("SELECT root, 0 FROM pg_wal WHERE NOT (timeline = %Q AND segno < %lld)",
+                                             wal_timeline, (long long) MIN(wal_before, (uint64_t) INT64_MAX))
+                           : sqlite3_mprintf("SELECT root, 0 FROM pg_wal");
+        if (!wal)
+                return -ENOMEM;
+        r = push_query(db, "SELECT id, 0 FROM roots", st, NULL, 0);
         if (r >= 0)
                 r = push_query(db, "SELECT base_root, 0 FROM clones", st, NULL, 0);
         if (r >= 0)
-                r = push_query(db, "SELECT root, 0 FROM pg_wal", st, NULL, 0);
+                r = push_query(db, wal, st, NULL, 0);
         if (r < 0)
                 return r;
         return push_query(db, "SELECT root, id FROM points", st, skip_points, n_skip);
@@ -245,7 +256,7 @@ int cs_store_mark(cs_store *store, sqlite3 *db, cs_idset *marked, cs_mark_proble
         cs_mark_result result = {};
         int r;
 
-        r = push_roots(db, &st, NULL, 0);
+        r = push_roots(db, &st, NULL, 0, NULL, 0);
         if (r >= 0)
                 r = walk(store, &st, marked, problem, userdata, &result, NULL);
         free(st.ids);
@@ -303,7 +314,8 @@ int cs_reach_walk(cs_store *store, cs_reach *visited, const cs_chunk_id *id, uin
         return 0;
 }
 
-int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_points, size_t n_skip)
+int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_points, size_t n_skip,
+                        const char *wal_timeline, uint64_t wal_before)
 {
         id_stack st = {};
         cs_mark_result result = {};
@@ -315,7 +327,7 @@ int cs_reach_walk_roots(cs_store *store, cs_reach *visited, const int64_t *skip_
         r = cs_index_reader_acquire(store->index, &db);
         if (r < 0)
                 return r;
-        r = push_roots(db, &st, skip_points, n_skip);
+        r = push_roots(db, &st, skip_points, n_skip, wal_timeline, wal_before);
         cs_index_reader_release(store->index, db);
         if (r >= 0)
                 r = walk(store, &st, visited->visited, NULL, NULL, &result, NULL);

@@ -114,11 +114,23 @@ expect_eq "and no later row exists" "$(pg_sql "$restored" 5494 "SELECT count(*) 
 
 # Retention: forgetting the first base point drops the WAL only it needed.
 expect_ok "a second base point" cl pg sync db
+expect_ok "forget --dry-run" cl --json forget db --keep-last 1 --dry-run
+dry_segments=$(json_get "$workdir/out" wal_segments_dropped)
+dry_wal=$(json_get "$workdir/out" wal_frees_bytes)
+dry_total=$(json_get "$workdir/out" frees_bytes)
+[ "$dry_segments" -gt 0 ] && [ "$dry_wal" -gt 0 ] && [ "$dry_total" -ge "$dry_wal" ] ||
+        fail "forget --dry-run does not count the WAL it would drop: $(cat "$workdir/out")"
+pass "forget --dry-run counts the WAL it would drop: $dry_segments segments, $dry_wal bytes of $dry_total"
+expect_ok "the dry run dropped nothing" cl pg wal-fetch db 000000010000000000000002 "$workdir/x"
 expect_ok "forget the first" cl forget db --keep-last 1
-expect_grep "forget drops the WAL before the remaining base point" "dropped [0-9]+ WAL segments" "$workdir/out"
+expect_grep "forget drops the WAL before the remaining base point" \
+        "^dropped $dry_segments WAL segments from before the oldest base point kept, freeing" "$workdir/out"
 expect_error "the first base point's WAL is gone" "has no WAL segment" \
         cl pg wal-fetch db 000000010000000000000002 "$workdir/x"
-expect_ok "gc" cl gc
+expect_ok "gc" cl --json gc
+freed=$(json_get "$workdir/out" bytes_removed)
+[ "$freed" -ge "$dry_total" ] || fail "gc freed $freed bytes, forget said $dry_total"
+pass "gc freed at least what forget said ($freed >= $dry_total bytes)"
 expect_ok "verify after gc" cl verify --data
 
 # A slot the source invalidated (max_slot_wal_keep_size) while receive-wal

@@ -748,7 +748,8 @@ static int receive(receiver *rc)
 
 /* --- Retention ----------------------------------------------------------------------- */
 
-int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped)
+int pg_wal_needed_from(cs_store *store, const char *timeline, const int64_t *removed, size_t n_removed,
+                       uint64_t *ret_segno)
 {
         _cleanup_free_ cs_pg_backup *backups = NULL;
         uint64_t before = UINT64_MAX;
@@ -756,17 +757,36 @@ int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped)
         size_t n = 0;
         int r;
 
-        *ret_dropped = 0;
         r = cs_pg_source_get(store, timeline, &src);
         if (r == -ENOENT)
-                return 0;
+                return r;
         if (r >= 0)
                 r = cs_pg_backup_list(store, timeline, &backups, &n);
         if (r < 0)
                 return log_error_errno(r, "cannot read timeline '%s': %m", timeline);
         /* Recovery from a base point needs the WAL from its start on. */
-        for (size_t i = 0; i < n; i++)
-                before = MIN(before, backups[i].start_lsn / src.segment_size);
+        for (size_t i = 0; i < n; i++) {
+                bool gone = false;
+                for (size_t k = 0; k < n_removed && !gone; k++)
+                        gone = removed[k] == backups[i].point;
+                if (!gone)
+                        before = MIN(before, backups[i].start_lsn / src.segment_size);
+        }
+        *ret_segno = before;
+        return 0;
+}
+
+int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped)
+{
+        uint64_t before;
+        int r;
+
+        *ret_dropped = 0;
+        r = pg_wal_needed_from(store, timeline, NULL, 0, &before);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return r;
         r = cs_pg_wal_prune(store, timeline, before);
         if (r < 0)
                 return log_error_errno(r, "cannot drop the old WAL of timeline '%s': %m", timeline);

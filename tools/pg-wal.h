@@ -43,6 +43,13 @@ void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint3
  * from its slot into the store, reconnecting with backoff. */
 int pg_receive_wal(const char *timeline, bool status_line, const volatile sig_atomic_t *stop);
 
+/* The first WAL segment that recovery from the base points of timeline
+ * still needs once the points in removed (ids) are gone: the oldest start
+ * of those that stay, UINT64_MAX when none does.  -ENOENT, silently, for a
+ * timeline not linked to PostgreSQL; other failures reported in one line. */
+int pg_wal_needed_from(cs_store *store, const char *timeline, const int64_t *removed, size_t n_removed,
+                       uint64_t *ret_segno);
+
 /* After forget: drops the stored WAL from before the oldest remaining
  * base point's start (all of it when none remains).  0 and nothing done
  * for a timeline not linked to PostgreSQL. */

@@ -405,6 +405,29 @@ static void apply_retention(const cs_point_info *points, size_t n, bool *keep)
         }
 }
 
+/* Walks the stored WAL of timeline below segment before: what forget
+ * drops with the points.  Counts its segments and what they alone hold. */
+static int walk_dropped_wal(cs_store *store, cs_reach *reach, const char *timeline, uint64_t before,
+                            uint64_t *ret_segments, uint64_t *ret_frees)
+{
+        _cleanup_free_ cs_pg_wal *wal = NULL;
+        size_t n = 0;
+        int r;
+
+        r = cs_pg_wal_list(store, timeline, &wal, &n);
+        if (r == -ENOENT)
+                return 0;
+        for (size_t i = 0; r >= 0 && i < n; i++) {
+                uint64_t frees = 0;
+                if (wal[i].segno >= before)
+                        continue;
+                r = cs_reach_walk(store, reach, &wal[i].root, &frees);
+                (*ret_segments)++;
+                *ret_frees += frees;
+        }
+        return r < 0 ? r : 0;
+}
+
 int verb_forget(int argc, char **argv)
 {
         _cleanup_(cs_store_unrefp) cs_store *store = NULL;
@@ -414,7 +437,8 @@ int verb_forget(int argc, char **argv)
         char timeline[CS_TIMELINE_NAME_MAX + 1];
         const char *only;
         size_t n = 0, n_removed = 0;
-        uint64_t total = 0, wal_dropped = 0;
+        uint64_t total = 0, wal_dropped = 0, wal_before = UINT64_MAX, wal_segments = 0, wal_frees = 0;
+        const char *wal_timeline = NULL;
         cs_reach *reach = NULL;
         bool any_rule = arg_keep_last || arg_keep_hourly || arg_keep_daily || arg_keep_weekly || arg_keep_monthly;
         int r;
@@ -455,12 +479,23 @@ int verb_forget(int argc, char **argv)
                 if (!keep[i])
                         removed[n_removed++] = points[i].id;
 
+        /* A PostgreSQL timeline also drops the WAL that no base point left
+         * needs (pg_prune_wal below). */
+        if (n_removed > 0) {
+                r = pg_wal_needed_from(store, timeline, removed, n_removed, &wal_before);
+                if (r >= 0)
+                        wal_timeline = timeline;
+                else if (r != -ENOENT)
+                        return r;
+        }
+
         /* What each removal frees: walk what stays first, then each removed
-         * point in turn; what a walk newly reaches is freed by that point. */
+         * point in turn, then the WAL that goes; what a walk newly reaches
+         * is freed by that removal. */
         reach = cs_reach_new();
         if (!reach)
                 return log_error_errno(-ENOMEM, "out of memory");
-        r = cs_reach_walk_roots(store, reach, removed, n_removed);
+        r = cs_reach_walk_roots(store, reach, removed, n_removed, wal_timeline, wal_before);
         if (r < 0) {
                 cs_reach_free(reach);
                 return log_error_errno(r, "cannot walk the points that stay: %m");
@@ -488,9 +523,12 @@ int verb_forget(int argc, char **argv)
                                points[i].label);
                 }
         }
+        if (r >= 0 && wal_timeline)
+                r = walk_dropped_wal(store, reach, wal_timeline, wal_before, &wal_segments, &wal_frees);
         cs_reach_free(reach);
         if (r < 0)
                 return log_error_errno(r, "cannot tell what forgetting frees: %m");
+        total += wal_frees;
 
         for (size_t i = 0; i < n && !arg_dry_run; i++) {
                 if (keep[i])
@@ -505,15 +543,19 @@ int verb_forget(int argc, char **argv)
                 if (r < 0)
                         return r;
         }
+        if (arg_dry_run)
+                wal_dropped = wal_segments;
         if (arg_json) {
-                printf("],\"removed\":%zu,\"frees_bytes\":%" PRIu64 ",\"wal_segments_dropped\":%" PRIu64 "}\n",
-                       n_removed, total, wal_dropped);
+                printf("],\"removed\":%zu,\"frees_bytes\":%" PRIu64 ",\"wal_segments_dropped\":%" PRIu64
+                       ",\"wal_frees_bytes\":%" PRIu64 "}\n",
+                       n_removed, total, wal_dropped, wal_frees);
         } else {
                 char size[FORMAT_BYTES_MAX];
+                if (wal_dropped)
+                        printf("%s %" PRIu64 " WAL segments from before the oldest base point kept, freeing %s\n",
+                               arg_dry_run ? "would drop" : "dropped", wal_dropped, format_bytes(size, wal_frees));
                 printf("%s %zu of %zu points, freeing %s%s\n", arg_dry_run ? "would remove" : "removed", n_removed, n,
                        format_bytes(size, total), arg_dry_run || arg_prune ? "" : " at the next 'clonectl gc'");
-                if (wal_dropped)
-                        printf("dropped %" PRIu64 " WAL segments from before the oldest base point\n", wal_dropped);
         }
         if (arg_prune && !arg_dry_run && n_removed > 0) {
                 cs_store_unref(TAKE_PTR(store));
