@@ -23,7 +23,12 @@
 #include "util/macro.h"
 #include "util/size.h"
 
-#define DEFAULT_CACHE_SIZE (256u * 1024 * 1024)
+/* Eight prefetch windows.  The kernel keeps what was read (keep_cache),
+ * so this only has to carry blocks from the prefetch to the reader and
+ * serve a block's other pages to readers of parts of it; a larger cache
+ * costs a page fault per 4 KiB the first time it fills, which made a
+ * cold 1 GiB read 1.6x slower at 256M (docs/BENCHMARKS.md). */
+#define DEFAULT_CACHE_SIZE (64u * 1024 * 1024)
 #define DEFAULT_PREFETCH_KIB 8192
 
 enum {
@@ -79,7 +84,7 @@ static void usage(const char *program)
                "  -f                      stay in the foreground\n"
                "  -o point=TIMELINE@POINT mount one point as the root\n"
                "  -o clone=NAME           mount one clone, writable, as the root\n"
-               "  -o cache_size=SIZE      decompressed data kept in memory (default 256M)\n"
+               "  -o cache_size=SIZE      decompressed data kept in memory (default 64M)\n"
                "  -o prefetch_kib=N       read ahead of sequential readers (default 8192)\n"
                "  -o allow_other          let other users in (file permissions still apply)\n"
                "  -o debug                log every operation\n",
