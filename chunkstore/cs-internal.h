@@ -117,6 +117,10 @@ cs_index *cs_index_free(cs_index *index);
 /* Thread-safe; readers use a pool of connections and never wait for a
  * writer (WAL). */
 int cs_index_lookup(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc);
+/* The same for put's "is it stored already?", in a read transaction kept
+ * across lookups while generation (the caller's count of its commits)
+ * stays the same (index.c, design note 4). */
+int cs_index_lookup_for_put(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc, uint64_t generation);
 
 /* The writer connection, for the store's writer (callers serialize). */
 sqlite3 *cs_index_writer(cs_index *index);
@@ -224,6 +228,7 @@ struct cs_store {
         cs_pending *spare;      /* an empty table, reused as the next pending */
         pthread_cond_t commit_done;
         uint64_t pending_logical_bytes;
+        uint64_t commits; /* batches committed: a held lookup snapshot older than one is stale */
         cs_put_counters added; /* what this handle's puts added */
         uint64_t pins;         /* pins made through this handle */
 };

@@ -28,6 +28,16 @@
  *     processes never interleave inside a transaction.
  *  3. Durability: synchronous=FULL.  A commit that returned survives a
  *     crash or a power cut; batches keep the fsyncs few.
+ *  4. Held snapshots for put: every read transaction begins by taking a
+ *     lock in the WAL's shared memory, under a mutex that all connections
+ *     of a process to one database share, so threads putting new data (a
+ *     lookup each) queued on it.  cs_index_lookup_for_put keeps its read
+ *     transaction open across up to HELD_LOOKUPS lookups within HELD_NSEC,
+ *     while the caller's commit generation stays the same.  Such a snapshot
+ *     can miss a chunk that another process committed meanwhile: that puts
+ *     a duplicate record (its row replaces the other's, compaction drops
+ *     the unreferenced copy), never a wrong answer.  Any other use of the
+ *     connection ends the held transaction first.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,15 +46,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cs-internal.h"
 
 #define BUSY_TIMEOUT_MS 60000
 #define READER_POOL_MAX 64
+#define HELD_LOOKUPS 256
+#define HELD_NSEC (10 * 1000 * 1000)
 
 typedef struct reader {
         sqlite3 *db;
         sqlite3_stmt *lookup;
+        /* A read transaction left open by cs_index_lookup_for_put (design
+         * note 4): since when, for which generation, how many lookups. */
+        bool held;
+        uint64_t held_since, held_generation;
+        unsigned held_lookups;
 } reader;
 
 struct cs_index {
@@ -320,6 +338,25 @@ sqlite3 *cs_index_writer(cs_index *index)
         return index->writer;
 }
 
+static uint64_t monotonic_nsec(void)
+{
+        struct timespec t;
+
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (uint64_t) t.tv_sec * 1000000000u + (uint64_t) t.tv_nsec;
+}
+
+/* Ends a read transaction held for puts: the next statement sees the
+ * newest commits. */
+static void reader_release_snapshot(reader *rd)
+{
+        if (!rd->held)
+                return;
+        sqlite3_reset(rd->lookup);
+        (void) sqlite3_exec(rd->db, "COMMIT", NULL, NULL, NULL);
+        rd->held = false;
+}
+
 static int reader_take(cs_index *index, reader *ret)
 {
         int r;
@@ -348,6 +385,7 @@ static void reader_give(cs_index *index, reader *rd)
                 return;
         }
         pthread_mutex_unlock(&index->pool_lock);
+        reader_release_snapshot(rd);
         sqlite3_finalize(rd->lookup);
         sqlite3_close(rd->db);
 }
@@ -359,6 +397,7 @@ int cs_index_reader_acquire(cs_index *index, sqlite3 **ret_db)
         if (r < 0)
                 return r;
         /* Callers run their own statements; the cached one goes with it. */
+        reader_release_snapshot(&rd);
         sqlite3_finalize(rd.lookup);
         *ret_db = rd.db;
         return 0;
@@ -370,42 +409,77 @@ void cs_index_reader_release(cs_index *index, sqlite3 *db)
         reader_give(index, &rd);
 }
 
-int cs_index_lookup(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc)
+/* One lookup on rd.  With hold, in the read transaction held for puts
+ * (begun if there is none or it is too old); else in its own. */
+static int lookup_on(reader *rd, const cs_chunk_id *id, cs_location *ret_loc, bool hold, uint64_t generation)
 {
-        reader rd;
         int rc, r;
 
-        r = reader_take(index, &rd);
-        if (r < 0)
-                return r;
-        if (!rd.lookup) {
-                r = cs_index_prepare(rd.db,
-                                     "SELECT kind, pack, offset, size, stored_size FROM chunks "
-                                     "WHERE id = ?",
-                                     &rd.lookup);
-                if (r < 0)
-                        goto out;
+        if (!hold) {
+                reader_release_snapshot(rd);
+        } else if (rd->held && (rd->held_generation != generation || rd->held_lookups >= HELD_LOOKUPS ||
+                                monotonic_nsec() - rd->held_since > HELD_NSEC)) {
+                reader_release_snapshot(rd);
         }
+        if (!rd->lookup) {
+                r = cs_index_prepare(rd->db, "SELECT kind, pack, offset, size, stored_size FROM chunks WHERE id = ?",
+                                     &rd->lookup);
+                if (r < 0)
+                        return r;
+        }
+        if (hold && !rd->held) {
+                r = cs_index_exec(rd->db, "BEGIN");
+                if (r < 0)
+                        return r;
+                *rd = (reader) { .db = rd->db, .lookup = rd->lookup, .held = true,
+                                 .held_since = monotonic_nsec(), .held_generation = generation };
+        }
+        rd->held_lookups += hold;
 
-        sqlite3_bind_blob(rd.lookup, 1, id->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
-        rc = sqlite3_step(rd.lookup);
+        sqlite3_bind_blob(rd->lookup, 1, id->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
+        rc = sqlite3_step(rd->lookup);
         if (rc == SQLITE_ROW) {
-                ret_loc->kind = sqlite3_column_int(rd.lookup, 0);
-                ret_loc->pack = (uint64_t) sqlite3_column_int64(rd.lookup, 1);
-                ret_loc->offset = (uint64_t) sqlite3_column_int64(rd.lookup, 2);
-                ret_loc->size = (uint32_t) sqlite3_column_int64(rd.lookup, 3);
-                ret_loc->stored_size = (uint32_t) sqlite3_column_int64(rd.lookup, 4);
+                ret_loc->kind = sqlite3_column_int(rd->lookup, 0);
+                ret_loc->pack = (uint64_t) sqlite3_column_int64(rd->lookup, 1);
+                ret_loc->offset = (uint64_t) sqlite3_column_int64(rd->lookup, 2);
+                ret_loc->size = (uint32_t) sqlite3_column_int64(rd->lookup, 3);
+                ret_loc->stored_size = (uint32_t) sqlite3_column_int64(rd->lookup, 4);
                 r = 1;
         } else if (rc == SQLITE_DONE) {
                 r = 0;
         } else {
-                r = db_errno(rd.db, rc);
+                r = db_errno(rd->db, rc);
         }
-        /* Reset ends the read transaction, so the next lookup sees newer
-         * commits from other processes. */
-        sqlite3_reset(rd.lookup);
-        sqlite3_clear_bindings(rd.lookup);
-out:
+        /* Reset ends the read transaction unless one is held, so the next
+         * lookup sees newer commits from other processes. */
+        sqlite3_reset(rd->lookup);
+        sqlite3_clear_bindings(rd->lookup);
+        if (r < 0)
+                reader_release_snapshot(rd);
+        return r;
+}
+
+int cs_index_lookup(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc)
+{
+        reader rd;
+        int r = reader_take(index, &rd);
+
+        if (r < 0)
+                return r;
+        r = lookup_on(&rd, id, ret_loc, false, 0);
         reader_give(index, &rd);
         return r;
 }
+
+int cs_index_lookup_for_put(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc, uint64_t generation)
+{
+        reader rd;
+        int r = reader_take(index, &rd);
+
+        if (r < 0)
+                return r;
+        r = lookup_on(&rd, id, ret_loc, true, generation);
+        reader_give(index, &rd);
+        return r;
+}
+

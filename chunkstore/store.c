@@ -457,6 +457,9 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         if (r >= 0)
                 r = write_batch(db, batch, logical, seal ? &pack : NULL);
         if (r >= 0) {
+                /* Its chunks leave the pending table: lookups must now see
+                 * this commit in the catalog. */
+                store->commits++;
                 pending_clear(batch);
                 store->spare = batch;
                 if (seal)
@@ -540,6 +543,7 @@ static pending_entry *find_uncommitted(cs_store *store, const cs_chunk_id *id)
 /* 1 if this handle or the catalog already holds the chunk. */
 static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
 {
+        uint64_t generation;
         cs_location loc;
         int r;
 
@@ -549,9 +553,11 @@ static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
                 pthread_mutex_unlock(&store->write_lock);
                 return 1;
         }
+        /* Read with the pending table: a commit that empties it bumps it. */
+        generation = store->commits;
         pthread_mutex_unlock(&store->write_lock);
 
-        r = cs_index_lookup(store->index, id, &loc);
+        r = cs_index_lookup_for_put(store->index, id, &loc, generation);
         if (r <= 0)
                 return r;
         pthread_mutex_lock(&store->write_lock);
