@@ -176,6 +176,13 @@ int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer);
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset);
 /* Writes a record at an offset reserved by the caller. */
 int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset);
+/* Called after a record at [offset, offset + size) was written: when it
+ * completes a window of CS_PACK_WRITEBACK_WINDOW bytes, starts writing
+ * that window back (sync_file_range, not waiting), so that the commit's
+ * fdatasync, which a putting thread runs and waits for, finds little left
+ * to write. */
+#define CS_PACK_WRITEBACK_WINDOW (8u * 1024 * 1024)
+void cs_pack_start_writeback(int fd, uint64_t offset, size_t size);
 /* fdatasync()s the pack. */
 int cs_pack_sync(cs_pack_writer *w);
 /* Records the pack's size and marks it sealed (in the caller's transaction). */

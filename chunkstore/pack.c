@@ -150,6 +150,17 @@ int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset)
         return 0;
 }
 
+void cs_pack_start_writeback(int fd, uint64_t offset, size_t size)
+{
+        uint64_t window = (offset + size) / CS_PACK_WRITEBACK_WINDOW;
+
+        if (window == 0 || window == offset / CS_PACK_WRITEBACK_WINDOW)
+                return;
+        /* Advisory: a failure shows again in the commit's fdatasync. */
+        (void) sync_file_range(fd, (off_t) ((window - 1) * CS_PACK_WRITEBACK_WINDOW), CS_PACK_WRITEBACK_WINDOW,
+                               SYNC_FILE_RANGE_WRITE);
+}
+
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset)
 {
         int r = cs_pack_write_at(w->fd, record, size, w->size);

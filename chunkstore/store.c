@@ -630,6 +630,8 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         pthread_mutex_unlock(&store->write_lock);
 
         r = cs_pack_write_at(fd, record, record_size, loc.offset);
+        if (r >= 0) /* still in flight: no commit closes fd meanwhile */
+                cs_pack_start_writeback(fd, loc.offset, record_size);
 
         pthread_mutex_lock(&store->write_lock);
         if (store->pack.id == loc.pack)
