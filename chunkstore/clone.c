@@ -91,8 +91,9 @@ struct cs_clone {
         cs_fd_cache fds;       /* delta files, under lock */
         cs_block_cache blocks; /* decoded base blocks, under lock */
         cs_id_cache ids;       /* base block ids, under lock */
-        /* Bumped when inode numbers start over (a reset): a decode that
-         * ran without the mutex across one must not fill the caches. */
+        /* Bumped by a reset, which gives inode numbers new meanings (the
+         * root's at least): a decode that ran without the mutex across one
+         * must not fill the caches, nor its read go on. */
         uint64_t cache_epoch;
         sqlite3_stmt *stmts[N_STMTS]; /* prepared once, under lock */
         /* What an fsync must make durable (design note 5): commits that
@@ -1708,7 +1709,7 @@ static int read_base(cs_clone *c, const inode *i, uint64_t k, uint64_t pos, size
                         if (r < 0)
                                 return r;
                 }
-                /* After a reset meanwhile, ino names another file. */
+                /* After a reset meanwhile, ino may name another file. */
                 if (epoch == c->cache_epoch)
                         cs_block_cache_store(&c->blocks, i->attr.ino, k, into);
                 block = into;
@@ -2276,7 +2277,8 @@ int cs_clone_release_inode(cs_clone *c, uint64_t ino)
 
 static int empty_data_dir(cs_clone *c)
 {
-        /* Inode numbers start over in the new catalog. */
+        /* The new catalog's inode numbers name other files (the root is
+         * 1 again; the rest continue from the old sequence). */
         c->n_pending = 0;
         c->cache_epoch++;
         cs_fd_cache_clear(&c->fds);

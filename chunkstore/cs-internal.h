@@ -121,6 +121,9 @@ int cs_index_lookup(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc
  * across lookups while generation (the caller's count of its commits)
  * stays the same (index.c, design note 4). */
 int cs_index_lookup_for_put(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc, uint64_t generation);
+/* Ends the snapshots held for puts by pooled connections: called by every
+ * commit, so that none keeps the catalog's WAL from being checkpointed. */
+void cs_index_release_snapshots(cs_index *index);
 
 /* The writer connection, for the store's writer (callers serialize). */
 sqlite3 *cs_index_writer(cs_index *index);

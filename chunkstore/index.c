@@ -37,7 +37,10 @@
  *     can miss a chunk that another process committed meanwhile: that puts
  *     a duplicate record (its row replaces the other's, compaction drops
  *     the unreferenced copy), never a wrong answer.  Any other use of the
- *     connection ends the held transaction first.
+ *     connection ends the held transaction first.  A held snapshot also
+ *     keeps checkpoints from passing it, so none outlives its handle's
+ *     next commit (cs_index_release_snapshots) nor waits in the pool once
+ *     older than HELD_NSEC.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -378,6 +381,9 @@ static int reader_take(cs_index *index, reader *ret)
 
 static void reader_give(cs_index *index, reader *rd)
 {
+        /* A snapshot past its age waits in the pool for no one. */
+        if (rd->held && monotonic_nsec() - rd->held_since > HELD_NSEC)
+                reader_release_snapshot(rd);
         pthread_mutex_lock(&index->pool_lock);
         if (index->pool_size < READER_POOL_MAX) {
                 index->pool[index->pool_size++] = *rd;
@@ -469,6 +475,14 @@ int cs_index_lookup(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc
         r = lookup_on(&rd, id, ret_loc, false, 0);
         reader_give(index, &rd);
         return r;
+}
+
+void cs_index_release_snapshots(cs_index *index)
+{
+        pthread_mutex_lock(&index->pool_lock);
+        for (size_t i = 0; i < index->pool_size; i++)
+                reader_release_snapshot(&index->pool[i]);
+        pthread_mutex_unlock(&index->pool_lock);
 }
 
 int cs_index_lookup_for_put(cs_index *index, const cs_chunk_id *id, cs_location *ret_loc, uint64_t generation)

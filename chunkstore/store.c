@@ -483,6 +483,8 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         store->committing = NULL;
         store->commit_running = false;
         pthread_cond_broadcast(&store->commit_done);
+        /* Held snapshots are stale now, and would keep the WAL growing. */
+        cs_index_release_snapshots(store->index);
         return r;
 }
 
@@ -497,6 +499,8 @@ int cs_store_commit(cs_store *store)
         pthread_mutex_lock(&store->write_lock);
         r = cs_store_commit_locked(store, false);
         pthread_mutex_unlock(&store->write_lock);
+        /* Even with nothing to commit: the puts' held snapshots end here. */
+        cs_index_release_snapshots(store->index);
         return r;
 }
 
@@ -558,6 +562,16 @@ static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
         pthread_mutex_unlock(&store->write_lock);
 
         r = cs_index_lookup_for_put(store->index, id, &loc, generation);
+        if (r == 0) {
+                /* A commit since the pending table was read may hold the
+                 * chunk, and the held snapshot may predate it: look again
+                 * in a fresh one. */
+                pthread_mutex_lock(&store->write_lock);
+                bool committed = store->commits != generation;
+                pthread_mutex_unlock(&store->write_lock);
+                if (committed)
+                        r = cs_index_lookup(store->index, id, &loc);
+        }
         if (r <= 0)
                 return r;
         pthread_mutex_lock(&store->write_lock);

@@ -123,12 +123,13 @@ static int serve_reset(cfs_clone *cl, cs_store *writer, const char *args)
 {
         char root[CS_CHUNK_ID_STRING_MAX];
         cs_point_info to = {};
-        int force, r;
+        int force, end = 0, r;
 
         /* The widths are CS_TIMELINE_NAME_MAX, CS_POINT_NAME_MAX - 1 and
-         * 2 * CS_CHUNK_ID_SIZE: a longer field is cut, then refused. */
-        if (sscanf(args, "%128s %63s %d %32s", to.timeline, to.name, &force, root) != 4 ||
-            cs_chunk_id_parse(root, &to.root) < 0)
+         * 2 * CS_CHUNK_ID_SIZE; a longer field is cut, and then what is
+         * left of it is not the end of the line: refused. */
+        if (sscanf(args, "%128s %63s %d %32s%n", to.timeline, to.name, &force, root, &end) != 4 ||
+            (args[end] != '\n' && args[end] != '\0') || cs_chunk_id_parse(root, &to.root) < 0)
                 return -EINVAL;
         if (!force && files_open(cl->ctx, cl))
                 return -ETXTBSY;

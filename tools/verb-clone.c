@@ -306,7 +306,10 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
         r = cs_clone_find(store, name, &info);
         if (r < 0)
                 return busy(r, name, refresh ? "refresh" : "rewind");
-        if (refresh && cs_pg_source_get(store, info.base_timeline, &src) == 0) {
+        r = refresh ? cs_pg_source_get(store, info.base_timeline, &src) : -ENOENT;
+        if (r < 0 && r != -ENOENT)
+                return log_error_errno(r, "cannot read timeline '%s': %m", info.base_timeline);
+        if (r >= 0) {
                 /* A PostgreSQL timeline: its newest data is in the WAL past
                  * the newest base point, so provision at its end. */
                 r = pg_clone_tree(store, name, info.base_timeline, PG_AT_LATEST, &to, NULL);
