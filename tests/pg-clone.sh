@@ -146,6 +146,26 @@ pg_start_on "$mnt" "$cport"
 expect_eq "refreshed: every row the source committed" "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM ticks")" \
         "$(pg_sql "$src" "$port" "SELECT count(*) FROM ticks")"
 pg_stop "$mnt"
+
+# --- The range comes from the WAL, not from clonectl's clock ------------------
+# A base backup taken while clonectl's clock runs 10 minutes behind the
+# server's: its range must still start after the backup ended on the
+# server (at its last commit before the end LSN), not 10 minutes early.
+pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
+pre=$(pg_sql "$src" "$port" "SELECT extract(epoch FROM max(at)) FROM ticks")
+ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+        expect_ok "pg sync with clonectl's clock 10 minutes behind" faketime -f -600s "$CLONECTL" --store "$store" pg sync db
+for _ in 1 2 3; do pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null; done
+pg_wait_slot "$src" "$port"
+expect_ok "timeline show --json" cl --json timeline show db
+python3 - "$workdir/out" "$pre" <<'PY' || fail "the second base's range starts before the server ended its backup"
+import json, sys, datetime
+b = json.load(open(sys.argv[1]))["bases"][-1]
+start = datetime.datetime.strptime(b["from"][:26], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+assert b["usable"] and start.timestamp() >= float(sys.argv[2]), (b, sys.argv[2])
+PY
+pass "the range starts at the server's last commit before the backup's end, whatever clonectl's clock says"
+
 expect_ok "clone create --at latest" cl clone create c2 --from db --at latest
 expect_grep "--at latest recovers all the stored WAL" "recovering to the end of its stored WAL" "$workdir/out"
 

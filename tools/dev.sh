@@ -21,7 +21,7 @@ test_packages=(
         build-essential autoconf automake libtool pkgconf
         fuse3 rsync acl attr python3 procps util-linux file
         postgresql-15 postgresql-client-15 mariadb-server xxhash lz4
-        groff-base man-db systemd lintian
+        groff-base man-db systemd lintian faketime
 )
 
 need_root() {

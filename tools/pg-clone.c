@@ -5,10 +5,10 @@
  * Design notes
  *
  *  1. The range a base point can be recovered to is computed from the
- *     catalog alone: its backup's end (by clonectl's clock, taken after the
- *     server said the backup ended) and the commit timestamps parsed out of
- *     the WAL stored without a gap from its start segment (pg-wal.c).  Wall
- *     clock receive times play no part.
+ *     commit timestamps parsed out of the WAL stored without a gap from its
+ *     start segment (pg-wal.c): from the last commit before the backup's
+ *     end LSN (the end segment is read for that) to the newest commit.  No
+ *     clock plays a part, neither clonectl's nor the receive times.
  *  2. A clone at time T is a clone of a derived tree: the base point's root
  *     directory rebuilt with the recovery setup, every other object shared.
  *     It costs a few new chunks and no copy:
@@ -128,13 +128,54 @@ void pg_coverage_done(pg_coverage *c)
         *c = (pg_coverage) {};
 }
 
-static void compute_range(const pg_coverage *c, pg_range *rg)
+/* Where a base point's range begins (design note 1): at the last commit
+ * whose record begins before the backup's end LSN, so that recovery to any
+ * time from there on stops past that end, where the copy is consistent,
+ * and holds every commit the base files hold; if the stored WAL from its
+ * start segment has none, at the first commit after it.  0 when the WAL
+ * that would tell is not stored yet. */
+static int range_start(cs_store *store, const pg_coverage *c, const pg_range *rg, int64_t *ret)
+{
+        uint32_t seg = c->src.segment_size;
+        uint64_t start = rg->backup.start_lsn / seg, end = rg->backup.end_lsn / seg;
+        int64_t before = 0, after = 0;
+        const cs_pg_wal *at_end = NULL;
+        int r;
+
+        for (size_t i = 0; i < c->n_wal; i++)
+                if (c->wal[i].segno == end && (!at_end || c->wal[i].tli == rg->backup.tli))
+                        at_end = &c->wal[i];
+        *ret = 0;
+        if (!at_end)
+                return 0;
+        if (at_end->first_commit) {
+                _cleanup_free_ uint8_t *data = malloc(seg);
+                size_t size = 0;
+                if (!data)
+                        return -ENOMEM;
+                r = cs_blob_read(store, &at_end->root, data, seg, &size);
+                if (r < 0)
+                        return r;
+                pg_wal_commit_times_around(data, size, end, seg, rg->backup.end_lsn, &before, &after);
+        }
+        /* Commit times grow with the LSN, so the end segment's is the last. */
+        for (size_t i = 0; !before && i < c->n_wal; i++)
+                if (c->wal[i].segno >= start && c->wal[i].segno < end)
+                        before = MAX(before, c->wal[i].last_commit);
+        for (size_t i = 0; !before && !after && i < c->n_wal; i++)
+                if (c->wal[i].segno > end && c->wal[i].first_commit)
+                        after = c->wal[i].first_commit;
+        *ret = before ? before : after;
+        return 0;
+}
+
+static void compute_range(const pg_coverage *c, pg_range *rg, int64_t from)
 {
         uint32_t seg = c->src.segment_size;
         uint64_t start = rg->backup.start_lsn / seg, expect = start;
         bool any = false;
 
-        rg->from = rg->backup.end_time * 1000000;
+        rg->from = from;
         for (size_t i = 0; i < c->n_wal; i++) {
                 const cs_pg_wal *w = &c->wal[i];
                 if (w->segno < start)
@@ -150,7 +191,7 @@ static void compute_range(const pg_coverage *c, pg_range *rg)
                 rg->wal_end_lsn = MAX(rg->wal_end_lsn, w->segno * seg + w->size);
                 rg->to = MAX(rg->to, w->last_commit);
         }
-        rg->usable = any && rg->wal_end_lsn >= rg->backup.end_lsn && rg->to > rg->from;
+        rg->usable = any && rg->from && rg->wal_end_lsn >= rg->backup.end_lsn && rg->to > rg->from;
 }
 
 int pg_coverage_load(cs_store *store, const char *timeline, pg_coverage *ret)
@@ -188,8 +229,14 @@ int pg_coverage_load(cs_store *store, const char *timeline, pg_coverage *ret)
                         }
                 if (!found)
                         continue;
+                int64_t from;
                 rg->backup = backups[i];
-                compute_range(&c, rg);
+                r = range_start(store, &c, rg, &from);
+                if (r < 0) {
+                        pg_coverage_done(&c);
+                        return log_error_errno(r, "cannot read the WAL of timeline '%s': %m", timeline);
+                }
+                compute_range(&c, rg, from);
                 c.n_ranges++;
         }
         *ret = c;

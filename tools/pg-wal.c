@@ -228,14 +228,16 @@ static int64_t commit_time(const uint8_t *rec, size_t len)
         return t + PG_EPOCH_USEC;
 }
 
-void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
-                         int64_t *ret_first, int64_t *ret_last)
+/* Commit times of the records that begin before lsn (the first and the
+ * last) and at or after it (the first); 0 for none. */
+static void commit_times(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size, uint64_t lsn,
+                         int64_t *ret_first_before, int64_t *ret_last_before, int64_t *ret_first_from)
 {
         wal_reader w = { data, MIN(size, (size_t) segment_size), segno * segment_size, false };
         uint8_t *rec = malloc(COMMIT_RECORD_MAX);
         size_t pos = 0;
 
-        *ret_first = *ret_last = 0;
+        *ret_first_before = *ret_last_before = *ret_first_from = 0;
         if (!rec)
                 return;
         /* Skip the tail of a record begun in the previous segment, page by
@@ -268,10 +270,12 @@ void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint3
                         if (wal_read(&w, &pos, rec + RECORD_HEADER, tot - RECORD_HEADER) < tot - RECORD_HEADER)
                                 break;
                         int64_t t = commit_time(rec, tot);
-                        if (t) {
-                                if (!*ret_first)
-                                        *ret_first = t;
-                                *ret_last = t;
+                        if (t && segno * segment_size + start < lsn) {
+                                if (!*ret_first_before)
+                                        *ret_first_before = t;
+                                *ret_last_before = t;
+                        } else if (t && !*ret_first_from) {
+                                *ret_first_from = t;
                         }
                 } else if (wal_read(&w, &pos, NULL, tot - RECORD_HEADER) < tot - RECORD_HEADER)
                         break;
@@ -280,6 +284,22 @@ void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint3
         }
 out:
         free(rec);
+}
+
+void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
+                         int64_t *ret_first, int64_t *ret_last)
+{
+        int64_t none;
+
+        commit_times(data, size, segno, segment_size, UINT64_MAX, ret_first, ret_last, &none);
+}
+
+void pg_wal_commit_times_around(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
+                                uint64_t lsn, int64_t *ret_last_before, int64_t *ret_first_from)
+{
+        int64_t first;
+
+        commit_times(data, size, segno, segment_size, lsn, &first, ret_last_before, ret_first_from);
 }
 
 /* --- Storing a segment ----------------------------------------------------------------- */

@@ -38,6 +38,10 @@ int pg_wal_parse_name(const char *name, uint32_t segment_size, pg_wal_kind *ret_
  * that is cut off. */
 void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
                          int64_t *ret_first, int64_t *ret_last);
+/* The same, split at lsn: the last commit of a record that begins before
+ * it, and the first of one that begins at or after it; 0 for none. */
+void pg_wal_commit_times_around(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
+                                uint64_t lsn, int64_t *ret_last_before, int64_t *ret_first_from);
 
 /* Runs until *stop is set (SIGINT, SIGTERM): streams the timeline's WAL
  * from its slot into the store, reconnecting with backoff. */
