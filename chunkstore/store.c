@@ -386,6 +386,18 @@ static int write_batch(sqlite3 *db, const cs_pending *batch, uint64_t logical, c
         return cs_index_commit(db);
 }
 
+/* Where the records of pack id in a batch end (0 for none). */
+static uint64_t batch_end_in(const cs_pending *batch, uint64_t id)
+{
+        uint64_t end = 0;
+
+        for (size_t i = 0; i < batch->n; i++)
+                if (batch->entries[i].loc.pack == id)
+                        end = MAX(end, batch->entries[i].loc.offset + CS_RECORD_HEADER_SIZE +
+                                               batch->entries[i].loc.stored_size);
+        return end;
+}
+
 /* Returns a failed batch to the pending puts, so a later commit retries it. */
 static int restore_batch(cs_store *store, cs_pending *batch, uint64_t logical)
 {
@@ -460,12 +472,18 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                 /* Its chunks leave the pending table: lookups must now see
                  * this commit in the catalog. */
                 store->commits++;
-                pending_clear(batch);
-                store->spare = batch;
                 if (seal)
                         cs_pack_writer_close(&pack);
                 else if (store->pack.id == pack.id)
                         store->pack.committed = MAX(store->pack.committed, batch_end);
+                /* A sealing commit's batch also holds the records that went
+                 * into the next pack while it waited for the old one's
+                 * writers: their rows are committed now, so abandoning that
+                 * pack (cs_store_unref) must not cut them off. */
+                if (store->pack.fd >= 0)
+                        store->pack.committed = MAX(store->pack.committed, batch_end_in(batch, store->pack.id));
+                pending_clear(batch);
+                store->spare = batch;
         } else if (!seal || store->pack.fd < 0) {
                 int k = restore_batch(store, batch, logical);
                 pending_free(batch);
