@@ -238,7 +238,9 @@ struct cs_store {
         cs_pending *spare;      /* an empty table, reused as the next pending */
         pthread_cond_t commit_done;
         uint64_t pending_logical_bytes;
-        uint64_t commits; /* batches committed: a held lookup snapshot older than one is stale */
+        /* Batches committed, written under write_lock and read atomically
+         * too: a held lookup snapshot older than one is stale. */
+        uint64_t commits;
         cs_put_counters added; /* what this handle's puts added */
         uint64_t pins;         /* pins made through this handle */
 };

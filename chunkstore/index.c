@@ -421,12 +421,9 @@ static int lookup_on(reader *rd, const cs_chunk_id *id, cs_location *ret_loc, bo
 {
         int rc, r;
 
-        if (!hold) {
+        if (rd->held && (!hold || rd->held_generation != generation || rd->held_lookups >= HELD_LOOKUPS ||
+                         monotonic_nsec() - rd->held_since > HELD_NSEC))
                 reader_release_snapshot(rd);
-        } else if (rd->held && (rd->held_generation != generation || rd->held_lookups >= HELD_LOOKUPS ||
-                                monotonic_nsec() - rd->held_since > HELD_NSEC)) {
-                reader_release_snapshot(rd);
-        }
         if (!rd->lookup) {
                 r = cs_index_prepare(rd->db, "SELECT kind, pack, offset, size, stored_size FROM chunks WHERE id = ?",
                                      &rd->lookup);
@@ -496,4 +493,3 @@ int cs_index_lookup_for_put(cs_index *index, const cs_chunk_id *id, cs_location 
         reader_give(index, &rd);
         return r;
 }
-

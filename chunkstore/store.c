@@ -471,7 +471,7 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         if (r >= 0) {
                 /* Its chunks leave the pending table: lookups must now see
                  * this commit in the catalog. */
-                store->commits++;
+                __atomic_add_fetch(&store->commits, 1, __ATOMIC_RELEASE);
                 if (seal)
                         cs_pack_writer_close(&pack);
                 else if (store->pack.id == pack.id)
@@ -583,11 +583,9 @@ static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
         if (r == 0) {
                 /* A commit since the pending table was read may hold the
                  * chunk, and the held snapshot may predate it: look again
-                 * in a fresh one. */
-                pthread_mutex_lock(&store->write_lock);
-                bool committed = store->commits != generation;
-                pthread_mutex_unlock(&store->write_lock);
-                if (committed)
+                 * in a fresh one.  An atomic read, not write_lock: every
+                 * new chunk comes this way. */
+                if (__atomic_load_n(&store->commits, __ATOMIC_ACQUIRE) != generation)
                         r = cs_index_lookup(store->index, id, &loc);
         }
         if (r <= 0)

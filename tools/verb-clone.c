@@ -301,15 +301,19 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
         cs_clone_info info;
         cs_point_info to;
         cs_pg_source src;
+        bool from_pg = false;
         int r;
 
         r = cs_clone_find(store, name, &info);
         if (r < 0)
                 return busy(r, name, refresh ? "refresh" : "rewind");
-        r = refresh ? cs_pg_source_get(store, info.base_timeline, &src) : -ENOENT;
-        if (r < 0 && r != -ENOENT)
-                return log_error_errno(r, "cannot read timeline '%s': %m", info.base_timeline);
-        if (r >= 0) {
+        if (refresh) {
+                r = cs_pg_source_get(store, info.base_timeline, &src);
+                if (r < 0 && r != -ENOENT)
+                        return log_error_errno(r, "cannot read timeline '%s': %m", info.base_timeline);
+                from_pg = r >= 0;
+        }
+        if (from_pg) {
                 /* A PostgreSQL timeline: its newest data is in the WAL past
                  * the newest base point, so provision at its end. */
                 r = pg_clone_tree(store, name, info.base_timeline, PG_AT_LATEST, &to, NULL);
