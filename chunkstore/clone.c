@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Writable clones: a point plus an overlay that holds only what the clone
- * changed, with copy-on-write per block, never per file.
+ * changed, with copy-on-write per page, never per file.
  *
  * Design notes
  *
  *  1. Layout: STORE/clones/NAME/ holds state.db (SQLite, WAL) and data/,
  *     one sparse "delta file" per inode the clone wrote to, named by the
- *     inode number in hex.  A changed block sits in the delta file at its
- *     natural offset; blocks(ino, block) says which blocks are local.  A
- *     file created in the clone is wholly local (inodes.local_all = 1) and
+ *     inode number in hex.  Changed data sits in the delta file at its
+ *     natural offset; blocks(ino, block, mask) says which pages of a block
+ *     are local (bit j: page j).  A page is 4 KiB, or 1/64 of a block
+ *     larger than 256 KiB, whatever the store's block size, so a
+ *     database's 8 KiB page write costs 8 KiB, not a block.  A file
+ *     created in the clone is wholly local (inodes.local_all = 1) and
  *     needs no rows.  The catalog's clones table names the clone and its
  *     base point; the base root is a gc root.
  *  2. state.db: inodes (attributes; for base-backed files the base content
@@ -21,14 +24,24 @@
  *     constant time.  A directory's entries are copied into dentries and
  *     inodes the first time anything looks inside it (materialized); file
  *     data is never copied, only referenced.
- *  4. Reads: local block -> delta file (holes read as zeros); else below
- *     base_size -> the base chunk; else zeros.  Writes: a block not yet
- *     local is filled from its source, patched and written whole into the
- *     delta file, then marked local.
+ *  4. Reads, page by page: local -> delta file (holes read as zeros);
+ *     else below base_size -> the base chunk; else zeros.  Writes: pages
+ *     the write covers whole are just marked local; a page it covers in
+ *     part is first copied up from its source.  A sequential write (one
+ *     that starts where the last write to its file ended, as a database's
+ *     log does) copies up the rest of its block too, so the delta file
+ *     grows by blocks: the log's next writes overwrite in place, and its
+ *     fdatasync() need not wait for the filesystem to allocate.  Schema 1 (one row per
+ *     whole local block) is upgraded on open: its rows get mask -1.
  *  5. Durability: state.db runs synchronous=NORMAL: every change is in the
  *     WAL (so kill -9 loses nothing that returned), and fsync() of a file
  *     is fdatasync() of its delta file followed by a synchronous commit
- *     of state.db, which makes every earlier change durable too.
+ *     of state.db, which makes every earlier change durable too.  The
+ *     commit is skipped when nothing the file needs is pending: fdatasync
+ *     needs one only after a change to where data lives (block map, size,
+ *     names), and changes confined to one file's rows (its writes,
+ *     truncates, fallocates, setattrs) are remembered per inode, so a
+ *     database's log flush does not pay for its table files' copy-ups.
  *  6. Locking: one mutex per open clone serializes its metadata and
  *     writes.  Between processes, clones/NAME/lock is held exclusively by
  *     whoever uses the clone: the one mount that has it open (a second is
@@ -69,6 +82,11 @@ enum {
 
 /* Overwrites in place whose new times may wait outside the catalog. */
 #define PENDING_TIMES 64
+/* Files written sequentially, remembered by where their last write ended. */
+#define STREAMS 16
+/* Inodes whose data placement changed since the last synchronous commit,
+ * tracked one by one before falling back to "any" (design note 5). */
+#define DIRTY_INODES 32
 
 /* Decoded base blocks kept per open clone: 8 MiB at 64 KiB blocks. */
 #define CLONE_BLOCK_CACHE_BYTES (8u << 20)
@@ -86,8 +104,10 @@ struct cs_clone {
         sqlite3 *db;
         pthread_mutex_t lock;
         uint32_t block_size;
+        uint32_t page_size; /* the unit of copy-on-write (design note 1) */
         uint64_t key; /* for stable inode numbers */
-        uint8_t *buf; /* one block, under lock */
+        uint8_t *buf;     /* one block, under lock */
+        uint8_t *scratch; /* one block, under lock, for read_base */
         cs_fd_cache fds;       /* delta files, under lock */
         cs_block_cache blocks; /* decoded base blocks, under lock */
         cs_id_cache ids;       /* base block ids, under lock */
@@ -101,6 +121,13 @@ struct cs_clone {
          * that changed attributes only; a delta file created. */
         bool meta_dirty, attr_dirty, dir_dirty;
         bool op_attrs_only; /* the running transaction changes attributes only */
+        /* The one inode whose rows the running transaction changes, or 0
+         * for any other transaction; commits of such are remembered per
+         * inode, so that an fdatasync of another file skips the
+         * synchronous commit. */
+        uint64_t op_ino;
+        uint64_t dirty_inodes[DIRTY_INODES];
+        size_t n_dirty_inodes;
         /* Times of overwrites in place not yet in the catalog: written by
          * the next transaction, a full fsync, or the close (design note 5). */
         struct {
@@ -108,6 +135,13 @@ struct cs_clone {
                 struct timespec mtime, ctime;
         } pending[PENDING_TIMES];
         size_t n_pending;
+        /* Where recent writes ended, per inode, round robin: a write that
+         * starts where the last one to its file ended copies up its whole
+         * block (design note 4). */
+        struct {
+                uint64_t ino, end;
+        } streams[STREAMS];
+        size_t next_stream;
 };
 
 static const char clone_schema[] =
@@ -124,9 +158,10 @@ static const char clone_schema[] =
         "  PRIMARY KEY(parent, name)) WITHOUT ROWID;"
         "CREATE TABLE xattrs(ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,"
         "  PRIMARY KEY(ino, name)) WITHOUT ROWID;"
-        "CREATE TABLE blocks(ino INTEGER NOT NULL, block INTEGER NOT NULL, PRIMARY KEY(ino, block)) WITHOUT ROWID;"
+        "CREATE TABLE blocks(ino INTEGER NOT NULL, block INTEGER NOT NULL, mask INTEGER NOT NULL,"
+        "  PRIMARY KEY(ino, block)) WITHOUT ROWID;"
         "CREATE TABLE base_links(grp INTEGER PRIMARY KEY, ino INTEGER NOT NULL);"
-        "INSERT INTO meta VALUES('schema', 1), ('generation', 1);"
+        "INSERT INTO meta VALUES('schema', 2), ('generation', 1);"
         "COMMIT;";
 
 bool cs_clone_name_is_valid(const char *name)
@@ -208,6 +243,24 @@ static void now(struct timespec *t)
         clock_gettime(CLOCK_REALTIME, t);
 }
 
+/* Schema 1 kept whole blocks: each of its rows is every page local. */
+static int upgrade_schema(sqlite3 *db)
+{
+        int64_t schema = 0;
+        int r = cs_index_query_int(db, "SELECT value FROM meta WHERE key = 'schema'", 0, &schema);
+
+        if (r < 0)
+                return r;
+        if (schema > 2)
+                return -EPROTONOSUPPORT;
+        if (schema == 2)
+                return 0;
+        return cs_index_exec(db, "BEGIN IMMEDIATE;"
+                                 " ALTER TABLE blocks ADD COLUMN mask INTEGER NOT NULL DEFAULT -1;"
+                                 " UPDATE meta SET value = 2 WHERE key = 'schema';"
+                                 " COMMIT");
+}
+
 static int open_state_db(int clone_dir_fd, bool create, sqlite3 **ret)
 {
         char link[64], *dir, *path;
@@ -247,6 +300,8 @@ static int open_state_db(int clone_dir_fd, bool create, sqlite3 **ret)
         r = cs_index_exec(db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=NORMAL");
         if (r >= 0 && create)
                 r = cs_index_exec(db, clone_schema);
+        else if (r >= 0)
+                r = upgrade_schema(db);
         if (r < 0) {
                 sqlite3_close(db);
                 return r;
@@ -603,14 +658,16 @@ static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **r
         c->dir_fd = c->data_fd = c->lock_fd = -1;
         c->store = store;
         c->block_size = cs_store_block_size(store);
+        c->page_size = MAX(c->block_size / 64, MIN(c->block_size, 4096u));
         cs_fd_cache_init(&c->fds);
         pthread_mutex_init(&c->lock, NULL);
         c->name = strdup(name);
         c->buf = malloc(c->block_size);
+        c->scratch = malloc(c->block_size);
         r = cs_block_cache_init(&c->blocks, CLONE_BLOCK_CACHE_BYTES / c->block_size, c->block_size);
         if (r >= 0)
                 r = cs_id_cache_init(&c->ids, CLONE_ID_CACHE_SLOTS);
-        if (!c->name || !c->buf || r < 0) {
+        if (!c->name || !c->buf || !c->scratch || r < 0) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -691,6 +748,7 @@ cs_clone *cs_clone_close(cs_clone *c)
         safe_close(c->dir_fd);
         pthread_mutex_destroy(&c->lock);
         free(c->buf);
+        free(c->scratch);
         free(c->name);
         return mfree(c);
 }
@@ -1007,6 +1065,7 @@ static int begin_locked(cs_clone *c)
                         cs_index_rollback(c->db);
         }
         c->op_attrs_only = false;
+        c->op_ino = 0;
         return r;
 }
 
@@ -1019,6 +1078,27 @@ static int begin(cs_clone *c)
         return r;
 }
 
+/* Remembers that ino's rows changed since the last synchronous commit;
+ * false when the table is full. */
+static bool dirty_inode_add(cs_clone *c, uint64_t ino)
+{
+        for (size_t k = 0; k < c->n_dirty_inodes; k++)
+                if (c->dirty_inodes[k] == ino)
+                        return true;
+        if (c->n_dirty_inodes == DIRTY_INODES)
+                return false;
+        c->dirty_inodes[c->n_dirty_inodes++] = ino;
+        return true;
+}
+
+static bool dirty_inode_has(const cs_clone *c, uint64_t ino)
+{
+        for (size_t k = 0; k < c->n_dirty_inodes; k++)
+                if (c->dirty_inodes[k] == ino)
+                        return true;
+        return false;
+}
+
 static int end(cs_clone *c, int r)
 {
         if (r >= 0) {
@@ -1027,7 +1107,7 @@ static int end(cs_clone *c, int r)
                         r = k;
                 else if (c->op_attrs_only)
                         c->attr_dirty = true;
-                else
+                else if (!c->op_ino || !dirty_inode_add(c, c->op_ino))
                         c->meta_dirty = true;
         } else {
                 cs_index_rollback(c->db);
@@ -1618,22 +1698,34 @@ out_dirs:
 
 /* --- File data -------------------------------------------------------------- */
 
-static int block_is_local(cs_clone *c, const inode *i, uint64_t k)
+/* The pages of a block that [from, to) (offsets in the block) touches. */
+static uint64_t pages_mask(const cs_clone *c, uint64_t from, uint64_t to)
+{
+        uint64_t first = from / c->page_size, n = (to - 1) / c->page_size - first + 1;
+
+        return (n >= 64 ? UINT64_MAX : (UINT64_C(1) << n) - 1) << first;
+}
+
+/* Which pages of block k of inode i are local (design note 1). */
+static int block_local_mask(cs_clone *c, const inode *i, uint64_t k, uint64_t *ret)
 {
         _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
         int rc, r;
 
-        if (i->local_all)
-                return 1;
-        r = prep_cached(c, STMT_BLOCK_IS_LOCAL, "SELECT 1 FROM blocks WHERE ino = ? AND block = ?", &stmt);
+        *ret = 0;
+        if (i->local_all) {
+                *ret = UINT64_MAX;
+                return 0;
+        }
+        r = prep_cached(c, STMT_BLOCK_IS_LOCAL, "SELECT mask FROM blocks WHERE ino = ? AND block = ?", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) i->attr.ino);
         sqlite3_bind_int64(stmt, 2, (int64_t) k);
         rc = sqlite3_step(stmt);
         if (rc == SQLITE_ROW)
-                return 1;
-        return rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
+                *ret = (uint64_t) sqlite3_column_int64(stmt, 0);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : cs_sqlite_errno(rc);
 }
 
 /* The delta file of ino: borrowed from the fd cache, valid under the lock
@@ -1722,33 +1814,69 @@ static int read_base(cs_clone *c, const inode *i, uint64_t k, uint64_t pos, size
         return 0;
 }
 
-/* Fills buf (one block) with block k as the clone sees it. */
-static int read_block(cs_clone *c, inode *i, int data_fd, uint64_t k, uint8_t *buf)
+/* Reads [pos, pos + n) from the delta file; past its end, or with no
+ * delta file at all, zeros. */
+static int read_local(cs_clone *c, uint64_t ino, uint8_t *dst, size_t n, uint64_t pos)
 {
-        uint64_t start = k * c->block_size;
-        int local = block_is_local(c, i, k);
+        /* Looked up here, under the mutex: a read_base before may have let
+         * go of it, and the fd cache closed what it lent out then. */
+        int fd = open_data(c, ino, false);
+        ssize_t got = fd == -ENOENT ? 0 : fd < 0 ? fd : pread(fd, dst, n, (off_t) pos);
 
-        memset(buf, 0, c->block_size);
-        if (local < 0)
-                return local;
-        if (local) {
-                if (data_fd < 0)
-                        return 0; /* never written: a hole */
-                ssize_t n = pread(data_fd, buf, c->block_size, (off_t) start);
-                return n < 0 ? negative_errno() : 0;
-        }
-        if (start >= i->base_size || !i->base)
-                return 0;
-        /* Its callers (make_local, the fold) hold the clone still. */
-        return read_base(c, i, k, start, c->block_size, buf, NULL, true);
+        if (got < 0)
+                return fd < 0 ? fd : negative_errno();
+        memset(dst + got, 0, n - (size_t) got);
+        return 0;
 }
 
+/* Copies [pos, pos + take), within block k whose local pages are mask,
+ * into dst as the clone sees it: each run of local pages from the delta
+ * file, each run of the others from the base (or zeros past it).  With
+ * keep_lock (a copy-up, the fold: callers that hold the clone still) the
+ * mutex is held throughout and read_base decodes into c->scratch. */
+static int read_range(cs_clone *c, const inode *i, uint64_t k, uint64_t mask, uint64_t pos, size_t take,
+                      uint8_t *dst, uint8_t **scratch, bool keep_lock)
+{
+        uint64_t start = k * c->block_size, epoch = c->cache_epoch;
+        int r = 0;
 
+        while (r >= 0 && take > 0) {
+                uint64_t in = pos - start, page = in / c->page_size, run_end = (page + 1) * c->page_size;
+                bool local = (mask >> page) & 1;
+
+                while (run_end < in + take && ((mask >> (run_end / c->page_size)) & 1) == local)
+                        run_end += c->page_size;
+                size_t n = (size_t) MIN((uint64_t) take, run_end - in);
+                if (local) {
+                        r = read_local(c, i->attr.ino, dst, n, pos);
+                } else if (pos < i->base_size && i->base) {
+                        r = read_base(c, i, k, pos, n, dst, scratch, keep_lock);
+                        /* A forced reset while read_base let go of the
+                         * mutex: the handle is stale, as after one. */
+                        if (r >= 0 && epoch != c->cache_epoch)
+                                r = -ENOENT;
+                } else {
+                        memset(dst, 0, n);
+                }
+                pos += n;
+                dst += n;
+                take -= n;
+        }
+        return r;
+}
+
+/* Fills buf (one block) with block k as the clone sees it. */
+static int read_block(cs_clone *c, const inode *i, uint64_t k, uint8_t *buf)
+{
+        uint64_t mask;
+        int r = block_local_mask(c, i, k, &mask);
+
+        return r < 0 ? r : read_range(c, i, k, mask, k * c->block_size, c->block_size, buf, &c->scratch, true);
+}
 
 ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_t offset)
 {
         _cleanup_free_ uint8_t *scratch = NULL;
-        uint64_t epoch;
         inode i;
         size_t done = 0;
         int r;
@@ -1756,37 +1884,17 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
         r = lock_inode(c, ino, &i);
         if (r < 0)
                 return r;
-        epoch = c->cache_epoch;
         if (offset < i.attr.size)
                 size = (size_t) MIN((uint64_t) size, i.attr.size - offset);
         else
                 size = 0;
         while (r >= 0 && done < size) {
-                uint64_t pos = offset + done, k = pos / c->block_size;
+                uint64_t pos = offset + done, k = pos / c->block_size, mask;
                 size_t take = MIN(size - done, (size_t) (c->block_size - pos % c->block_size));
-                uint8_t *dst = (uint8_t *) buf + done;
-                int local = block_is_local(c, &i, k);
 
-                if (local < 0) {
-                        r = local;
-                } else if (local) {
-                        /* Only the bytes asked for; past the delta file's end,
-                         * or with no delta file at all, zeros. */
-                        int fd = open_data(c, ino, false);
-                        ssize_t n = fd == -ENOENT ? 0 : fd < 0 ? fd : pread(fd, dst, take, (off_t) pos);
-                        if (n < 0)
-                                r = fd < 0 ? fd : negative_errno();
-                        else
-                                memset(dst + n, 0, take - (size_t) n);
-                } else if (pos < i.base_size && i.base) {
-                        r = read_base(c, &i, k, pos, take, dst, &scratch, false);
-                        /* A forced reset while read_base let go of the
-                         * mutex: the handle is stale, as after one. */
-                        if (r >= 0 && epoch != c->cache_epoch)
-                                r = -ENOENT;
-                } else {
-                        memset(dst, 0, take);
-                }
+                r = block_local_mask(c, &i, k, &mask);
+                if (r >= 0)
+                        r = read_range(c, &i, k, mask, pos, take, (uint8_t *) buf + done, &scratch, false);
                 done += take;
         }
         inode_clear(&i);
@@ -1794,17 +1902,20 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
         return r < 0 ? r : (ssize_t) size;
 }
 
-static int mark_local(cs_clone *c, uint64_t ino, uint64_t k)
+/* Records block k's local pages as mask, a superset of what they were. */
+static int mark_local(cs_clone *c, uint64_t ino, uint64_t k, uint64_t mask)
 {
         _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
-        int r = prep_cached(c, STMT_MARK_LOCAL, "INSERT OR IGNORE INTO blocks VALUES(?, ?)", &stmt);
+        int r = prep_cached(c, STMT_MARK_LOCAL, "INSERT OR REPLACE INTO blocks(ino, block, mask) VALUES(?, ?, ?)",
+                            &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) ino);
         sqlite3_bind_int64(stmt, 2, (int64_t) k);
+        sqlite3_bind_int64(stmt, 3, (int64_t) mask);
         r = cs_index_step(stmt);
-        /* Only a new row changes where data lives. */
-        if (r >= 0 && sqlite3_changes(c->db) > 0)
+        /* This changes where data lives. */
+        if (r >= 0)
                 c->op_attrs_only = false;
         return r;
 }
@@ -1823,18 +1934,72 @@ static int write_all(int fd, const void *buf, size_t size, uint64_t offset)
         return 0;
 }
 
-/* Makes block k local (design note 4), leaving its content in c->buf. */
-static int make_local(cs_clone *c, inode *i, int fd, uint64_t k)
+/* Copies the pages of block k in `copy` up into the delta file, a run of
+ * adjacent ones at a time. */
+static int copy_pages_up(cs_clone *c, const inode *i, int fd, uint64_t k, uint64_t mask, uint64_t copy)
 {
-        int r = block_is_local(c, i, k);
-        if (r != 0)
-                return r < 0 ? r : 0;
-        r = read_block(c, i, fd, k, c->buf);
-        if (r >= 0)
-                r = write_all(fd, c->buf, c->block_size, k * c->block_size);
-        if (r >= 0)
-                r = mark_local(c, i->attr.ino, k);
+        uint64_t pages = c->block_size / c->page_size;
+        int r = 0;
+
+        for (uint64_t p = 0; r >= 0 && p < pages; p++) {
+                if (!((copy >> p) & 1))
+                        continue;
+                uint64_t n = 1;
+                while (p + n < pages && ((copy >> (p + n)) & 1))
+                        n++;
+                uint64_t pos = k * c->block_size + p * c->page_size;
+                size_t len = (size_t) (n * c->page_size);
+                r = read_range(c, i, k, mask, pos, len, c->buf, &c->scratch, true);
+                if (r >= 0)
+                        r = write_all(fd, c->buf, len, pos);
+                p += n - 1;
+        }
         return r;
+}
+
+/* Makes the pages of block k that [from, to) (offsets in the block)
+ * touches local, or with whole_block all its pages, before the caller
+ * overwrites or punches [from, to) (design note 4): pages the range
+ * covers whole need no old content; the others are copied up first. */
+static int make_range_local(cs_clone *c, const inode *i, int fd, uint64_t k, uint64_t from, uint64_t to,
+                            bool whole_block)
+{
+        uint64_t mask, full = pages_mask(c, 0, c->block_size);
+        uint64_t want = whole_block ? full : pages_mask(c, from, to);
+        uint64_t covered = 0;
+        int r = block_local_mask(c, i, k, &mask);
+
+        if (r < 0 || (mask & want) == want)
+                return r;
+        /* The pages inside [from, to): from rounded up, to rounded down. */
+        uint64_t cover_from = DIV_ROUND_UP(from, c->page_size), cover_to = to / c->page_size;
+        if (cover_to > cover_from)
+                covered = pages_mask(c, cover_from * c->page_size, cover_to * c->page_size);
+        r = copy_pages_up(c, i, fd, k, mask, want & ~mask & ~covered);
+        return r < 0 ? r : mark_local(c, i->attr.ino, k, mask | want);
+}
+
+/* Whether a write at offset continues the last write to ino. */
+static bool stream_continues(const cs_clone *c, uint64_t ino, uint64_t offset)
+{
+        for (size_t k = 0; k < STREAMS; k++)
+                if (c->streams[k].ino == ino)
+                        return c->streams[k].end == offset;
+        return false;
+}
+
+static void stream_note(cs_clone *c, uint64_t ino, uint64_t end)
+{
+        size_t k;
+
+        for (k = 0; k < STREAMS && c->streams[k].ino != ino; k++)
+                ;
+        if (k == STREAMS) {
+                k = c->next_stream;
+                c->next_stream = (c->next_stream + 1) % STREAMS;
+        }
+        c->streams[k].ino = ino;
+        c->streams[k].end = end;
 }
 
 /* Records new times of ino outside the catalog, making room by writing
@@ -1875,8 +2040,13 @@ static int write_in_place(cs_clone *c, const inode *i, const void *buf, size_t s
         if (size == 0 || !S_ISREG(i->attr.mode) || offset + size > i->attr.size)
                 return -EAGAIN;
         for (uint64_t k = offset / c->block_size; r >= 0 && k <= (offset + size - 1) / c->block_size; k++) {
-                int local = block_is_local(c, i, k);
-                r = local < 0 ? local : local ? 0 : -EAGAIN;
+                uint64_t start = k * c->block_size, mask;
+                uint64_t from = MAX(offset, start) - start, to = MIN(offset + size, start + c->block_size) - start;
+                uint64_t want = pages_mask(c, from, to);
+
+                r = block_local_mask(c, i, k, &mask);
+                if (r >= 0 && (mask & want) != want)
+                        r = -EAGAIN;
         }
         if (r < 0)
                 return r;
@@ -1900,6 +2070,7 @@ static int write_blocks(cs_clone *c, inode *i, const void *buf, size_t size, uin
         /* An overwrite of local blocks within the size changes only the
          * times, which fdatasync need not make durable. */
         c->op_attrs_only = offset + size <= i->attr.size;
+        c->op_ino = i->attr.ino;
         if (!S_ISREG(i->attr.mode))
                 return -EINVAL;
         fd = open_data(c, i->attr.ino, true);
@@ -1910,14 +2081,12 @@ static int write_blocks(cs_clone *c, inode *i, const void *buf, size_t size, uin
                 r = write_all(fd, buf, size, offset);
                 done = size;
         }
+        bool sequential = stream_continues(c, i->attr.ino, offset);
         while (r >= 0 && done < size) {
                 uint64_t pos = offset + done, k = pos / c->block_size, in = pos % c->block_size;
                 size_t take = MIN(size - done, (size_t) (c->block_size - in));
-                /* A whole block needs no old content; a part of one does. */
-                if (take < c->block_size)
-                        r = make_local(c, i, fd, k);
-                else
-                        r = mark_local(c, i->attr.ino, k);
+
+                r = make_range_local(c, i, fd, k, in, in + take, sequential);
                 if (r >= 0)
                         r = write_all(fd, (const uint8_t *) buf + done, take, pos);
                 done += take;
@@ -1940,27 +2109,27 @@ ssize_t cs_clone_write(cs_clone *c, uint64_t ino, const void *buf, size_t size, 
         if (r < 0)
                 return r;
         r = write_in_place(c, &i, buf, size, offset);
-        if (r == -EAGAIN && (r = begin_locked(c)) >= 0)
-                r = end(c, write_blocks(c, &i, buf, size, offset)); /* end() unlocks */
-        else
+        if (r == -EAGAIN && (r = begin_locked(c)) >= 0) {
+                r = write_blocks(c, &i, buf, size, offset);
+                if (r >= 0)
+                        stream_note(c, ino, offset + size);
+                r = end(c, r); /* end() unlocks */
+        } else {
+                if (r >= 0)
+                        stream_note(c, ino, offset + size);
                 pthread_mutex_unlock(&c->lock);
+        }
         inode_clear(&i);
         return r < 0 ? r : (ssize_t) size;
 }
 
-/* Drops local blocks from block `first` on, and base bytes past `size`. */
+/* Drops local data past `size` and base bytes past it: what the file
+ * later grows by reads as zeros, whichever source its pages have. */
 static int cut(cs_clone *c, inode *i, int fd, uint64_t size)
 {
         char sql[160];
         int r;
 
-        if (size % c->block_size) {
-                /* The block holding the new end keeps its head only. */
-                uint64_t k = size / c->block_size;
-                r = make_local(c, i, fd, k);
-                if (r < 0)
-                        return r;
-        }
         snprintf(sql, sizeof(sql), "DELETE FROM blocks WHERE ino = %" PRIu64 " AND block >= %" PRIu64, i->attr.ino,
                  DIV_ROUND_UP(size, c->block_size));
         r = cs_index_exec(c->db, sql);
@@ -1990,6 +2159,7 @@ int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsig
         r = load_inode(c, ino, &i);
         if (r < 0)
                 return end(c, r);
+        c->op_ino = ino;
         now(&t);
         if (valid & CS_SET_SIZE) {
                 if (!S_ISREG(i.attr.mode))
@@ -2039,6 +2209,7 @@ int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uin
         r = load_inode(c, ino, &i);
         if (r < 0)
                 return end(c, r);
+        c->op_ino = ino;
         fd = open_data(c, ino, true);
         if (fd < 0)
                 r = fd;
@@ -2048,10 +2219,7 @@ int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uin
                         uint64_t bs = k * c->block_size, from = MAX(offset, bs), to = MIN(end_off, bs + c->block_size);
                         if (from >= to)
                                 break; /* the hole starts past the end: nothing to punch */
-                        if (from == bs && to == bs + c->block_size && !i.local_all)
-                                r = mark_local(c, ino, k); /* all zeros: no old content needed */
-                        else
-                                r = make_local(c, &i, fd, k);
+                        r = make_range_local(c, &i, fd, k, from - bs, to - bs, false);
                         if (r >= 0 && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) from,
                                                 (off_t) (to - from)) < 0)
                                 r = negative_errno();
@@ -2095,7 +2263,7 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
          * steady state of a database's log, overwriting blocks already
          * local, costs one flush of the delta file, as on a disk. */
         pthread_mutex_lock(&c->lock);
-        if (c->meta_dirty || (!datasync && c->attr_dirty)) {
+        if (c->meta_dirty || dirty_inode_has(c, ino) || (!datasync && c->attr_dirty)) {
                 r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
                                          " UPDATE meta SET value = value WHERE key = 'generation'");
                 if (r >= 0)
@@ -2105,8 +2273,10 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
                 if (r < 0)
                         cs_index_rollback(c->db);
                 (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
-                if (r >= 0)
+                if (r >= 0) {
                         c->meta_dirty = c->attr_dirty = false;
+                        c->n_dirty_inodes = 0;
+                }
         }
         if (r >= 0 && c->dir_dirty) {
                 if (fsync(c->data_fd) < 0)
@@ -2444,7 +2614,6 @@ static void free_xattrs(cs_xattr *items, char **strings, size_t n)
 /* The block list of a regular file, built from its local and base blocks. */
 static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *ret_n)
 {
-        int fd = -1;
         uint64_t n = DIV_ROUND_UP(i->attr.size, c->block_size);
         cs_chunk_id *blocks = calloc(MAX(n, 1u), sizeof(*blocks));
         cs_content content = {};
@@ -2452,22 +2621,17 @@ static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *re
 
         if (!blocks)
                 return -ENOMEM;
-        fd = open_data(c, i->attr.ino, false);
-        if (fd == -ENOENT)
-                fd = -1;
-        else if (fd < 0)
-                r = fd;
-        if (r >= 0 && i->base)
+        if (i->base)
                 r = content_from_blob(i->base, i->base_len, &content);
         for (uint64_t k = 0; r >= 0 && k < n; k++) {
                 size_t len = (size_t) MIN((uint64_t) c->block_size, i->attr.size - k * c->block_size);
-                int local = block_is_local(c, i, k);
+                uint64_t mask;
                 cs_chunk_info info;
 
-                if (local < 0) {
-                        r = local;
+                r = block_local_mask(c, i, k, &mask);
+                if (r < 0)
                         break;
-                }
+                bool local = mask != 0;
                 if (!local && k * c->block_size < i->base_size && i->base) {
                         /* A base block whose length still fits is reused as is. */
                         r = cs_content_blocks(c->store, &content, k, 1, &blocks[k]);
@@ -2484,7 +2648,7 @@ static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *re
                         blocks[k] = (cs_chunk_id) {};
                         continue;
                 }
-                r = read_block(c, i, fd, k, c->buf);
+                r = read_block(c, i, k, c->buf);
                 if (r >= 0)
                         r = cs_store_put(c->put_store, CS_KIND_DATA, c->buf, len, &blocks[k]);
         }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Unit tests of clones through the library: copy-on-write per block, the
+ * Unit tests of clones through the library: copy-on-write per page, the
  * write paths (a transaction, or an overwrite in place whose times wait in
  * memory), the base block cache across truncation, and reset and destroy
  * of a clone that is held open (what a mount does for clonectl).
@@ -15,6 +15,7 @@
 
 #define BLOCK 16384
 #define FILE_BLOCKS 40 /* past the inline limit: a segmented file */
+#define PAGE 4096        /* a clone's unit of copy-on-write at this block size */
 
 static uint8_t base[FILE_BLOCKS * BLOCK], buf[FILE_BLOCKS * BLOCK];
 
@@ -85,8 +86,8 @@ static void test_copy_on_write(cs_store *s, const char *path, const cs_point_inf
         ok(cs_clone_write(c, a.ino, page, sizeof(page), 5 * BLOCK + 100) == (ssize_t) sizeof(page),
            "write 8 KiB into a base block");
         uint64_t after_first = stored_bytes(path, "cow");
-        ok(after_first >= BLOCK && after_first <= 2 * BLOCK, "it stores one block (%llu bytes)",
-           (unsigned long long) after_first);
+        ok(after_first >= sizeof(page) && after_first <= sizeof(page) + 2 * PAGE,
+           "it stores the three pages it touches, not the block (%llu bytes)", (unsigned long long) after_first);
         ok(cs_clone_read(c, a.ino, buf, sizeof(buf), 0) == (ssize_t) sizeof(buf), "read the file back");
         ok(memcmp(buf + 5 * BLOCK + 100, page, sizeof(page)) == 0, "the write is there");
         ok(memcmp(buf, base, 5 * BLOCK + 100) == 0 &&
@@ -130,6 +131,72 @@ static void test_copy_on_write(cs_store *s, const char *path, const cs_point_inf
         ok(cs_clone_read(c, a.ino, buf, BLOCK, 30 * BLOCK) == BLOCK && memcmp(buf, (uint8_t[BLOCK]) {}, BLOCK) == 0,
            "and so do whole base blocks past it");
         cs_clone_close(c);
+}
+
+/* A page-aligned write copies nothing up; pages of one block come from
+ * the delta file and the base side by side. */
+static void test_aligned_pages(cs_store *s, const char *path, const cs_point_info *p)
+{
+        cs_clone *c = NULL;
+        cs_clone_attr a;
+        uint8_t page[2 * PAGE];
+
+        tap_fill(base, sizeof(base), DATA_TEXT, 1);
+        ok(cs_clone_create(s, "pages", p) == 0 && cs_clone_open(s, "pages", &c) == 0, "a clone for page writes");
+        ok(cs_clone_lookup(c, CS_CLONE_ROOT, "f", &a) == 0, "look up its file");
+        memset(page, 'p', sizeof(page));
+        ok(cs_clone_write(c, a.ino, page, sizeof(page), 7 * BLOCK + PAGE) == (ssize_t) sizeof(page),
+           "write two aligned pages into the middle of a block");
+        ok(stored_bytes(path, "pages") == sizeof(page), "it stores those two pages and nothing else");
+        ok(cs_clone_write(c, a.ino, page, 10, 7 * BLOCK + 3 * PAGE + 5) == 10, "write into the block's last page");
+        ok(stored_bytes(path, "pages") == sizeof(page) + PAGE, "which copies up that page only");
+        ok(cs_clone_read(c, a.ino, buf, 2 * BLOCK, 6 * BLOCK + 100) == 2 * BLOCK, "read across the block");
+        uint8_t *b7 = buf + BLOCK - 100; /* block 7 in buf */
+        ok(memcmp(buf, base + 6 * BLOCK + 100, BLOCK - 100) == 0 && memcmp(b7, base + 7 * BLOCK, PAGE) == 0 &&
+                   memcmp(b7 + PAGE, page, sizeof(page)) == 0 &&
+                   memcmp(b7 + 3 * PAGE, base + 7 * BLOCK + 3 * PAGE, 5) == 0 && memcmp(b7 + 3 * PAGE + 5, page, 10) == 0 &&
+                   memcmp(b7 + 3 * PAGE + 15, base + 7 * BLOCK + 3 * PAGE + 15, PAGE - 15) == 0 &&
+                   memcmp(b7 + BLOCK, base + 8 * BLOCK, 100) == 0,
+           "base, local, local, base and local bytes, base: each from its place");
+        uint64_t before = stored_bytes(path, "pages");
+        ok(cs_clone_write(c, a.ino, page, PAGE, 9 * BLOCK) == PAGE, "write a page at a block's start");
+        ok(stored_bytes(path, "pages") == before + PAGE, "it stores that page");
+        ok(cs_clone_write(c, a.ino, page, 100, 9 * BLOCK + PAGE) == 100, "then write on from where it ended");
+        ok(stored_bytes(path, "pages") == before + BLOCK, "a sequential write copies up the rest of its block");
+        ok(cs_clone_read(c, a.ino, buf, BLOCK, 9 * BLOCK) == BLOCK && memcmp(buf, page, PAGE + 100) == 0 &&
+                   memcmp(buf + PAGE + 100, base + 9 * BLOCK + PAGE + 100, BLOCK - PAGE - 100) == 0,
+           "and the block reads as written over the base");
+        cs_clone_close(c);
+
+        /* A schema 1 catalog (whole local blocks, no mask) is upgraded on
+         * open, its local blocks staying whole. */
+        char db_path[700];
+        sqlite3 *db = NULL;
+        snprintf(db_path, sizeof(db_path), "%s/clones/pages/state.db", path);
+        ok(sqlite3_open(db_path, &db) == SQLITE_OK &&
+                   cs_index_exec(db, "BEGIN; CREATE TABLE old(ino INTEGER NOT NULL, block INTEGER NOT NULL,"
+                                     " PRIMARY KEY(ino, block)) WITHOUT ROWID;"
+                                     " INSERT INTO old SELECT ino, block FROM blocks; DROP TABLE blocks;"
+                                     " ALTER TABLE old RENAME TO blocks; UPDATE meta SET value = 1 WHERE key = 'schema';"
+                                     " COMMIT") == 0,
+           "make the clone's catalog schema 1");
+        sqlite3_close(db);
+        ok(cs_clone_open(s, "pages", &c) == 0, "open it: upgraded");
+        ok(cs_clone_read(c, a.ino, buf, BLOCK, 7 * BLOCK) == BLOCK && memcmp(buf, base + 7 * BLOCK, PAGE) != 0 &&
+                   memcmp(buf + PAGE, page, sizeof(page)) == 0,
+           "its local block reads whole from the delta file (the unwritten page as its hole)");
+        cs_clone_close(c);
+        db = NULL;
+        ok(sqlite3_open(db_path, &db) == SQLITE_OK &&
+                   cs_index_exec(db, "UPDATE meta SET value = 3 WHERE key = 'schema'") == 0,
+           "make the catalog schema 3");
+        sqlite3_close(db);
+        ok(cs_clone_open(s, "pages", &c) == -EPROTONOSUPPORT, "a newer schema is refused");
+        ok(sqlite3_open(db_path, &db) == SQLITE_OK &&
+                   cs_index_exec(db, "UPDATE meta SET value = 2 WHERE key = 'schema'") == 0,
+           "back to schema 2");
+        sqlite3_close(db);
+        ok(cs_clone_destroy(s, "pages", false) == 0, "destroy it");
 }
 
 static void test_held_open(cs_store *s, const cs_point_info *p, const cs_point_info *newer)
@@ -179,6 +246,7 @@ int main(void)
         sleep(1); /* point names are seconds */
         ok(make_point(s, "db", 2, &newer) == 0, "a newer point");
         test_copy_on_write(s, path, &p);
+        test_aligned_pages(s, path, &p);
         test_held_open(s, &p, &newer);
         cs_store_unref(s);
         return tap_done();
