@@ -10,6 +10,8 @@
 #   tps        pgbench -c 4 -j 2 -T DURATION
 #   fio 8k     8 KiB random writes with fsync=1 (IOPS)
 #   fio seq    1 MiB sequential writes (MB/s)
+#   stored     what the clone and fuse-overlayfs's upper layer hold
+#              after the pgbench runs
 #   RSS        the clonefs daemon's peak resident memory
 #
 # The data: pgbench -i -s SCALE in a fresh cluster, stopped cleanly, then
@@ -129,12 +131,19 @@ for kind in native clone ovl; do
         echo "# $kind: start+20 ${start_s[$kind]} s, ${tps[$kind]} TPS"
 done
 
+# What each overlay stored for the pgbench runs: the clone's local bytes
+# (what `clonectl clone list` reports, as du would) against
+# fuse-overlayfs's upper directory, which copies up whole files.
+clone_mib=$("$builddir/clonectl" clone list --json |
+        python3 -c 'import json,sys; print("%.0f" % ([c for c in json.load(sys.stdin) if c["name"] == "c1"][0]["local_bytes"] / 1048576))')
+ovl_mib=$(du -sm "$work/ovl-upper" | cut -f1)
+
 # fio_run DIR RW BS FSYNC: prints IOPS (random) or MB/s (sequential).
 fio_run() {
         local json=$work/fio.json
         fio --name=bench --directory="$1" --rw="$2" --bs="$3" --size=1G --runtime="$fio_seconds" --time_based \
                 --ioengine=psync --fsync="$4" --end_fsync=1 --output-format=json --output="$json" >/dev/null
-        rm -f "$1"/bench.*
+        rm -f "$1"/bench "$1"/bench.*
         python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]["write"]
 print("%.0f" % (j["iops"] if sys.argv[2] == "iops" else j["bw_bytes"] / 1e6))' "$json" "$5"
 }
@@ -155,6 +164,8 @@ pgbench -c 4 -j 2 -T $duration  native    ${tps[native]} TPS
                         clonefs   ${tps[clone]} TPS  $(calc "${tps[clone]} / ${tps[native]}")x native   target >= 0.8x
                         fuse-ovl  ${tps[ovl]} TPS  $(calc "${tps[ovl]} / ${tps[native]}")x native
                         clonefs / fuse-overlayfs  $(calc "${tps[clone]} / ${tps[ovl]}")x
+stored by the pgbench runs  clonefs   $clone_mib MiB
+                          fuse-ovl  $ovl_mib MiB
 fio 8k randwrite fsync=1  native  $fio_native IOPS
                           clonefs $fio_clone IOPS  $(calc "$fio_clone / $fio_native")x   target >= 0.7x
 fio 1M sequential write   native  $seq_native MB/s
