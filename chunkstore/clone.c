@@ -8,7 +8,7 @@
  *  1. Layout: STORE/clones/NAME/ holds state.db (SQLite, WAL) and data/,
  *     one sparse "delta file" per inode the clone wrote to, named by the
  *     inode number in hex.  Changed data sits in the delta file at its
- *     natural offset; blocks(ino, block, mask) says which pages of a block
+ *     natural offset; pages(ino, block, mask) says which pages of a block
  *     are local (bit j: page j).  A page is 4 KiB, or 1/64 of a block
  *     larger than 256 KiB, whatever the store's block size, so a
  *     database's 8 KiB page write costs 8 KiB, not a block.  A file
@@ -18,7 +18,7 @@
  *  2. state.db: inodes (attributes; for base-backed files the base content
  *     and base_size, the bytes of base content still visible after
  *     truncation; for directories whether their listing is materialized),
- *     dentries(parent, name, ino), xattrs, blocks, base_links (a base
+ *     dentries(parent, name, ino), xattrs, pages, base_links (a base
  *     hardlink group's inode) and meta (base root, generation).
  *  3. Lazy: creating a clone writes the root inode only, so it takes
  *     constant time.  A directory's entries are copied into dentries and
@@ -30,9 +30,11 @@
  *     part is first copied up from its source.  A sequential write (one
  *     that starts where the last write to its file ended, as a database's
  *     log does) copies up the rest of its block too, so the delta file
- *     grows by blocks: the log's next writes overwrite in place, and its
- *     fdatasync() need not wait for the filesystem to allocate.  Schema 1 (one row per
- *     whole local block) is upgraded on open: its rows get mask -1.
+ *     grows by blocks: the log's next writes overwrite in place, so its
+ *     fdatasync() finds the block map unchanged (note 5) and, on a
+ *     journaling filesystem, nothing newly allocated.  Schema 1 (table
+ *     blocks: one row per whole local block) is upgraded on open to table
+ *     pages, each row with every page local.
  *  5. Durability: state.db runs synchronous=NORMAL: every change is in the
  *     WAL (so kill -9 loses nothing that returned), and fsync() of a file
  *     is fdatasync() of its delta file followed by a synchronous commit
@@ -126,6 +128,10 @@ struct cs_clone {
          * inode, so that an fdatasync of another file skips the
          * synchronous commit. */
         uint64_t op_ino;
+        /* sqlite3_total_changes64() when the operation began: a lookup
+         * or readdir that found its directory materialized changed
+         * nothing, and leaves nothing for an fsync to make durable. */
+        sqlite3_int64 op_changes_from;
         uint64_t dirty_inodes[DIRTY_INODES];
         size_t n_dirty_inodes;
         /* Times of overwrites in place not yet in the catalog: written by
@@ -158,7 +164,7 @@ static const char clone_schema[] =
         "  PRIMARY KEY(parent, name)) WITHOUT ROWID;"
         "CREATE TABLE xattrs(ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,"
         "  PRIMARY KEY(ino, name)) WITHOUT ROWID;"
-        "CREATE TABLE blocks(ino INTEGER NOT NULL, block INTEGER NOT NULL, mask INTEGER NOT NULL,"
+        "CREATE TABLE pages(ino INTEGER NOT NULL, block INTEGER NOT NULL, mask INTEGER NOT NULL,"
         "  PRIMARY KEY(ino, block)) WITHOUT ROWID;"
         "CREATE TABLE base_links(grp INTEGER PRIMARY KEY, ino INTEGER NOT NULL);"
         "INSERT INTO meta VALUES('schema', 2), ('generation', 1);"
@@ -243,7 +249,9 @@ static void now(struct timespec *t)
         clock_gettime(CLOCK_REALTIME, t);
 }
 
-/* Schema 1 kept whole blocks: each of its rows is every page local. */
+/* Schema 1 kept whole blocks in blocks(ino, block): each of its rows is
+ * every page local.  The table changes name so that a binary from before
+ * pages fails on a schema 2 clone instead of misreading its rows. */
 static int upgrade_schema(sqlite3 *db)
 {
         int64_t schema = 0;
@@ -256,7 +264,10 @@ static int upgrade_schema(sqlite3 *db)
         if (schema == 2)
                 return 0;
         return cs_index_exec(db, "BEGIN IMMEDIATE;"
-                                 " ALTER TABLE blocks ADD COLUMN mask INTEGER NOT NULL DEFAULT -1;"
+                                 " CREATE TABLE pages(ino INTEGER NOT NULL, block INTEGER NOT NULL,"
+                                 "  mask INTEGER NOT NULL, PRIMARY KEY(ino, block)) WITHOUT ROWID;"
+                                 " INSERT INTO pages SELECT ino, block, -1 FROM blocks;"
+                                 " DROP TABLE blocks;"
                                  " UPDATE meta SET value = 2 WHERE key = 'schema';"
                                  " COMMIT");
 }
@@ -550,7 +561,7 @@ int cs_clone_find(cs_store *store, const char *name, cs_clone_info *ret)
         return -ENOENT;
 }
 
-static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **ret);
+static int clone_open(cs_store *store, const char *name, bool wait, bool lock_only, cs_clone **ret);
 static void clone_closep(cs_clone **c);
 static uint64_t mix64(uint64_t x);
 static uint64_t name_key(const char *name);
@@ -570,7 +581,9 @@ int cs_clone_destroy(cs_store *store, const char *name, bool force)
         r = cs_clone_find(store, name, &info);
         if (r < 0)
                 return r;
-        r = clone_open(store, name, force, &holder);
+        /* Only its lock: a clone whose catalog this binary cannot open
+         * (a newer schema, damage) can still be destroyed. */
+        r = clone_open(store, name, force, true, &holder);
         if (r < 0)
                 return r;
         return destroy_held(store, name);
@@ -639,12 +652,13 @@ static int drop_orphans(cs_clone *c)
                 return cs_sqlite_errno(rc);
         sqlite3_finalize(TAKE_PTR(stmt));
         return cs_index_exec(c->db, "DELETE FROM xattrs WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
-                                    "DELETE FROM blocks WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
+                                    "DELETE FROM pages WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
                                     "DELETE FROM base_links WHERE ino IN (SELECT ino FROM inodes WHERE nlink = 0);"
                                     "DELETE FROM inodes WHERE nlink = 0");
 }
 
-static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **ret)
+/* Opens a clone and takes its lock; with lock_only, not its catalog. */
+static int clone_open(cs_store *store, const char *name, bool wait, bool lock_only, cs_clone **ret)
 {
         cs_clone *c;
         char path[PATH_MAX];
@@ -688,14 +702,16 @@ static int clone_open(cs_store *store, const char *name, bool wait, cs_clone **r
                 r = errno == EWOULDBLOCK ? -EBUSY : negative_errno();
                 goto fail;
         }
-        r = open_state_db(c->dir_fd, false, &c->db);
-        if (r < 0)
-                goto fail;
-        /* Files unlinked while open when the last user died: gone now,
-         * their delta files with them. */
-        r = drop_orphans(c);
-        if (r < 0)
-                goto fail;
+        if (!lock_only) {
+                r = open_state_db(c->dir_fd, false, &c->db);
+                if (r < 0)
+                        goto fail;
+                /* Files unlinked while open when the last user died: gone
+                 * now, their delta files with them. */
+                r = drop_orphans(c);
+                if (r < 0)
+                        goto fail;
+        }
         *ret = c;
         return 0;
 fail:
@@ -718,7 +734,7 @@ uint64_t cs_clone_stable_ino(const char *name, uint64_t ino)
 
 int cs_clone_open(cs_store *store, const char *name, cs_clone **ret)
 {
-        return clone_open(store, name, false, ret);
+        return clone_open(store, name, false, false, ret);
 }
 
 static void clone_closep(cs_clone **c)
@@ -1066,6 +1082,8 @@ static int begin_locked(cs_clone *c)
         }
         c->op_attrs_only = false;
         c->op_ino = 0;
+        /* After the pending times, which attr_dirty already covers. */
+        c->op_changes_from = sqlite3_total_changes64(c->db);
         return r;
 }
 
@@ -1102,9 +1120,12 @@ static bool dirty_inode_has(const cs_clone *c, uint64_t ino)
 static int end(cs_clone *c, int r)
 {
         if (r >= 0) {
+                bool changed = sqlite3_total_changes64(c->db) != c->op_changes_from;
                 int k = cs_index_commit(c->db);
                 if (k < 0)
                         r = k;
+                else if (!changed)
+                        ; /* nothing to make durable */
                 else if (c->op_attrs_only)
                         c->attr_dirty = true;
                 else if (!c->op_ino || !dirty_inode_add(c, c->op_ino))
@@ -1469,7 +1490,7 @@ static int drop_if_unused(cs_clone *c, const inode *i, bool open)
         if (i->attr.nlink > 0 || open)
                 return 0;
         snprintf(sql, sizeof(sql),
-                 "DELETE FROM xattrs WHERE ino = %1$" PRIu64 "; DELETE FROM blocks WHERE ino = %1$" PRIu64
+                 "DELETE FROM xattrs WHERE ino = %1$" PRIu64 "; DELETE FROM pages WHERE ino = %1$" PRIu64
                  "; DELETE FROM inodes WHERE ino = %1$" PRIu64 "; DELETE FROM base_links WHERE ino = %1$" PRIu64,
                  i->attr.ino);
         snprintf(path, sizeof(path), "%" PRIx64, i->attr.ino);
@@ -1717,7 +1738,7 @@ static int block_local_mask(cs_clone *c, const inode *i, uint64_t k, uint64_t *r
                 *ret = UINT64_MAX;
                 return 0;
         }
-        r = prep_cached(c, STMT_BLOCK_IS_LOCAL, "SELECT mask FROM blocks WHERE ino = ? AND block = ?", &stmt);
+        r = prep_cached(c, STMT_BLOCK_IS_LOCAL, "SELECT mask FROM pages WHERE ino = ? AND block = ?", &stmt);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(stmt, 1, (int64_t) i->attr.ino);
@@ -1906,7 +1927,7 @@ ssize_t cs_clone_read(cs_clone *c, uint64_t ino, void *buf, size_t size, uint64_
 static int mark_local(cs_clone *c, uint64_t ino, uint64_t k, uint64_t mask)
 {
         _cleanup_(sqlite3_resetp) sqlite3_stmt *stmt = NULL;
-        int r = prep_cached(c, STMT_MARK_LOCAL, "INSERT OR REPLACE INTO blocks(ino, block, mask) VALUES(?, ?, ?)",
+        int r = prep_cached(c, STMT_MARK_LOCAL, "INSERT OR REPLACE INTO pages(ino, block, mask) VALUES(?, ?, ?)",
                             &stmt);
         if (r < 0)
                 return r;
@@ -2130,7 +2151,7 @@ static int cut(cs_clone *c, inode *i, int fd, uint64_t size)
         char sql[160];
         int r;
 
-        snprintf(sql, sizeof(sql), "DELETE FROM blocks WHERE ino = %" PRIu64 " AND block >= %" PRIu64, i->attr.ino,
+        snprintf(sql, sizeof(sql), "DELETE FROM pages WHERE ino = %" PRIu64 " AND block >= %" PRIu64, i->attr.ino,
                  DIV_ROUND_UP(size, c->block_size));
         r = cs_index_exec(c->db, sql);
         if (r < 0)
@@ -2483,7 +2504,7 @@ int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, b
                 return -EINVAL;
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
-        r = clone_open(store, name, wait, &c);
+        r = clone_open(store, name, wait, false, &c);
         if (r < 0)
                 return r;
         return reset_held(c, store, to);
@@ -2518,7 +2539,7 @@ static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to)
          * files that no row names, removed just below or by the next reset. */
         r = cs_index_begin(c->db);
         if (r >= 0)
-                r = cs_index_exec(c->db, "DELETE FROM dentries; DELETE FROM xattrs; DELETE FROM blocks;"
+                r = cs_index_exec(c->db, "DELETE FROM dentries; DELETE FROM xattrs; DELETE FROM pages;"
                                          " DELETE FROM base_links; DELETE FROM inodes;"
                                          " UPDATE meta SET value = value + 1 WHERE key = 'generation'");
         if (r >= 0)
@@ -2786,7 +2807,7 @@ int cs_clone_fold(cs_store *store, const char *name, cs_chunk_id *ret_point_tree
                 return -EINVAL;
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
-        r = clone_open(store, name, false, &c);
+        r = clone_open(store, name, false, false, &c);
         if (r < 0)
                 return r;
         return fold_locked(c, store, ret_point_tree);

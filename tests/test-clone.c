@@ -174,11 +174,10 @@ static void test_aligned_pages(cs_store *s, const char *path, const cs_point_inf
         sqlite3 *db = NULL;
         snprintf(db_path, sizeof(db_path), "%s/clones/pages/state.db", path);
         ok(sqlite3_open(db_path, &db) == SQLITE_OK &&
-                   cs_index_exec(db, "BEGIN; CREATE TABLE old(ino INTEGER NOT NULL, block INTEGER NOT NULL,"
+                   cs_index_exec(db, "BEGIN; CREATE TABLE blocks(ino INTEGER NOT NULL, block INTEGER NOT NULL,"
                                      " PRIMARY KEY(ino, block)) WITHOUT ROWID;"
-                                     " INSERT INTO old SELECT ino, block FROM blocks; DROP TABLE blocks;"
-                                     " ALTER TABLE old RENAME TO blocks; UPDATE meta SET value = 1 WHERE key = 'schema';"
-                                     " COMMIT") == 0,
+                                     " INSERT INTO blocks SELECT ino, block FROM pages; DROP TABLE pages;"
+                                     " UPDATE meta SET value = 1 WHERE key = 'schema'; COMMIT") == 0,
            "make the clone's catalog schema 1");
         sqlite3_close(db);
         ok(cs_clone_open(s, "pages", &c) == 0, "open it: upgraded");
@@ -192,11 +191,7 @@ static void test_aligned_pages(cs_store *s, const char *path, const cs_point_inf
            "make the catalog schema 3");
         sqlite3_close(db);
         ok(cs_clone_open(s, "pages", &c) == -EPROTONOSUPPORT, "a newer schema is refused");
-        ok(sqlite3_open(db_path, &db) == SQLITE_OK &&
-                   cs_index_exec(db, "UPDATE meta SET value = 2 WHERE key = 'schema'") == 0,
-           "back to schema 2");
-        sqlite3_close(db);
-        ok(cs_clone_destroy(s, "pages", false) == 0, "destroy it");
+        ok(cs_clone_destroy(s, "pages", false) == 0, "but can still be destroyed");
 }
 
 static void test_held_open(cs_store *s, const cs_point_info *p, const cs_point_info *newer)
