@@ -34,7 +34,7 @@
  *     fdatasync() finds the block map unchanged (note 5) and, on a
  *     journaling filesystem, nothing newly allocated.  Schema 1 (table
  *     blocks: one row per whole local block) is upgraded on open to table
- *     pages, each row with every page local.
+ *     pages, each row with every page local (schema 3).
  *  5. Durability: state.db runs synchronous=NORMAL: every change is in the
  *     WAL (so kill -9 loses nothing that returned), and fsync() of a file
  *     is fdatasync() of its delta file followed by a synchronous commit
@@ -167,7 +167,7 @@ static const char clone_schema[] =
         "CREATE TABLE pages(ino INTEGER NOT NULL, block INTEGER NOT NULL, mask INTEGER NOT NULL,"
         "  PRIMARY KEY(ino, block)) WITHOUT ROWID;"
         "CREATE TABLE base_links(grp INTEGER PRIMARY KEY, ino INTEGER NOT NULL);"
-        "INSERT INTO meta VALUES('schema', 2), ('generation', 1);"
+        "INSERT INTO meta VALUES('schema', 3), ('generation', 1);"
         "COMMIT;";
 
 bool cs_clone_name_is_valid(const char *name)
@@ -250,8 +250,9 @@ static void now(struct timespec *t)
 }
 
 /* Schema 1 kept whole blocks in blocks(ino, block): each of its rows is
- * every page local.  The table changes name so that a binary from before
- * pages fails on a schema 2 clone instead of misreading its rows. */
+ * every page local.  Schema 2 (a development version) had the mask in
+ * blocks.  The table changes name so that a binary from before pages
+ * fails on a schema 3 clone instead of misreading its rows. */
 static int upgrade_schema(sqlite3 *db)
 {
         int64_t schema = 0;
@@ -259,16 +260,19 @@ static int upgrade_schema(sqlite3 *db)
 
         if (r < 0)
                 return r;
-        if (schema > 2)
+        if (schema > 3)
                 return -EPROTONOSUPPORT;
-        if (schema == 2)
+        if (schema == 3)
                 return 0;
+        if (schema == 2)
+                return cs_index_exec(db, "BEGIN IMMEDIATE; ALTER TABLE blocks RENAME TO pages;"
+                                         " UPDATE meta SET value = 3 WHERE key = 'schema'; COMMIT");
         return cs_index_exec(db, "BEGIN IMMEDIATE;"
                                  " CREATE TABLE pages(ino INTEGER NOT NULL, block INTEGER NOT NULL,"
                                  "  mask INTEGER NOT NULL, PRIMARY KEY(ino, block)) WITHOUT ROWID;"
                                  " INSERT INTO pages SELECT ino, block, -1 FROM blocks;"
                                  " DROP TABLE blocks;"
-                                 " UPDATE meta SET value = 2 WHERE key = 'schema';"
+                                 " UPDATE meta SET value = 3 WHERE key = 'schema';"
                                  " COMMIT");
 }
 

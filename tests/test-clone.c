@@ -187,8 +187,18 @@ static void test_aligned_pages(cs_store *s, const char *path, const cs_point_inf
         cs_clone_close(c);
         db = NULL;
         ok(sqlite3_open(db_path, &db) == SQLITE_OK &&
-                   cs_index_exec(db, "UPDATE meta SET value = 3 WHERE key = 'schema'") == 0,
-           "make the catalog schema 3");
+                   cs_index_exec(db, "ALTER TABLE pages RENAME TO blocks; UPDATE meta SET value = 2 WHERE key = 'schema'") ==
+                           0,
+           "make it schema 2 (the mask in table blocks)");
+        sqlite3_close(db);
+        db = NULL;
+        ok(cs_clone_open(s, "pages", &c) == 0 && cs_clone_read(c, a.ino, buf, BLOCK, 7 * BLOCK) == BLOCK &&
+                   memcmp(buf + PAGE, page, sizeof(page)) == 0,
+           "open it: upgraded, the same bytes");
+        cs_clone_close(c);
+        ok(sqlite3_open(db_path, &db) == SQLITE_OK &&
+                   cs_index_exec(db, "UPDATE meta SET value = 4 WHERE key = 'schema'") == 0,
+           "make the catalog schema 4");
         sqlite3_close(db);
         ok(cs_clone_open(s, "pages", &c) == -EPROTONOSUPPORT, "a newer schema is refused");
         ok(cs_clone_destroy(s, "pages", false) == 0, "but can still be destroyed");
