@@ -44,6 +44,13 @@
  *     names), and changes confined to one file's rows (its writes,
  *     truncates, fallocates, setattrs) are remembered per inode, so a
  *     database's log flush does not pay for its table files' copy-ups.
+ *     A full fsync of a file whose only news is the times of overwrites
+ *     in place puts those times on its delta file (xattr
+ *     user.clonefs.times) and fsyncs it: one flush, as on a disk.  The
+ *     first such fsync of an open clone commits meta.times_in_delta
+ *     synchronously; a clean close takes every time into the catalog and
+ *     deletes it; an open that finds it set takes each delta file's times
+ *     whose ctime is later than its row's.
  *  6. Locking: one mutex per open clone serializes its metadata and
  *     writes.  Between processes, clones/NAME/lock is held exclusively by
  *     whoever uses the clone: the one mount that has it open (a second is
@@ -62,6 +69,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -132,8 +140,14 @@ struct cs_clone {
          * or readdir that found its directory materialized changed
          * nothing, and leaves nothing for an fsync to make durable. */
         sqlite3_int64 op_changes_from;
-        uint64_t dirty_inodes[DIRTY_INODES];
+        struct {
+                uint64_t ino;
+                bool meta; /* where its data lives changed, not just times */
+        } dirty_inodes[DIRTY_INODES];
         size_t n_dirty_inodes;
+        /* meta.times_in_delta is durable: a full fsync may have left
+         * times in a delta file's xattr that the catalog lacks (note 5). */
+        bool times_in_delta;
         /* Times of overwrites in place not yet in the catalog: written by
          * the next transaction, a full fsync, or the close (design note 5). */
         struct {
@@ -178,6 +192,7 @@ bool cs_clone_name_is_valid(const char *name)
 /* --- Small SQL helpers ---------------------------------------------------- */
 
 static int pending_flush(cs_clone *c);
+static void dirty_inode_add(cs_clone *c, uint64_t ino, bool meta);
 
 static int prep(cs_clone *c, const char *sql, sqlite3_stmt **ret)
 {
@@ -566,6 +581,7 @@ int cs_clone_find(cs_store *store, const char *name, cs_clone_info *ret)
 }
 
 static int clone_open(cs_store *store, const char *name, bool wait, bool lock_only, cs_clone **ret);
+static int recover_times(cs_clone *c);
 static void clone_closep(cs_clone **c);
 static uint64_t mix64(uint64_t x);
 static uint64_t name_key(const char *name);
@@ -713,6 +729,8 @@ static int clone_open(cs_store *store, const char *name, bool wait, bool lock_on
                 /* Files unlinked while open when the last user died: gone
                  * now, their delta files with them. */
                 r = drop_orphans(c);
+                if (r >= 0)
+                        r = recover_times(c);
                 if (r < 0)
                         goto fail;
         }
@@ -750,8 +768,12 @@ cs_clone *cs_clone_close(cs_clone *c)
 {
         if (!c)
                 return NULL;
-        if (c->n_pending > 0 && cs_index_begin(c->db) >= 0) {
-                if (pending_flush(c) >= 0)
+        /* Every time is in the catalog now: no delta file's is needed. */
+        if ((c->n_pending > 0 || c->times_in_delta) && cs_index_begin(c->db) >= 0) {
+                int r = pending_flush(c);
+                if (r >= 0 && c->times_in_delta)
+                        r = cs_index_exec(c->db, "DELETE FROM meta WHERE key = 'times_in_delta'");
+                if (r >= 0)
                         (void) cs_index_commit(c->db);
                 else
                         cs_index_rollback(c->db);
@@ -881,6 +903,8 @@ static int pending_flush(cs_clone *c)
                 sqlite3_bind_int64(stmt, 5, (int64_t) c->pending[k].ino);
                 r = cs_index_step(stmt);
                 sqlite3_reset(stmt);
+                /* Committed now, not yet durable. */
+                dirty_inode_add(c, c->pending[k].ino, false);
         }
         if (r >= 0)
                 c->n_pending = 0;
@@ -1100,24 +1124,39 @@ static int begin(cs_clone *c)
         return r;
 }
 
-/* Remembers that ino's rows changed since the last synchronous commit;
- * false when the table is full. */
-static bool dirty_inode_add(cs_clone *c, uint64_t ino)
+/* Remembers that ino's rows changed since the last synchronous commit
+ * (meta: more than its times), falling back to the clone-wide flags when
+ * the table is full. */
+static void dirty_inode_add(cs_clone *c, uint64_t ino, bool meta)
 {
-        for (size_t k = 0; k < c->n_dirty_inodes; k++)
-                if (c->dirty_inodes[k] == ino)
-                        return true;
-        if (c->n_dirty_inodes == DIRTY_INODES)
-                return false;
-        c->dirty_inodes[c->n_dirty_inodes++] = ino;
-        return true;
+        size_t k;
+
+        for (k = 0; k < c->n_dirty_inodes && c->dirty_inodes[k].ino != ino; k++)
+                ;
+        if (k == DIRTY_INODES) {
+                if (meta)
+                        c->meta_dirty = true;
+                else
+                        c->attr_dirty = true;
+                return;
+        }
+        if (k == c->n_dirty_inodes) {
+                c->n_dirty_inodes++;
+                c->dirty_inodes[k].ino = ino;
+                c->dirty_inodes[k].meta = false;
+        }
+        c->dirty_inodes[k].meta |= meta;
 }
 
-static bool dirty_inode_has(const cs_clone *c, uint64_t ino)
+/* Whether an fsync of ino (fdatasync: datasync) needs a synchronous
+ * commit for rows already committed. */
+static bool needs_sync_commit(const cs_clone *c, uint64_t ino, bool datasync)
 {
+        if (c->meta_dirty || (!datasync && c->attr_dirty))
+                return true;
         for (size_t k = 0; k < c->n_dirty_inodes; k++)
-                if (c->dirty_inodes[k] == ino)
-                        return true;
+                if (c->dirty_inodes[k].ino == ino)
+                        return c->dirty_inodes[k].meta || !datasync;
         return false;
 }
 
@@ -1130,9 +1169,11 @@ static int end(cs_clone *c, int r)
                         r = k;
                 else if (!changed)
                         ; /* nothing to make durable */
+                else if (c->op_ino)
+                        dirty_inode_add(c, c->op_ino, !c->op_attrs_only);
                 else if (c->op_attrs_only)
                         c->attr_dirty = true;
-                else if (!c->op_ino || !dirty_inode_add(c, c->op_ino))
+                else
                         c->meta_dirty = true;
         } else {
                 cs_index_rollback(c->db);
@@ -2050,7 +2091,6 @@ static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
                 c->n_pending++;
         c->pending[k].ino = ino;
         c->pending[k].mtime = c->pending[k].ctime = *t;
-        c->attr_dirty = true;
         return 0;
 }
 
@@ -2269,9 +2309,125 @@ int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uin
         return end(c, r);
 }
 
+/* The times an fsync left on a delta file (design note 5): mtime and
+ * ctime, seconds and nanoseconds, little-endian. */
+#define TIMES_XATTR "user.clonefs.times"
+#define TIMES_RECORD_SIZE 32
+
+static void times_encode(uint8_t out[TIMES_RECORD_SIZE], const struct timespec *mtime, const struct timespec *ctime)
+{
+        const int64_t v[4] = { mtime->tv_sec, mtime->tv_nsec, ctime->tv_sec, ctime->tv_nsec };
+
+        for (size_t k = 0; k < 4; k++) {
+                uint64_t le = htole64((uint64_t) v[k]);
+                memcpy(out + 8 * k, &le, 8);
+        }
+}
+
+/* Under the mutex: puts ino's pending times on its delta file, for the
+ * fsync that follows to make durable with its data.  false: ino has no
+ * pending times, or they could not be put there (no user xattrs on the
+ * store's filesystem, say) and need the catalog. */
+static bool pending_times_to_delta(cs_clone *c, uint64_t ino, int fd)
+{
+        uint8_t record[TIMES_RECORD_SIZE];
+
+        for (size_t k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino) {
+                        times_encode(record, &c->pending[k].mtime, &c->pending[k].ctime);
+                        return fsetxattr(fd, TIMES_XATTR, record, sizeof(record), 0) == 0;
+                }
+        return false;
+}
+
+static bool has_pending(const cs_clone *c, uint64_t ino)
+{
+        for (size_t k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino)
+                        return true;
+        return false;
+}
+
+/* A synchronous commit (design note 5), recording with_times: that the
+ * catalog must look for times on delta files if it is not closed
+ * cleanly. */
+static int sync_commit(cs_clone *c, bool with_times)
+{
+        int r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
+                                     " UPDATE meta SET value = value WHERE key = 'generation'");
+        if (r >= 0)
+                r = pending_flush(c);
+        if (r >= 0 && with_times)
+                r = cs_index_exec(c->db, "INSERT OR REPLACE INTO meta VALUES('times_in_delta', 1)");
+        if (r >= 0)
+                r = cs_index_exec(c->db, "COMMIT");
+        if (r < 0)
+                cs_index_rollback(c->db);
+        (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
+        if (r >= 0) {
+                c->meta_dirty = c->attr_dirty = false;
+                c->n_dirty_inodes = 0;
+                c->times_in_delta |= with_times;
+        }
+        return r;
+}
+
+/* After a user died with times on delta files that the catalog lacks
+ * (meta.times_in_delta): each delta file's times win over its inode's
+ * row if their ctime is later.  Runs at open, under the clone's lock. */
+static int recover_times(cs_clone *c)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int64_t flag = 0;
+        struct dirent *de;
+        DIR *d;
+        int r = cs_index_query_int(c->db, "SELECT value FROM meta WHERE key = 'times_in_delta'", 0, &flag);
+
+        if (r < 0 || !flag)
+                return r;
+        int dir_fd = fcntl(c->data_fd, F_DUPFD_CLOEXEC, 3);
+        d = dir_fd >= 0 ? fdopendir(dir_fd) : NULL;
+        if (!d) {
+                r = negative_errno();
+                safe_close(dir_fd);
+                return r;
+        }
+        r = cs_index_begin(c->db);
+        if (r >= 0)
+                r = prep(c,
+                         "UPDATE inodes SET mtime = ?1, mtime_ns = ?2, ctime = ?3, ctime_ns = ?4"
+                         " WHERE ino = ?5 AND (ctime < ?3 OR (ctime = ?3 AND ctime_ns < ?4))",
+                         &stmt);
+        while (r >= 0 && (de = readdir(d))) {
+                uint8_t record[TIMES_RECORD_SIZE];
+                char *end;
+                uint64_t ino = strtoull(de->d_name, &end, 16);
+                if (de->d_name[0] == '.' || *end != '\0')
+                        continue;
+                int fd = openat(c->data_fd, de->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                ssize_t n = fd >= 0 ? fgetxattr(fd, TIMES_XATTR, record, sizeof(record)) : -1;
+                safe_close(fd);
+                if (n != (ssize_t) sizeof(record))
+                        continue; /* no times there, or none readable: the row's stand */
+                for (int k = 0; k < 4; k++) {
+                        uint64_t le;
+                        memcpy(&le, record + 8 * k, 8);
+                        sqlite3_bind_int64(stmt, k + 1, (int64_t) le64toh(le));
+                }
+                sqlite3_bind_int64(stmt, 5, (int64_t) ino);
+                r = cs_index_step(stmt);
+                sqlite3_reset(stmt);
+        }
+        closedir(d);
+        if (r >= 0)
+                r = cs_index_exec(c->db, "DELETE FROM meta WHERE key = 'times_in_delta'");
+        return r >= 0 ? cs_index_commit(c->db) : (cs_index_rollback(c->db), r);
+}
+
 int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
 {
         _cleanup_close_ int fd = -1;
+        bool commit, times_on_delta = false;
         int r = 0;
 
         /* The data first, outside the lock, on a descriptor of our own:
@@ -2279,30 +2435,25 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
         pthread_mutex_lock(&c->lock);
         fd = open_data(c, ino, false);
         fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+        /* A synchronous commit makes every earlier one durable (note 5).
+         * fdatasync needs it only when where this file's data lives
+         * changed: the steady state of a database's log, overwriting
+         * pages already local, costs one flush of the delta file, as on
+         * a disk.  A full fsync of a file overwritten in place puts its
+         * new times on the delta file instead, for the same flush. */
+        commit = needs_sync_commit(c, ino, datasync);
+        if (!commit && !datasync && has_pending(c, ino))
+                commit = !(fd >= 0 && (times_on_delta = pending_times_to_delta(c, ino, fd)));
         pthread_mutex_unlock(&c->lock);
-        if (fd >= 0 && (datasync ? fdatasync(fd) : fsync(fd)) < 0)
+        /* The delta file's own times mean nothing; its xattr, when it
+         * holds the file's times, needs the inode written too. */
+        if (fd >= 0 && (times_on_delta ? fsync(fd) : fdatasync(fd)) < 0)
                 return negative_errno();
 
-        /* A synchronous commit makes every earlier one durable (note 5).
-         * fdatasync needs it only when where data lives changed: the
-         * steady state of a database's log, overwriting blocks already
-         * local, costs one flush of the delta file, as on a disk. */
         pthread_mutex_lock(&c->lock);
-        if (c->meta_dirty || dirty_inode_has(c, ino) || (!datasync && c->attr_dirty)) {
-                r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
-                                         " UPDATE meta SET value = value WHERE key = 'generation'");
-                if (r >= 0)
-                        r = pending_flush(c);
-                if (r >= 0)
-                        r = cs_index_exec(c->db, "COMMIT");
-                if (r < 0)
-                        cs_index_rollback(c->db);
-                (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
-                if (r >= 0) {
-                        c->meta_dirty = c->attr_dirty = false;
-                        c->n_dirty_inodes = 0;
-                }
-        }
+        /* The first time on the delta file needs the catalog to know. */
+        if (commit || (times_on_delta && !c->times_in_delta))
+                r = sync_commit(c, times_on_delta);
         if (r >= 0 && c->dir_dirty) {
                 if (fsync(c->data_fd) < 0)
                         r = negative_errno();

@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "cs-internal.h"
@@ -204,6 +206,61 @@ static void test_aligned_pages(cs_store *s, const char *path, const cs_point_inf
         ok(cs_clone_destroy(s, "pages", false) == 0, "but can still be destroyed");
 }
 
+/* A full fsync of a file overwritten in place puts its times on the
+ * delta file; a user that dies before closing the clone leaves them
+ * there, and the next open takes them into the catalog. */
+static void test_times_after_crash(cs_store *s, const char *path, const cs_point_info *p)
+{
+        int pipe_fds[2];
+        cs_clone *c = NULL;
+        cs_clone_attr a;
+        struct timespec written = {};
+
+        ok(cs_clone_create(s, "times", p) == 0, "a clone for times");
+        ok(pipe(pipe_fds) == 0, "a pipe");
+        pid_t pid = fork();
+        if (pid == 0) {
+                cs_clone *child = NULL;
+                cs_clone_attr ca;
+                uint8_t byte = 'w';
+                /* The first write makes the page local, and its fsync
+                 * commits that. */
+                if (cs_clone_open(s, "times", &child) < 0 || cs_clone_lookup(child, CS_CLONE_ROOT, "f", &ca) < 0 ||
+                    cs_clone_write(child, ca.ino, &byte, 1, 0) != 1 || cs_clone_fsync(child, ca.ino, false) < 0)
+                        _exit(1);
+                /* The page is local now: these writes are in place.  The
+                 * first fsync of times on the delta file tells the
+                 * catalog so; the second only flushes the delta file. */
+                for (int k = 1; k <= 2; k++) {
+                        usleep(20000);
+                        if (cs_clone_write(child, ca.ino, &byte, 1, (uint64_t) k) != 1 ||
+                            cs_clone_getattr(child, ca.ino, &ca) < 0 || cs_clone_fsync(child, ca.ino, false) < 0)
+                                _exit(1);
+                }
+                if (write(pipe_fds[1], &ca.mtime, sizeof(ca.mtime)) != (ssize_t) sizeof(ca.mtime))
+                        _exit(1);
+                _exit(0); /* without closing: as kill -9 would */
+        }
+        close(pipe_fds[1]);
+        int status = -1;
+        ok(pid > 0 && read(pipe_fds[0], &written, sizeof(written)) == (ssize_t) sizeof(written) &&
+                   waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "a process writes in place, fsyncs and dies");
+        close(pipe_fds[0]);
+        char delta[700];
+        uint8_t record[64];
+        ok(cs_clone_open(s, "times", &c) == 0 && cs_clone_lookup(c, CS_CLONE_ROOT, "f", &a) == 0,
+           "open the clone after it");
+        snprintf(delta, sizeof(delta), "%s/clones/times/data/%llx", path, (unsigned long long) a.ino);
+        ok(getxattr(delta, "user.clonefs.times", record, sizeof(record)) == 32,
+           "the fsync put the times on the delta file, not in a catalog commit");
+        ok(a.mtime.tv_sec == written.tv_sec && a.mtime.tv_nsec == written.tv_nsec && a.ctime.tv_sec == written.tv_sec &&
+                   a.ctime.tv_nsec == written.tv_nsec,
+           "the fsynced times of the overwrite in place are there");
+        cs_clone_close(c);
+        ok(cs_clone_destroy(s, "times", false) == 0, "destroy it");
+}
+
 static void test_held_open(cs_store *s, const cs_point_info *p, const cs_point_info *newer)
 {
         cs_clone *c = NULL, *other = NULL;
@@ -252,6 +309,7 @@ int main(void)
         ok(make_point(s, "db", 2, &newer) == 0, "a newer point");
         test_copy_on_write(s, path, &p);
         test_aligned_pages(s, path, &p);
+        test_times_after_crash(s, path, &p);
         test_held_open(s, &p, &newer);
         cs_store_unref(s);
         return tap_done();
