@@ -47,10 +47,11 @@
  *     A full fsync of a file whose only news is the times of overwrites
  *     in place puts those times on its delta file (xattr
  *     user.clonefs.times) and fsyncs it: one flush, as on a disk.  The
- *     first such fsync of an open clone commits meta.times_in_delta
- *     synchronously; a clean close takes every time into the catalog and
- *     deletes it; an open that finds it set takes each delta file's times
- *     whose ctime is later than its row's.
+ *     first such fsync of an open clone commits meta.times_in_delta, a
+ *     nonce its records carry, synchronously; a clean close takes every
+ *     time into the catalog and deletes it; an open that finds it set
+ *     takes the times of each delta file's record with that nonce whose
+ *     ctime is later than its row's.
  *  6. Locking: one mutex per open clone serializes its metadata and
  *     writes.  Between processes, clones/NAME/lock is held exclusively by
  *     whoever uses the clone: the one mount that has it open (a second is
@@ -68,6 +69,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -103,6 +105,11 @@ enum {
 /* Base block ids kept per open clone (512 KiB): 1 GiB of file at 64 KiB
  * blocks. */
 #define CLONE_ID_CACHE_SLOTS 16384
+
+typedef struct pending_times {
+        uint64_t ino;
+        struct timespec mtime, ctime;
+} pending_times;
 
 struct cs_clone {
         cs_store *store;
@@ -148,13 +155,17 @@ struct cs_clone {
         /* meta.times_in_delta is durable: a full fsync may have left
          * times in a delta file's xattr that the catalog lacks (note 5). */
         bool times_in_delta;
+        /* The session's mark on times it put on delta files: only those
+         * are recovered (design note 5), not those an earlier user left. */
+        uint64_t times_nonce;
         /* Times of overwrites in place not yet in the catalog: written by
          * the next transaction, a full fsync, or the close (design note 5). */
-        struct {
-                uint64_t ino;
-                struct timespec mtime, ctime;
-        } pending[PENDING_TIMES];
+        pending_times pending[PENDING_TIMES];
         size_t n_pending;
+        /* The pending times a transaction took in when it began: put back
+         * if it rolls back, or they would be lost. */
+        pending_times pending_saved[PENDING_TIMES];
+        size_t n_pending_saved;
         /* Where recent writes ended, per inode, round robin: a write that
          * starts where the last one to its file ended copies up its whole
          * block (design note 4). */
@@ -887,6 +898,21 @@ static void pending_forget(cs_clone *c, uint64_t ino)
 }
 
 /* Writes the pending times into the running transaction. */
+static void pending_save(cs_clone *c)
+{
+        memcpy(c->pending_saved, c->pending, c->n_pending * sizeof(c->pending[0]));
+        c->n_pending_saved = c->n_pending;
+}
+
+/* After a rollback of a transaction that began with pending_save. */
+static void pending_restore(cs_clone *c)
+{
+        memcpy(c->pending, c->pending_saved, c->n_pending_saved * sizeof(c->pending[0]));
+        c->n_pending = c->n_pending_saved;
+}
+
+/* Writes the pending times into the running transaction; the caller
+ * saved them first (pending_save), to put them back if it rolls back. */
 static int pending_flush(cs_clone *c)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
@@ -1104,9 +1130,12 @@ static int begin_locked(cs_clone *c)
 {
         int r = cs_index_begin(c->db);
         if (r >= 0) {
+                pending_save(c);
                 r = pending_flush(c);
-                if (r < 0)
+                if (r < 0) {
                         cs_index_rollback(c->db);
+                        pending_restore(c);
+                }
         }
         c->op_attrs_only = false;
         c->op_ino = 0;
@@ -1165,8 +1194,10 @@ static int end(cs_clone *c, int r)
         if (r >= 0) {
                 bool changed = sqlite3_total_changes64(c->db) != c->op_changes_from;
                 int k = cs_index_commit(c->db);
-                if (k < 0)
+                if (k < 0) {
                         r = k;
+                        pending_restore(c);
+                }
                 else if (!changed)
                         ; /* nothing to make durable */
                 else if (c->op_ino)
@@ -1177,6 +1208,7 @@ static int end(cs_clone *c, int r)
                         c->meta_dirty = true;
         } else {
                 cs_index_rollback(c->db);
+                pending_restore(c);
         }
         pthread_mutex_unlock(&c->lock);
         return r;
@@ -2080,11 +2112,15 @@ static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
                         break;
         if (k == PENDING_TIMES) {
                 r = cs_index_begin(c->db);
-                if (r >= 0)
-                        r = pending_flush(c);
-                r = r >= 0 ? cs_index_commit(c->db) : (cs_index_rollback(c->db), r);
                 if (r < 0)
                         return r;
+                pending_save(c);
+                r = pending_flush(c);
+                r = r >= 0 ? cs_index_commit(c->db) : (cs_index_rollback(c->db), r);
+                if (r < 0) {
+                        pending_restore(c);
+                        return r;
+                }
                 k = 0;
         }
         if (k == c->n_pending)
@@ -2309,19 +2345,30 @@ int cs_clone_fallocate(cs_clone *c, uint64_t ino, int mode, uint64_t offset, uin
         return end(c, r);
 }
 
-/* The times an fsync left on a delta file (design note 5): mtime and
- * ctime, seconds and nanoseconds, little-endian. */
+/* The times an fsync left on a delta file (design note 5): the
+ * session's nonce, then mtime and ctime, seconds and nanoseconds, each a
+ * little-endian 64-bit integer. */
 #define TIMES_XATTR "user.clonefs.times"
-#define TIMES_RECORD_SIZE 32
+#define TIMES_RECORD_SIZE 40
 
-static void times_encode(uint8_t out[TIMES_RECORD_SIZE], const struct timespec *mtime, const struct timespec *ctime)
+static void times_encode(uint8_t out[TIMES_RECORD_SIZE], uint64_t nonce, const struct timespec *mtime,
+                         const struct timespec *ctime)
 {
-        const int64_t v[4] = { mtime->tv_sec, mtime->tv_nsec, ctime->tv_sec, ctime->tv_nsec };
+        const uint64_t v[5] = { nonce, (uint64_t) mtime->tv_sec, (uint64_t) mtime->tv_nsec, (uint64_t) ctime->tv_sec,
+                                (uint64_t) ctime->tv_nsec };
 
-        for (size_t k = 0; k < 4; k++) {
-                uint64_t le = htole64((uint64_t) v[k]);
+        for (size_t k = 0; k < 5; k++) {
+                uint64_t le = htole64(v[k]);
                 memcpy(out + 8 * k, &le, 8);
         }
+}
+
+static uint64_t times_field(const uint8_t record[TIMES_RECORD_SIZE], size_t k)
+{
+        uint64_t le;
+
+        memcpy(&le, record + 8 * k, 8);
+        return le64toh(le);
 }
 
 /* Under the mutex: puts ino's pending times on its delta file, for the
@@ -2332,9 +2379,13 @@ static bool pending_times_to_delta(cs_clone *c, uint64_t ino, int fd)
 {
         uint8_t record[TIMES_RECORD_SIZE];
 
+        /* Positive, so that it reads back the same from SQLite. */
+        if (!c->times_nonce && (getrandom(&c->times_nonce, sizeof(c->times_nonce), 0) != sizeof(c->times_nonce) ||
+                                !(c->times_nonce = (c->times_nonce >> 1) | 1)))
+                return false;
         for (size_t k = 0; k < c->n_pending; k++)
                 if (c->pending[k].ino == ino) {
-                        times_encode(record, &c->pending[k].mtime, &c->pending[k].ctime);
+                        times_encode(record, c->times_nonce, &c->pending[k].mtime, &c->pending[k].ctime);
                         return fsetxattr(fd, TIMES_XATTR, record, sizeof(record), 0) == 0;
                 }
         return false;
@@ -2353,16 +2404,23 @@ static bool has_pending(const cs_clone *c, uint64_t ino)
  * cleanly. */
 static int sync_commit(cs_clone *c, bool with_times)
 {
+        char sql[96];
         int r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
                                      " UPDATE meta SET value = value WHERE key = 'generation'");
-        if (r >= 0)
+        if (r >= 0) {
+                pending_save(c);
                 r = pending_flush(c);
+        }
+        snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES('times_in_delta', %" PRId64 ")",
+                 (int64_t) c->times_nonce);
         if (r >= 0 && with_times)
-                r = cs_index_exec(c->db, "INSERT OR REPLACE INTO meta VALUES('times_in_delta', 1)");
+                r = cs_index_exec(c->db, sql);
         if (r >= 0)
                 r = cs_index_exec(c->db, "COMMIT");
-        if (r < 0)
+        if (r < 0) {
                 cs_index_rollback(c->db);
+                pending_restore(c);
+        }
         (void) cs_index_exec(c->db, "PRAGMA synchronous=NORMAL");
         if (r >= 0) {
                 c->meta_dirty = c->attr_dirty = false;
@@ -2373,17 +2431,18 @@ static int sync_commit(cs_clone *c, bool with_times)
 }
 
 /* After a user died with times on delta files that the catalog lacks
- * (meta.times_in_delta): each delta file's times win over its inode's
- * row if their ctime is later.  Runs at open, under the clone's lock. */
+ * (meta.times_in_delta holds that session's nonce): each delta file's
+ * times from that session win over its inode's row if their ctime is
+ * later.  Runs at open, under the clone's lock. */
 static int recover_times(cs_clone *c)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
-        int64_t flag = 0;
+        int64_t nonce = 0;
         struct dirent *de;
         DIR *d;
-        int r = cs_index_query_int(c->db, "SELECT value FROM meta WHERE key = 'times_in_delta'", 0, &flag);
+        int r = cs_index_query_int(c->db, "SELECT value FROM meta WHERE key = 'times_in_delta'", 0, &nonce);
 
-        if (r < 0 || !flag)
+        if (r < 0 || !nonce)
                 return r;
         int dir_fd = fcntl(c->data_fd, F_DUPFD_CLOEXEC, 3);
         d = dir_fd >= 0 ? fdopendir(dir_fd) : NULL;
@@ -2398,22 +2457,28 @@ static int recover_times(cs_clone *c)
                          "UPDATE inodes SET mtime = ?1, mtime_ns = ?2, ctime = ?3, ctime_ns = ?4"
                          " WHERE ino = ?5 AND (ctime < ?3 OR (ctime = ?3 AND ctime_ns < ?4))",
                          &stmt);
-        while (r >= 0 && (de = readdir(d))) {
+        while (r >= 0) {
                 uint8_t record[TIMES_RECORD_SIZE];
                 char *end;
+
+                errno = 0;
+                de = readdir(d);
+                if (!de) {
+                        r = errno ? negative_errno() : 0;
+                        break;
+                }
                 uint64_t ino = strtoull(de->d_name, &end, 16);
                 if (de->d_name[0] == '.' || *end != '\0')
                         continue;
                 int fd = openat(c->data_fd, de->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
                 ssize_t n = fd >= 0 ? fgetxattr(fd, TIMES_XATTR, record, sizeof(record)) : -1;
                 safe_close(fd);
-                if (n != (ssize_t) sizeof(record))
-                        continue; /* no times there, or none readable: the row's stand */
-                for (int k = 0; k < 4; k++) {
-                        uint64_t le;
-                        memcpy(&le, record + 8 * k, 8);
-                        sqlite3_bind_int64(stmt, k + 1, (int64_t) le64toh(le));
-                }
+                /* No times there, none readable, or an earlier session's:
+                 * the row's stand. */
+                if (n != (ssize_t) sizeof(record) || times_field(record, 0) != (uint64_t) nonce)
+                        continue;
+                for (size_t k = 1; k <= 4; k++)
+                        sqlite3_bind_int64(stmt, (int) k, (int64_t) times_field(record, k));
                 sqlite3_bind_int64(stmt, 5, (int64_t) ino);
                 r = cs_index_step(stmt);
                 sqlite3_reset(stmt);
@@ -2434,7 +2499,14 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
          * the cache's may be closed by another thread meanwhile. */
         pthread_mutex_lock(&c->lock);
         fd = open_data(c, ino, false);
-        fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+        if (fd >= 0 && (fd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0)
+                fd = negative_errno();
+        if (fd < 0 && fd != -ENOENT) {
+                /* No delta file (nothing written) is fine; not reaching it is not. */
+                r = fd;
+                pthread_mutex_unlock(&c->lock);
+                return r;
+        }
         /* A synchronous commit makes every earlier one durable (note 5).
          * fdatasync needs it only when where this file's data lives
          * changed: the steady state of a database's log, overwriting

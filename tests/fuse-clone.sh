@@ -207,7 +207,11 @@ os.close(fd)
 PY
 writer=$!
 on_exit "kill $writer"
-sleep 1
+# Until the writer is well under way (a loaded machine starts python late).
+for _ in $(seq 1 100); do
+        [ "$(stat -c %s "$c/journal" 2>/dev/null || echo 0)" -gt 20000 ] && break
+        sleep 0.1
+done
 expect_ok "snapshot a mounted clone while it is written" "$CLONECTL" clone snapshot dev --label live
 expect_ok "export a mounted clone" "$CLONECTL" clone export dev "$workdir/live-export"
 wait "$writer" || fail "the writer failed while its clone was snapshotted"

@@ -252,11 +252,46 @@ static void test_times_after_crash(cs_store *s, const char *path, const cs_point
         ok(cs_clone_open(s, "times", &c) == 0 && cs_clone_lookup(c, CS_CLONE_ROOT, "f", &a) == 0,
            "open the clone after it");
         snprintf(delta, sizeof(delta), "%s/clones/times/data/%llx", path, (unsigned long long) a.ino);
-        ok(getxattr(delta, "user.clonefs.times", record, sizeof(record)) == 32,
+        ok(getxattr(delta, "user.clonefs.times", record, sizeof(record)) == 40,
            "the fsync put the times on the delta file, not in a catalog commit");
         ok(a.mtime.tv_sec == written.tv_sec && a.mtime.tv_nsec == written.tv_nsec && a.ctime.tv_sec == written.tv_sec &&
                    a.ctime.tv_nsec == written.tv_nsec,
            "the fsynced times of the overwrite in place are there");
+
+        /* A failed operation rolls back; the pending times it took in
+         * must come back with it. */
+        uint8_t byte = 'x';
+        cs_clone_attr before, after;
+        usleep(20000);
+        ok(cs_clone_write(c, a.ino, &byte, 1, 3) == 1 && cs_clone_getattr(c, a.ino, &before) == 0,
+           "write in place (its times pending)");
+        ok(cs_clone_lookup(c, CS_CLONE_ROOT, "nope", &after) == -ENOENT, "a lookup that fails");
+        ok(cs_clone_getattr(c, a.ino, &after) == 0 && after.mtime.tv_sec == before.mtime.tv_sec &&
+                   after.mtime.tv_nsec == before.mtime.tv_nsec,
+           "the pending times survived its rollback");
+        cs_clone_close(c);
+        c = NULL;
+
+        /* Times an earlier session left on a delta file are not recovered
+         * by a later session's crash: f's stay as set after them. */
+        pid = fork();
+        if (pid == 0) {
+                cs_clone *child = NULL;
+                cs_clone_attr fa, ga, set = { .mtime = { 1000, 0 }, .ctime = { 1000, 0 } };
+                if (cs_clone_open(s, "times", &child) < 0 || cs_clone_lookup(child, CS_CLONE_ROOT, "f", &fa) < 0 ||
+                    cs_clone_setattr(child, fa.ino, &set, CS_SET_MTIME | CS_SET_CTIME, &fa) < 0 ||
+                    cs_clone_fsync(child, fa.ino, false) < 0 ||
+                    cs_clone_create_node(child, CS_CLONE_ROOT, "g", S_IFREG | 0600, 0, 0, 0, 022, NULL, &ga) < 0 ||
+                    cs_clone_write(child, ga.ino, &byte, 1, 0) != 1 || cs_clone_fsync(child, ga.ino, false) < 0 ||
+                    cs_clone_write(child, ga.ino, &byte, 1, 0) != 1 || cs_clone_fsync(child, ga.ino, false) < 0)
+                        _exit(1);
+                _exit(0);
+        }
+        ok(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "a second session sets f's times to 1000, fsyncs g's times onto its delta file, and dies");
+        ok(cs_clone_open(s, "times", &c) == 0 && cs_clone_lookup(c, CS_CLONE_ROOT, "f", &a) == 0 &&
+                   a.mtime.tv_sec == 1000 && a.ctime.tv_sec == 1000,
+           "f keeps the times set last, not the first session's on its delta file");
         cs_clone_close(c);
         ok(cs_clone_destroy(s, "times", false) == 0, "destroy it");
 }
