@@ -205,6 +205,15 @@ bool cs_clone_name_is_valid(const char *name)
 static int pending_flush(cs_clone *c);
 static void dirty_inode_add(cs_clone *c, uint64_t ino, bool meta);
 
+/* ino's entry in the pending times, or NULL. */
+static pending_times *pending_find(cs_clone *c, uint64_t ino)
+{
+        for (size_t k = 0; k < c->n_pending; k++)
+                if (c->pending[k].ino == ino)
+                        return &c->pending[k];
+        return NULL;
+}
+
 static int prep(cs_clone *c, const char *sql, sqlite3_stmt **ret)
 {
         return cs_index_prepare(c->db, sql, ret);
@@ -870,11 +879,11 @@ static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
         ret->local_all = sqlite3_column_int(stmt, 15) != 0;
         ret->materialized = sqlite3_column_int(stmt, 16) != 0;
         a->blocks = DIV_ROUND_UP(a->size, 512);
-        for (size_t k = 0; k < c->n_pending; k++)
-                if (c->pending[k].ino == ino) {
-                        a->mtime = c->pending[k].mtime;
-                        a->ctime = c->pending[k].ctime;
-                }
+        const pending_times *p = pending_find(c, ino);
+        if (p) {
+                a->mtime = p->mtime;
+                a->ctime = p->ctime;
+        }
         return 0;
 }
 
@@ -890,11 +899,10 @@ static int lock_inode(cs_clone *c, uint64_t ino, inode *ret)
 
 static void pending_forget(cs_clone *c, uint64_t ino)
 {
-        for (size_t k = 0; k < c->n_pending; k++)
-                if (c->pending[k].ino == ino) {
-                        c->pending[k] = c->pending[--c->n_pending];
-                        return;
-                }
+        pending_times *p = pending_find(c, ino);
+
+        if (p)
+                *p = c->pending[--c->n_pending];
 }
 
 /* Writes the pending times into the running transaction. */
@@ -2104,13 +2112,10 @@ static void stream_note(cs_clone *c, uint64_t ino, uint64_t end)
  * the pending ones when the table is full. */
 static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
 {
-        size_t k;
+        pending_times *p = pending_find(c, ino);
         int r;
 
-        for (k = 0; k < c->n_pending; k++)
-                if (c->pending[k].ino == ino)
-                        break;
-        if (k == PENDING_TIMES) {
+        if (!p && c->n_pending == PENDING_TIMES) {
                 r = cs_index_begin(c->db);
                 if (r < 0)
                         return r;
@@ -2121,12 +2126,12 @@ static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
                         pending_restore(c);
                         return r;
                 }
-                k = 0;
         }
-        if (k == c->n_pending)
-                c->n_pending++;
-        c->pending[k].ino = ino;
-        c->pending[k].mtime = c->pending[k].ctime = *t;
+        if (!p) {
+                p = &c->pending[c->n_pending++];
+                p->ino = ino;
+        }
+        p->mtime = p->ctime = *t;
         return 0;
 }
 
@@ -2371,11 +2376,11 @@ static uint64_t times_field(const uint8_t record[TIMES_RECORD_SIZE], size_t k)
         return le64toh(le);
 }
 
-/* Under the mutex: puts ino's pending times on its delta file, for the
- * fsync that follows to make durable with its data.  false: ino has no
- * pending times, or they could not be put there (no user xattrs on the
- * store's filesystem, say) and need the catalog. */
-static bool pending_times_to_delta(cs_clone *c, uint64_t ino, int fd)
+/* Under the mutex: puts pending times p on a delta file, for the fsync
+ * that follows to make durable with its data.  false: they could not be
+ * put there (no user xattrs on the store's filesystem, say) and need
+ * the catalog. */
+static bool pending_times_to_delta(cs_clone *c, const pending_times *p, int fd)
 {
         uint8_t record[TIMES_RECORD_SIZE];
 
@@ -2383,20 +2388,8 @@ static bool pending_times_to_delta(cs_clone *c, uint64_t ino, int fd)
         if (!c->times_nonce && (getrandom(&c->times_nonce, sizeof(c->times_nonce), 0) != sizeof(c->times_nonce) ||
                                 !(c->times_nonce = (c->times_nonce >> 1) | 1)))
                 return false;
-        for (size_t k = 0; k < c->n_pending; k++)
-                if (c->pending[k].ino == ino) {
-                        times_encode(record, c->times_nonce, &c->pending[k].mtime, &c->pending[k].ctime);
-                        return fsetxattr(fd, TIMES_XATTR, record, sizeof(record), 0) == 0;
-                }
-        return false;
-}
-
-static bool has_pending(const cs_clone *c, uint64_t ino)
-{
-        for (size_t k = 0; k < c->n_pending; k++)
-                if (c->pending[k].ino == ino)
-                        return true;
-        return false;
+        times_encode(record, c->times_nonce, &p->mtime, &p->ctime);
+        return fsetxattr(fd, TIMES_XATTR, record, sizeof(record), 0) == 0;
 }
 
 /* A synchronous commit (design note 5), recording with_times: that the
@@ -2411,10 +2404,11 @@ static int sync_commit(cs_clone *c, bool with_times)
                 pending_save(c);
                 r = pending_flush(c);
         }
-        snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES('times_in_delta', %" PRId64 ")",
-                 (int64_t) c->times_nonce);
-        if (r >= 0 && with_times)
+        if (r >= 0 && with_times) {
+                snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES('times_in_delta', %" PRId64 ")",
+                         (int64_t) c->times_nonce);
                 r = cs_index_exec(c->db, sql);
+        }
         if (r >= 0)
                 r = cs_index_exec(c->db, "COMMIT");
         if (r < 0) {
@@ -2514,8 +2508,9 @@ int cs_clone_fsync(cs_clone *c, uint64_t ino, bool datasync)
          * a disk.  A full fsync of a file overwritten in place puts its
          * new times on the delta file instead, for the same flush. */
         commit = needs_sync_commit(c, ino, datasync);
-        if (!commit && !datasync && has_pending(c, ino))
-                commit = !(fd >= 0 && (times_on_delta = pending_times_to_delta(c, ino, fd)));
+        const pending_times *p = datasync ? NULL : pending_find(c, ino);
+        if (!commit && p)
+                commit = !(fd >= 0 && (times_on_delta = pending_times_to_delta(c, p, fd)));
         pthread_mutex_unlock(&c->lock);
         /* The delta file's own times mean nothing; its xattr, when it
          * holds the file's times, needs the inode written too. */
