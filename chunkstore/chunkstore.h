@@ -11,7 +11,10 @@
  * Conventions: every fallible function returns a negative errno on failure
  * and >= 0 on success.  Handles are opaque.  A cs_store handle is safe to use
  * from several threads at once unless a function says otherwise; several
- * processes may open the same store at the same time.
+ * processes may open the same store at the same time.  A write handle runs
+ * a thread of its own that commits full batches of puts; a forked child
+ * must not use a handle that had puts in progress at the fork (open its
+ * own).
  */
 #ifndef CLONEFS_CHUNKSTORE_H
 #define CLONEFS_CHUNKSTORE_H
@@ -128,7 +131,10 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
 /* Makes every put that returned before this call durable: the pack bytes
  * are fdatasync()ed, then their index rows are committed in one SQLite
  * transaction.  A crash at any point leaves a consistent store that holds
- * every chunk of every commit that returned. */
+ * every chunk of every commit that returned.  Full batches are committed
+ * in the background meanwhile; once one of those, or any commit, failed in
+ * a way that lost puts (a failed fdatasync, say), this and every later
+ * commit of the handle fail with that error. */
 int cs_store_commit(cs_store *store);
 
 /* Reads chunk *id into buf (buf_size bytes).  Returns the chunk's size.

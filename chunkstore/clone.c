@@ -484,7 +484,7 @@ int cs_clone_create(cs_store *store, const char *name, const cs_point_info *from
 
         /* The catalog row last: a clone is listed once it is complete. */
         pthread_mutex_lock(&store->write_lock);
-        cat = cs_index_writer(store->index);
+        cat = cs_store_writer_locked(store);
         r = ensure_clones_table(cat);
         if (r >= 0)
                 r = cs_index_prepare(cat, "INSERT INTO clones VALUES(?, ?, ?, ?, strftime('%s','now'))", &stmt);
@@ -495,7 +495,7 @@ int cs_clone_create(cs_store *store, const char *name, const cs_point_info *from
                 sqlite3_bind_blob(stmt, 4, from->root.bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
                 r = cs_index_step(stmt);
         }
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &stmt);
         if (r >= 0)
                 return 0;
 fail:
@@ -648,13 +648,13 @@ static int destroy_held(cs_store *store, const char *name)
         int r;
 
         pthread_mutex_lock(&store->write_lock);
-        cat = cs_index_writer(store->index);
+        cat = cs_store_writer_locked(store);
         r = cs_index_prepare(cat, "DELETE FROM clones WHERE name = ?", &stmt);
         if (r >= 0) {
                 sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
                 r = cs_index_step(stmt);
         }
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &stmt);
         if (r < 0)
                 return r;
         r = clones_dir(store, false, &dir_fd);
@@ -2776,7 +2776,7 @@ static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to)
                 return r;
 
         pthread_mutex_lock(&store->write_lock);
-        cat = cs_index_writer(store->index);
+        cat = cs_store_writer_locked(store);
         /* base_root is what gc must keep; base_timeline and base_point say
          * where the clone came from, which a rewind to one of its own
          * snapshots does not change (refresh goes back there). */
@@ -2793,7 +2793,7 @@ static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to)
                 sqlite3_bind_text(stmt, 4, name, -1, SQLITE_STATIC);
                 r = cs_index_step(stmt);
         }
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &stmt);
         return r;
 }
 

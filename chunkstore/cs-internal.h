@@ -237,6 +237,14 @@ struct cs_store {
         uint64_t retiring_id;
         cs_pending *spare;      /* an empty table, reused as the next pending */
         pthread_cond_t commit_done;
+        /* The committer thread (store.c, design note 6), started by the
+         * first full batch. */
+        pthread_t committer;
+        pid_t committer_pid;
+        bool committer_started, committer_stop, commit_wanted;
+        int commit_error; /* the last background commit's, until one succeeds */
+        int lost_error;   /* a failed commit dropped acknowledged puts */
+        pthread_cond_t commit_wake;
         uint64_t pending_logical_bytes;
         /* Batches committed, written under write_lock and read atomically
          * too: a held lookup snapshot older than one is stale. */
@@ -257,9 +265,17 @@ int cs_store_locate(cs_store *store, const cs_chunk_id *id, cs_location *ret_loc
 int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uint8_t *record,
                            size_t record_size);
 /* Commits pending puts; with seal, also seals the open pack.  Callers hold
- * write_lock; it is released while the pack is fdatasync()ed, so callers
- * must not keep pointers into the writer state across the call. */
+ * write_lock; it is released while the pack is fdatasync()ed and the batch
+ * written to the catalog, so callers must not keep pointers into the
+ * writer state across the call. */
 int cs_store_commit_locked(cs_store *store, bool seal);
+/* The catalog's writer connection, for a caller holding write_lock: waits
+ * until no commit is using it (a commit writes its batch unlocked). */
+sqlite3 *cs_store_writer_locked(cs_store *store);
+/* Ends such a use: finalizes the caller's statement while the connection
+ * is still its own (a background commit may take it as soon as write_lock
+ * is let go), then unlocks. */
+void cs_store_writer_unlock(cs_store *store, sqlite3_stmt **stmt);
 
 /* timeline.c: pins.  Start time of a process (field 22 of /proc/PID/stat);
  * -ESRCH if it does not exist. */

@@ -64,13 +64,15 @@ static bool no_such_table(sqlite3 *db, int r)
 }
 
 /* Runs fill(stmt) inside one write transaction, after committing pending
- * puts so that the row never names a chunk that is not durable. */
-static int write_row(cs_store *store, const char *sql, void (*bind)(sqlite3_stmt *, const void *),
-                     const void *userdata)
+ * puts so that the row never names a chunk that is not durable.  Returns
+ * the number of rows it changed (read before the writer connection is let
+ * go: a background commit may use it next). */
+static int write_rows(cs_store *store, const char *sql, void (*bind)(sqlite3_stmt *, const void *),
+                      const void *userdata)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         sqlite3 *db;
-        int r;
+        int changes, r;
 
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
@@ -89,13 +91,26 @@ static int write_row(cs_store *store, const char *sql, void (*bind)(sqlite3_stmt
                 bind(stmt, userdata);
                 r = cs_index_step(stmt);
         }
-        if (r < 0)
+        if (r < 0) {
                 cs_index_rollback(db);
-        else
-                r = cs_index_commit(db);
+                goto out;
+        }
+        changes = sqlite3_changes(db);
+        r = cs_index_commit(db);
+        if (r >= 0)
+                r = changes;
 out:
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &stmt);
         return r;
+}
+
+/* write_rows(), for one row: 0 on success. */
+static int write_row(cs_store *store, const char *sql, void (*bind)(sqlite3_stmt *, const void *),
+                     const void *userdata)
+{
+        int r = write_rows(store, sql, bind, userdata);
+
+        return r < 0 ? r : 0;
 }
 
 /* What a read selects by: the timeline, then up to two integers. */
@@ -323,12 +338,10 @@ static void bind_prune(sqlite3_stmt *stmt, const void *userdata)
 int cs_pg_wal_prune(cs_store *store, const char *timeline, uint64_t before_segno)
 {
         prune_row p = { timeline, before_segno };
-        int r;
 
         if (!store || !cs_name_is_valid(timeline))
                 return -EINVAL;
-        r = write_row(store, "DELETE FROM pg_wal WHERE timeline = ? AND segno < ?", bind_prune, &p);
-        return r < 0 ? r : sqlite3_changes(cs_index_writer(store->index));
+        return write_rows(store, "DELETE FROM pg_wal WHERE timeline = ? AND segno < ?", bind_prune, &p);
 }
 
 static int read_wal_row(sqlite3_stmt *stmt, void *userdata)

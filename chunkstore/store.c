@@ -26,6 +26,15 @@
  *     updated before the file was unlinked.
  *  5. Locking order: store lock file (flock) -> write_lock (mutex) ->
  *     SQLite's write lock.  Readers take no lock beyond the pack cache's.
+ *     While a commit runs (commit_running), the catalog's writer
+ *     connection is the commit's, also during the parts it runs without
+ *     write_lock; anyone else waits for it (cs_store_writer_locked).
+ *  6. A batch that fills up is committed by a thread of the handle's own,
+ *     the committer, so that the putter that filled it goes on compressing
+ *     instead of waiting for the pack's fdatasync and the catalog's.  A
+ *     batch that reaches twice the limits while one is being committed,
+ *     or any batch after a background commit failed, is committed by the
+ *     putter itself, which then sees the error.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -250,6 +259,7 @@ int cs_store_open(const char *path, unsigned flags, cs_store **ret_store)
         store->flags = flags;
         pthread_mutex_init(&store->write_lock, NULL);
         pthread_cond_init(&store->commit_done, NULL);
+        pthread_cond_init(&store->commit_wake, NULL);
 
         store->path = strdup(path);
         if (!store->path)
@@ -294,10 +304,13 @@ int cs_store_open(const char *path, unsigned flags, cs_store **ret_store)
         return 0;
 }
 
+static void committer_stop(cs_store *store);
+
 cs_store *cs_store_unref(cs_store *store)
 {
         if (!store)
                 return NULL;
+        committer_stop(store);
         if (store->pack.fd >= 0) {
                 /* Uncommitted puts are dropped: cut their bytes off and seal
                  * what the catalog accounts for, as recovery would after a
@@ -311,6 +324,7 @@ cs_store *cs_store_unref(cs_store *store)
         pending_free(store->pending);
         pending_free(store->spare);
         pthread_cond_destroy(&store->commit_done);
+        pthread_cond_destroy(&store->commit_wake);
         safe_close(store->lock_fd);
         safe_close(store->dir_fd);
         pthread_mutex_destroy(&store->write_lock);
@@ -410,26 +424,42 @@ static int restore_batch(cs_store *store, cs_pending *batch, uint64_t logical)
         return r;
 }
 
+sqlite3 *cs_store_writer_locked(cs_store *store)
+{
+        while (store->commit_running)
+                pthread_cond_wait(&store->commit_done, &store->write_lock);
+        return cs_index_writer(store->index);
+}
+
+void cs_store_writer_unlock(cs_store *store, sqlite3_stmt **stmt)
+{
+        sqlite3_finalize(TAKE_PTR(*stmt));
+        pthread_mutex_unlock(&store->write_lock);
+}
+
 /*
- * Design note: the pack's fdatasync() is the slow part of a commit, so it
- * runs without write_lock: the batch is taken out of `pending` (and looked
- * up in `committing` meanwhile), puts go on appending to the pack or, if
- * this commit seals it, to a new one.  The catalog work happens under
- * write_lock again, which is also what serializes the writer connection.
- * Commits run one at a time: a second waits on commit_done.
+ * Design note: the pack's fdatasync() and the catalog's transaction are
+ * the slow parts of a commit, so they run without write_lock: the batch
+ * is taken out of `pending` (and looked up in `committing` meanwhile),
+ * puts go on appending to the pack or, if this commit seals it, to the
+ * next one, which the commit creates before it lets go of the lock.
+ * Commits run one at a time: a second waits on commit_done, and so does
+ * anyone else who needs the writer connection (design note 5).
  */
 int cs_store_commit_locked(cs_store *store, bool seal)
 {
-        sqlite3 *db = cs_index_writer(store->index);
+        sqlite3 *db = cs_store_writer_locked(store);
         cs_pending *batch;
-        cs_pack_writer pack, current = { .fd = -1 };
+        cs_pack_writer pack, current = { .fd = -1 }, next = { .fd = -1 };
         uint64_t logical, batch_end;
+        bool sync_failed;
+        /* Sealed for its size, not on request (gc, compaction). */
+        bool full = !seal && store->pack.fd >= 0 && store->pack.size >= CS_PACK_TARGET_SIZE;
         int r;
 
-        while (store->commit_running)
-                pthread_cond_wait(&store->commit_done, &store->write_lock);
-
-        seal = store->pack.fd >= 0 && (seal || store->pack.size >= CS_PACK_TARGET_SIZE);
+        if (store->lost_error < 0)
+                return store->lost_error;
+        seal = store->pack.fd >= 0 && (seal || full);
         if (store->pending->n == 0 && store->pending_logical_bytes == 0 && !seal)
                 return 0;
         if (!store->spare) {
@@ -439,11 +469,21 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         }
         store->commit_running = true;
 
+        if (full) {
+                /* A pack sealed for its size gets its successor before it
+                 * stops taking puts, so that they never wait for this
+                 * commit; meanwhile they go on appending to it.  If that
+                 * fails, the next put tries again and reports it. */
+                pthread_mutex_unlock(&store->write_lock);
+                (void) cs_pack_create(store->dir_fd, db, &next);
+                pthread_mutex_lock(&store->write_lock);
+        }
         pack = store->pack;
         if (seal) {
-                /* New puts go to a new pack; the ones writing into this one
-                 * finish first, so the batch below holds all of its records. */
-                store->pack = (cs_pack_writer) { .fd = -1 };
+                /* New puts go to the next pack; the ones writing into this
+                 * one finish first, so the batch below holds all of its
+                 * records. */
+                store->pack = next;
                 store->retiring_id = pack.id;
                 store->retiring_inflight = pack.inflight;
                 while (store->retiring_inflight > 0)
@@ -464,10 +504,11 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         r = batch->n > 0 || seal ? cs_pack_sync(&pack) : 0;
         if (r >= 0 && current.fd >= 0)
                 r = cs_pack_sync(&current);
-        pthread_mutex_lock(&store->write_lock);
-
+        sync_failed = r < 0;
         if (r >= 0)
                 r = write_batch(db, batch, logical, seal ? &pack : NULL);
+        pthread_mutex_lock(&store->write_lock);
+
         if (r >= 0) {
                 /* Its chunks leave the pending table: lookups must now see
                  * this commit in the catalog. */
@@ -484,19 +525,29 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                         store->pack.committed = MAX(store->pack.committed, batch_end_in(batch, store->pack.id));
                 pending_clear(batch);
                 store->spare = batch;
-        } else if (!seal || store->pack.fd < 0) {
+                store->commit_error = 0;
+        } else if (!sync_failed && (!seal || store->pack.fd < 0)) {
                 int k = restore_batch(store, batch, logical);
                 pending_free(batch);
-                if (seal)
-                        store->pack = pack; /* not sealed after all: keep appending to it */
+                if (seal) {
+                        /* Not sealed after all: keep appending to it.  Its
+                         * writers counted down retiring_inflight. */
+                        store->pack = pack;
+                        store->pack.inflight = 0;
+                }
                 if (k < 0)
-                        r = k;
+                        store->lost_error = r = k;
         } else {
-                /* A new pack exists, so the old one cannot take writes again:
-                 * the failed batch's puts are dropped (they were never
-                 * acknowledged as durable; the caller sees this error). */
+                /* The batch's puts are lost: a failed fdatasync may have
+                 * dropped their bytes (and the next one would not say so),
+                 * or a new pack exists, so the old one cannot take writes
+                 * again.  They were never acknowledged as durable, but the
+                 * trees of their callers may name them, so no later commit
+                 * of this handle may succeed. */
                 pending_free(batch);
-                cs_pack_writer_close(&pack);
+                if (seal)
+                        cs_pack_writer_close(&pack);
+                store->lost_error = r;
         }
         store->committing = NULL;
         store->commit_running = false;
@@ -504,6 +555,74 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         /* Held snapshots are stale now, and would keep the WAL growing. */
         cs_index_release_snapshots(store->index);
         return r;
+}
+
+/* --- The committer (design note 6) -------------------------------------- */
+
+static void *committer_main(void *userdata)
+{
+        cs_store *store = userdata;
+
+        pthread_mutex_lock(&store->write_lock);
+        while (!store->committer_stop) {
+                if (!store->commit_wanted) {
+                        pthread_cond_wait(&store->commit_wake, &store->write_lock);
+                        continue;
+                }
+                store->commit_wanted = false;
+                int r = cs_store_commit_locked(store, false);
+                if (r < 0)
+                        store->commit_error = r;
+        }
+        pthread_mutex_unlock(&store->write_lock);
+        return NULL;
+}
+
+/* Under write_lock.  Only the process that started it has the thread: a
+ * forked child commits by itself. */
+static bool committer_running(cs_store *store)
+{
+        if (!store->committer_started) {
+                if (pthread_create(&store->committer, NULL, committer_main, store) != 0)
+                        return false;
+                store->committer_started = true;
+                store->committer_pid = getpid();
+        }
+        return store->committer_pid == getpid();
+}
+
+static void committer_stop(cs_store *store)
+{
+        if (!store->committer_started || store->committer_pid != getpid())
+                return;
+        pthread_mutex_lock(&store->write_lock);
+        store->committer_stop = true;
+        pthread_cond_signal(&store->commit_wake);
+        pthread_mutex_unlock(&store->write_lock);
+        pthread_join(store->committer, NULL);
+        store->committer_started = false;
+}
+
+/* Whether the pending puts have reached `times` times a batch's limits. */
+static bool batch_full(const cs_store *store, unsigned times)
+{
+        return store->pending->n >= times * BATCH_MAX_CHUNKS || store->pending->bytes >= times * BATCH_MAX_BYTES ||
+               (store->pack.fd >= 0 && store->pack.size >= times * CS_PACK_TARGET_SIZE);
+}
+
+/* After a put joined the batch (write_lock held): a full batch is handed
+ * to the committer, or committed here when the committer is behind by a
+ * whole batch, failed last time, or cannot run. */
+static int commit_if_full(cs_store *store)
+{
+        if (!batch_full(store, 1))
+                return 0;
+        if (store->commit_error == 0 && !batch_full(store, 2) && committer_running(store)) {
+                store->commit_wanted = true;
+                pthread_cond_signal(&store->commit_wake);
+                return 0;
+        }
+        return cs_store_commit_locked(store, false);
 }
 
 int cs_store_commit(cs_store *store)
@@ -524,17 +643,27 @@ int cs_store_commit(cs_store *store)
 
 /* --- Putting ------------------------------------------------------------ */
 
+/* An open pack to append to (write_lock held, which it may let go of
+ * while a commit uses the writer connection). */
+static int ensure_pack(cs_store *store)
+{
+        if (store->pack.fd >= 0)
+                return 0;
+        sqlite3 *db = cs_store_writer_locked(store);
+        if (store->pack.fd >= 0) /* another put made one meanwhile */
+                return 0;
+        return cs_pack_create(store->dir_fd, db, &store->pack);
+}
+
 int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uint8_t *record,
                            size_t record_size)
 {
         cs_location loc = { .kind = h->kind, .size = h->size, .stored_size = h->stored_size };
         int r;
 
-        if (store->pack.fd < 0) {
-                r = cs_pack_create(store->dir_fd, cs_index_writer(store->index), &store->pack);
-                if (r < 0)
-                        return r;
-        }
+        r = ensure_pack(store);
+        if (r < 0)
+                return r;
         r = cs_pack_append(&store->pack, record, record_size, &loc.offset);
         if (r < 0)
                 return r;
@@ -545,11 +674,7 @@ int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uin
         store->added.chunks++;
         store->added.bytes += h->size;
         store->added.stored_bytes += record_size;
-
-        if (store->pending->n >= BATCH_MAX_CHUNKS || store->pending->bytes >= BATCH_MAX_BYTES ||
-            store->pack.size >= CS_PACK_TARGET_SIZE)
-                return cs_store_commit_locked(store, false);
-        return 0;
+        return commit_if_full(store);
 }
 
 /* An uncommitted put of this handle: pending, or in the batch being
@@ -640,12 +765,10 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
                 pthread_mutex_unlock(&store->write_lock);
                 return 0;
         }
-        if (store->pack.fd < 0) {
-                r = cs_pack_create(store->dir_fd, cs_index_writer(store->index), &store->pack);
-                if (r < 0) {
-                        pthread_mutex_unlock(&store->write_lock);
-                        return r;
-                }
+        r = ensure_pack(store);
+        if (r < 0) {
+                pthread_mutex_unlock(&store->write_lock);
+                return r;
         }
         cs_location loc = {
                 .kind = kind,
@@ -677,13 +800,8 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
                         store->added.chunks++;
                         store->added.bytes += h.size;
                         store->added.stored_bytes += record_size;
-                        r = 1;
-                        if (store->pending->n >= BATCH_MAX_CHUNKS || store->pending->bytes >= BATCH_MAX_BYTES ||
-                            store->pack.size >= CS_PACK_TARGET_SIZE) {
-                                int k = cs_store_commit_locked(store, false);
-                                if (k < 0)
-                                        r = k;
-                        }
+                        int k = commit_if_full(store);
+                        r = k < 0 ? k : 1;
                 }
         }
         pthread_mutex_unlock(&store->write_lock);
@@ -826,7 +944,7 @@ int cs_store_root_set(cs_store *store, const char *name, const cs_chunk_id *id)
         sqlite3_bind_blob(stmt, 2, id->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
         r = cs_index_step(stmt);
 out:
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &stmt);
         return r;
 }
 
@@ -868,7 +986,7 @@ int cs_store_root_delete(cs_store *store, const char *name)
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
         pthread_mutex_lock(&store->write_lock);
-        db = cs_index_writer(store->index);
+        db = cs_store_writer_locked(store);
         r = cs_index_prepare(db, "DELETE FROM roots WHERE name = ?", &stmt);
         if (r >= 0) {
                 sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
@@ -876,6 +994,6 @@ int cs_store_root_delete(cs_store *store, const char *name)
                 if (r >= 0 && sqlite3_changes(db) == 0)
                         r = -ENOENT;
         }
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &stmt);
         return r;
 }

@@ -374,7 +374,7 @@ int cs_point_remove(cs_store *store, const char *timeline, const char *name)
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
         pthread_mutex_lock(&store->write_lock);
-        db = cs_index_writer(store->index);
+        db = cs_store_writer_locked(store);
         r = cs_index_begin(db);
         if (r < 0)
                 goto out;
@@ -401,7 +401,7 @@ int cs_point_remove(cs_store *store, const char *timeline, const char *name)
         else
                 r = cs_index_commit(db);
 out:
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &del);
         return r;
 }
 
@@ -457,7 +457,7 @@ static int pin_exec(cs_store *store, const char *sql, const char *name, const cs
         int r;
 
         pthread_mutex_lock(&store->write_lock);
-        db = cs_index_writer(store->index);
+        db = cs_store_writer_locked(store);
         r = cs_index_prepare(db, sql, &stmt);
         if (r >= 0) {
                 sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
@@ -465,7 +465,7 @@ static int pin_exec(cs_store *store, const char *sql, const char *name, const cs
                         sqlite3_bind_blob(stmt, 2, root->bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
                 r = cs_index_step(stmt);
         }
-        pthread_mutex_unlock(&store->write_lock);
+        cs_store_writer_unlock(store, &stmt);
         return r;
 }
 

@@ -275,11 +275,95 @@ static void test_threads(void)
         free(out);
 }
 
+/* Enough incompressible data from two threads to fill several batches
+ * and a pack: the committer takes them in the background while the
+ * threads go on putting and reading back what they put. */
+#define BIG_CHUNKS 640
+
+typedef struct big_worker {
+        cs_store *store;
+        int seed;
+        int failures;
+        cs_chunk_id ids[BIG_CHUNKS];
+} big_worker;
+
+static void *put_big(void *p)
+{
+        big_worker *wk = p;
+        uint8_t *data = malloc(65536), *out = malloc(65536);
+
+        for (int i = 0; i < BIG_CHUNKS; i++) {
+                tap_fill(data, 65536, DATA_RANDOM, (uint64_t) (wk->seed * 100000 + i));
+                if (cs_store_put(wk->store, CS_KIND_DATA, data, 65536, &wk->ids[i]) < 0)
+                        wk->failures++;
+                /* Whether pending, being committed or committed. */
+                else if (i % 7 == 0 && (cs_store_get(wk->store, &wk->ids[i], out, 65536) != 65536 ||
+                                        memcmp(out, data, 65536)))
+                        wk->failures++;
+        }
+        free(data);
+        free(out);
+        return NULL;
+}
+
+static int big_readback(cs_store *store, big_worker *workers, int n)
+{
+        uint8_t *data = malloc(65536), *out = malloc(65536);
+        int bad = 0;
+
+        for (int t = 0; t < n; t++)
+                for (int i = 0; i < BIG_CHUNKS; i++) {
+                        tap_fill(data, 65536, DATA_RANDOM, (uint64_t) (workers[t].seed * 100000 + i));
+                        if (cs_store_get(store, &workers[t].ids[i], out, 65536) != 65536 || memcmp(out, data, 65536))
+                                bad++;
+                }
+        free(data);
+        free(out);
+        return bad;
+}
+
+static void test_background_commits(void)
+{
+        char path[512];
+        cs_store *w = NULL;
+        big_worker *workers = calloc(2, sizeof(*workers));
+        pthread_t threads[2];
+        int bad = 0;
+        cs_stats st;
+
+        tap_path(path, sizeof(path), "store-committer");
+        cs_store_init(path, &(cs_init_params) { .block_size = 65536 });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        for (int t = 0; t < 2; t++) {
+                workers[t] = (big_worker) { .store = w, .seed = t + 1 };
+                pthread_create(&threads[t], NULL, put_big, &workers[t]);
+        }
+        for (int t = 0; t < 2; t++) {
+                pthread_join(threads[t], NULL);
+                bad += workers[t].failures;
+        }
+        is_int(bad, 0, "80 MiB from two threads: every put and read-back succeeds");
+        is_int(cs_store_commit(w), 0, "commit the rest");
+        cs_store_stats(w, &st);
+        is_int(st.chunks, 2 * BIG_CHUNKS, "every chunk is in the catalog");
+        ok(st.packs >= 2, "a pack was sealed for its size and another begun (%llu packs)",
+           (unsigned long long) st.packs);
+        is_int(big_readback(w, workers, 2), 0, "every chunk reads back");
+        cs_store_unref(w);
+
+        cs_store_open(path, 0, &w);
+        is_int(big_readback(w, workers, 2), 0, "every chunk reads back after reopening");
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, NULL), 0, "the store verifies");
+        cs_store_unref(w);
+        free(workers);
+}
+
 int main(void)
 {
         test_init_and_open();
         test_round_trips();
         test_damage();
         test_threads();
+        test_background_commits();
         return tap_done();
 }
