@@ -140,6 +140,20 @@ with open(sys.argv[1], "rb") as f:
     assert f.read()[100:105] == b"mmap!"
 PY
 pass "shared writable mmap"
+# Large writes, 1 MiB at a time: a new file, and an overwrite of the
+# base at an offset that splits pages and blocks.
+head -c $((8 << 20)) /dev/urandom >"$workdir/big"
+dd if="$workdir/big" of="$c/big" bs=1M status=none || fail "a 1 MiB-block write failed"
+cmp "$workdir/big" "$c/big" || fail "a file written in 1 MiB blocks reads back different"
+cp "$c/table" "$workdir/table-expected"
+dd if="$workdir/big" of="$workdir/table-expected" bs=1M seek=12345 oflag=seek_bytes conv=notrunc status=none
+dd if="$workdir/big" of="$c/table" bs=1M seek=12345 oflag=seek_bytes conv=notrunc status=none ||
+        fail "a large overwrite failed"
+cmp "$workdir/table-expected" "$c/table" || fail "a large unaligned overwrite of the base reads back different"
+echo 3 >/proc/sys/vm/drop_caches
+cmp "$workdir/big" "$c/big" && cmp "$workdir/table-expected" "$c/table" ||
+        fail "large writes read back different once out of the page cache"
+pass "1 MiB writes read back exactly, in a new file and over the base"
 flock "$c/rb" true || fail "flock failed"
 python3 -c 'import fcntl,sys; f=open(sys.argv[1],"r+"); fcntl.lockf(f, fcntl.LOCK_EX); fcntl.lockf(f, fcntl.LOCK_UN)' "$c/rb" ||
         fail "POSIX locks failed"
