@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "chunkstore.h"
+#include "util/hugemem.h"
 
 #define CS_FD_CACHE_SLOTS 64
 
@@ -48,7 +49,8 @@ typedef struct cs_block_cache {
                 uint64_t ino; /* 0: free */
                 uint64_t block;
         } *key;
-        uint8_t *data;
+        uint8_t *data; /* n_slots blocks, in region */
+        huge_region region;
 } cs_block_cache;
 
 int cs_block_cache_init(cs_block_cache *cache, size_t n_slots, uint32_t block_size);

@@ -15,18 +15,22 @@
  *     waiters look at it; the next acquire after that tries again.
  *  4. Prefetch requests go into a bounded ring; a full ring drops them:
  *     prefetch is a hint, never a reason to block a reader.
- *  5. An evicted block's buffer is kept for the next load (up to
- *     SPARE_BUFFERS of them) instead of going back to malloc.  Loads run
- *     on many threads, each with its own malloc arena, so a freed buffer
- *     was rarely the one the next load got: every load touched fresh
- *     pages, and page faults are dear (a third of the daemon's time in a
- *     cold sequential read on the 2-core VM of docs/BENCHMARKS.md).
+ *  5. Block buffers come from one region the size of the cache, backed by
+ *     transparent huge pages where the kernel allows, and an evicted
+ *     block's buffer goes to the next load instead of back to malloc.
+ *     Page faults are dear (14 us per 4 KiB page on the 2-core VM of
+ *     docs/BENCHMARKS.md, a third of the daemon's time in a cold read):
+ *     filling the cache then costs a fault per 2 MiB, not per 4 KiB, and
+ *     never again once it is full.  Only buffers beyond the capacity
+ *     (blocks held by readers, design note 2) come from malloc; up to
+ *     SPARE_BUFFERS of those are kept too.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clonefs.h"
+#include "util/hugemem.h"
 #include "util/macro.h"
 
 #define PREFETCH_RING 1024
@@ -54,8 +58,12 @@ struct cfs_cache {
         centry **table;
         size_t table_size;
         centry lru; /* sentinel: lru.lru_next is the most recent */
-        uint8_t *spares[SPARE_BUFFERS]; /* design note 5 */
-        size_t n_spares;
+        /* Design note 5: buffers from the region, bump-allocated, and
+         * free buffers (the region's and up to SPARE_BUFFERS others). */
+        huge_region region;
+        size_t region_used;
+        uint8_t **spares;
+        size_t n_spares, n_heap_spares, max_spares;
 
         pthread_cond_t work;
         cs_chunk_id ring[PREFETCH_RING];
@@ -97,6 +105,36 @@ static void lru_push_front(cfs_cache *c, centry *e)
         c->lru.lru_next = e;
 }
 
+/* A block buffer (under the lock), or NULL: the caller mallocs one. */
+static uint8_t *buffer_get(cfs_cache *c)
+{
+        if (c->n_spares > 0) {
+                uint8_t *p = c->spares[--c->n_spares];
+                if (!huge_region_contains(&c->region, p))
+                        c->n_heap_spares--;
+                return p;
+        }
+        if (c->region.base && c->region_used + c->block_size <= c->region.size) {
+                c->region_used += c->block_size;
+                return c->region.base + c->region_used - c->block_size;
+        }
+        return NULL;
+}
+
+static void buffer_put(cfs_cache *c, uint8_t *p)
+{
+        if (!p)
+                return;
+        if (huge_region_contains(&c->region, p)) {
+                c->spares[c->n_spares++] = p; /* always room: max_spares counts them */
+        } else if (c->n_heap_spares < SPARE_BUFFERS) {
+                c->spares[c->n_spares++] = p;
+                c->n_heap_spares++;
+        } else {
+                free(p);
+        }
+}
+
 static void remove_entry(cfs_cache *c, centry *e)
 {
         for (centry **p = &c->table[bucket_of(c, &e->id)]; *p; p = &(*p)->hash_next)
@@ -107,10 +145,7 @@ static void remove_entry(cfs_cache *c, centry *e)
         lru_unlink(e);
         if (e->state == READY)
                 c->used -= e->block.size;
-        if (e->data && c->n_spares < SPARE_BUFFERS)
-                c->spares[c->n_spares++] = e->data;
-        else
-                free(e->data);
+        buffer_put(c, e->data);
         free(e);
 }
 
@@ -165,8 +200,7 @@ int cfs_cache_acquire(cfs_cache *c, const cs_chunk_id *id, const cfs_block **ret
         e->state = LOADING;
         e->hash_next = c->table[bucket_of(c, id)];
         c->table[bucket_of(c, id)] = e;
-        if (c->n_spares > 0)
-                e->data = c->spares[--c->n_spares];
+        e->data = buffer_get(c);
         pthread_mutex_unlock(&c->lock);
 
         /* Design note 1: the load runs unlocked. */
@@ -257,7 +291,14 @@ int cfs_cache_new(cs_store *store, size_t capacity, int prefetch_threads, cfs_ca
                 c->table_size *= 2;
         c->table = calloc(c->table_size, sizeof(*c->table));
         c->threads = calloc((size_t) MAX(prefetch_threads, 1), sizeof(*c->threads));
-        if (!c->table || !c->threads) {
+        /* Design note 5.  Without the region (a cache smaller than a block,
+         * or no address space), every buffer comes from malloc. */
+        (void) huge_region_map(&c->region, capacity / c->block_size * c->block_size);
+        c->max_spares = c->region.size / c->block_size + SPARE_BUFFERS;
+        c->spares = calloc(c->max_spares, sizeof(*c->spares));
+        if (!c->table || !c->threads || !c->spares) {
+                huge_region_unmap(&c->region);
+                free(c->spares);
                 free(c->table);
                 free(c->threads);
                 free(c);
@@ -287,11 +328,15 @@ cfs_cache *cfs_cache_free(cfs_cache *c)
         for (size_t i = 0; i < c->table_size; i++)
                 for (centry *e = c->table[i], *next; e; e = next) {
                         next = e->hash_next;
-                        free(e->data);
+                        if (!huge_region_contains(&c->region, e->data))
+                                free(e->data);
                         free(e);
                 }
         for (size_t i = 0; i < c->n_spares; i++)
-                free(c->spares[i]);
+                if (!huge_region_contains(&c->region, c->spares[i]))
+                        free(c->spares[i]);
+        huge_region_unmap(&c->region);
+        free(c->spares);
         free(c->table);
         free(c->threads);
         pthread_mutex_destroy(&c->lock);
