@@ -216,6 +216,10 @@ int cfs_cache_acquire(cfs_cache *c, const cs_chunk_id *id, const cfs_block **ret
                 lru_push_front(c, e);
                 evict(c);
         } else {
+                /* Its waiters read only the error: the buffer can serve
+                 * another load while the failure waits to be retried. */
+                buffer_put(c, e->data);
+                e->data = NULL;
                 e->state = r;
                 e->refs--;
         }

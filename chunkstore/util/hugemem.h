@@ -26,7 +26,11 @@ void huge_region_unmap(huge_region *r);
 
 static inline int huge_region_contains(const huge_region *r, const void *p)
 {
-        return r->base && (const uint8_t *) p >= r->base && (const uint8_t *) p < r->base + r->size;
+        /* As integers: comparing pointers into different objects is
+         * undefined in C. */
+        uintptr_t at = (uintptr_t) p, base = (uintptr_t) r->base;
+
+        return r->base && at >= base && at - base < r->size;
 }
 
 #endif
