@@ -905,27 +905,29 @@ static void pending_forget(cs_clone *c, uint64_t ino)
                 *p = c->pending[--c->n_pending];
 }
 
-/* Writes the pending times into the running transaction. */
+/* Remembers the pending times, for pending_restore. */
 static void pending_save(cs_clone *c)
 {
         memcpy(c->pending_saved, c->pending, c->n_pending * sizeof(c->pending[0]));
         c->n_pending_saved = c->n_pending;
 }
 
-/* After a rollback of a transaction that began with pending_save. */
+/* After a rollback of a transaction that ran pending_flush: the times it
+ * took in are pending again. */
 static void pending_restore(cs_clone *c)
 {
         memcpy(c->pending, c->pending_saved, c->n_pending_saved * sizeof(c->pending[0]));
         c->n_pending = c->n_pending_saved;
 }
 
-/* Writes the pending times into the running transaction; the caller
- * saved them first (pending_save), to put them back if it rolls back. */
+/* Writes the pending times into the running transaction, keeping a copy
+ * that pending_restore puts back if it rolls back. */
 static int pending_flush(cs_clone *c)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         int r;
 
+        pending_save(c);
         if (c->n_pending == 0)
                 return 0;
         r = prep(c, "UPDATE inodes SET mtime = ?, mtime_ns = ?, ctime = ?, ctime_ns = ? WHERE ino = ?", &stmt);
@@ -1138,7 +1140,6 @@ static int begin_locked(cs_clone *c)
 {
         int r = cs_index_begin(c->db);
         if (r >= 0) {
-                pending_save(c);
                 r = pending_flush(c);
                 if (r < 0) {
                         cs_index_rollback(c->db);
@@ -2119,7 +2120,6 @@ static int pending_set(cs_clone *c, uint64_t ino, const struct timespec *t)
                 r = cs_index_begin(c->db);
                 if (r < 0)
                         return r;
-                pending_save(c);
                 r = pending_flush(c);
                 r = r >= 0 ? cs_index_commit(c->db) : (cs_index_rollback(c->db), r);
                 if (r < 0) {
@@ -2400,10 +2400,8 @@ static int sync_commit(cs_clone *c, bool with_times)
         char sql[96];
         int r = cs_index_exec(c->db, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE;"
                                      " UPDATE meta SET value = value WHERE key = 'generation'");
-        if (r >= 0) {
-                pending_save(c);
+        if (r >= 0)
                 r = pending_flush(c);
-        }
         if (r >= 0 && with_times) {
                 snprintf(sql, sizeof(sql), "INSERT OR REPLACE INTO meta VALUES('times_in_delta', %" PRId64 ")",
                          (int64_t) c->times_nonce);
@@ -2424,6 +2422,23 @@ static int sync_commit(cs_clone *c, bool with_times)
         return r;
 }
 
+/* A listing of the clone's data/ from its start, on a descriptor of its
+ * own (c->data_fd's offset is not disturbed). */
+static int open_data_dir(cs_clone *c, DIR **ret)
+{
+        _cleanup_close_ int fd = fcntl(c->data_fd, F_DUPFD_CLOEXEC, 3);
+        DIR *d;
+
+        if (fd < 0)
+                return negative_errno();
+        d = fdopendir(TAKE_FD(fd));
+        if (!d)
+                return negative_errno();
+        rewinddir(d);
+        *ret = d;
+        return 0;
+}
+
 /* After a user died with times on delta files that the catalog lacks
  * (meta.times_in_delta holds that session's nonce): each delta file's
  * times from that session win over its inode's row if their ctime is
@@ -2438,13 +2453,9 @@ static int recover_times(cs_clone *c)
 
         if (r < 0 || !nonce)
                 return r;
-        int dir_fd = fcntl(c->data_fd, F_DUPFD_CLOEXEC, 3);
-        d = dir_fd >= 0 ? fdopendir(dir_fd) : NULL;
-        if (!d) {
-                r = negative_errno();
-                safe_close(dir_fd);
+        r = open_data_dir(c, &d);
+        if (r < 0)
                 return r;
-        }
         r = cs_index_begin(c->db);
         if (r >= 0)
                 r = prep(c,
@@ -2697,17 +2708,12 @@ static int empty_data_dir(cs_clone *c)
         cs_fd_cache_clear(&c->fds);
         cs_block_cache_clear(&c->blocks);
         cs_id_cache_clear(&c->ids);
-        _cleanup_close_ int fd = dup(c->data_fd);
         struct dirent *de;
         DIR *d;
-        int r = 0;
+        int r = open_data_dir(c, &d);
 
-        if (fd < 0)
-                return negative_errno();
-        d = fdopendir(TAKE_FD(fd));
-        if (!d)
-                return negative_errno();
-        rewinddir(d);
+        if (r < 0)
+                return r;
         while ((de = readdir(d)))
                 if (de->d_name[0] != '.' && unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT)
                         r = negative_errno();
