@@ -3,13 +3,16 @@
 #
 # bench/clone.sh BUILD_DIR [WORK_DIR]: PostgreSQL on a clonefs clone, on
 # fuse-overlayfs over the same lower directory, and natively, side by side
-# in one run, plus fio on a clone against native disk.
+# in one run, plus fio on a clone, on fuse-overlayfs and on native disk.
 #
 #   create     clonectl clone create, median of 20
 #   start+20   pg_ctl start plus pgbench's first 20 transactions
 #   tps        pgbench -c 4 -j 2 -T DURATION
 #   fio 8k     8 KiB random writes with fsync=1 (IOPS)
 #   fio seq    1 MiB sequential writes (MB/s)
+#              fio runs natively, in the clone and in fuse-overlayfs (its
+#              files land in the upper directory: a plain FUSE
+#              passthrough, what FUSE itself costs on this machine)
 #   stored     what the clone and fuse-overlayfs's upper layer hold
 #              after the pgbench runs
 #   RSS        the clonefs daemon's peak resident memory
@@ -147,11 +150,13 @@ fio_run() {
         python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]["write"]
 print("%.0f" % (j["iops"] if sys.argv[2] == "iops" else j["bw_bytes"] / 1e6))' "$json" "$5"
 }
-mkdir -p "$work/native/fio" "$work/clone/fio"
+mkdir -p "$work/native/fio" "$work/clone/fio" "$work/ovl/fio"
 fio_native=$(fio_run "$work/native/fio" randwrite 8k 1 iops)
 fio_clone=$(fio_run "$work/clone/fio" randwrite 8k 1 iops)
+fio_ovl=$(fio_run "$work/ovl/fio" randwrite 8k 1 iops)
 seq_native=$(fio_run "$work/native/fio" write 1M 0 mb)
 seq_clone=$(fio_run "$work/clone/fio" write 1M 0 mb)
+seq_ovl=$(fio_run "$work/ovl/fio" write 1M 0 mb)
 rss_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$daemon/status")
 
 cat <<EOF
@@ -168,7 +173,9 @@ stored by the pgbench runs  clonefs   $clone_mib MiB
                           fuse-ovl  $ovl_mib MiB
 fio 8k randwrite fsync=1  native  $fio_native IOPS
                           clonefs $fio_clone IOPS  $(calc "$fio_clone / $fio_native")x   target >= 0.7x
+                          fuse-ovl $fio_ovl IOPS  $(calc "$fio_ovl / $fio_native")x
 fio 1M sequential write   native  $seq_native MB/s
                           clonefs $seq_clone MB/s  $(calc "$seq_clone / $seq_native")x   target >= 0.6x
+                          fuse-ovl $seq_ovl MB/s  $(calc "$seq_ovl / $seq_native")x
 clonefs daemon peak RSS   $((rss_kib / 1024)) MiB
 EOF
