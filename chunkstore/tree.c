@@ -516,12 +516,13 @@ static bool entry_is_valid(const cs_entry *e)
 
 int cs_dir_builder_add(cs_dir_builder *b, const cs_entry *entry)
 {
-        cs_entry e = *entry;
         const cs_chunk_id *children;
         size_t n_children;
+        cs_entry e;
 
         if (!b || !entry || !entry_is_valid(entry))
                 return -EINVAL;
+        e = *entry;
         if (b->n == b->capacity) {
                 size_t cap = b->capacity ? 2 * b->capacity : 64;
                 stored_entry *p = reallocarray(b->entries, cap, sizeof(*p));
@@ -664,12 +665,13 @@ int cs_dir_builder_finish(cs_dir_builder *b, cs_chunk_id *ret_dir)
 
 int cs_point_build(cs_store *store, const cs_entry *root, cs_chunk_id *ret_point)
 {
-        cs_entry e = *root;
         buf body = {};
+        cs_entry e;
         int r;
 
         if (!store || !root || !S_ISDIR(root->mode) || !ret_point)
                 return -EINVAL;
+        e = *root;
         e.name = "";
         e.name_len = 0;
         buf_put(&body, MAGIC_POINT, 4);
