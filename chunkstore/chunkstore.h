@@ -376,6 +376,8 @@ int cs_point_load(cs_store *store, const cs_chunk_id *point, cs_entry *ret_root,
 /* 1 if name is a valid timeline, clone or label name: 1-128 characters of
  * [A-Za-z0-9._-], not starting with '.' or '-'. */
 bool cs_name_is_valid(const char *name);
+/* That rule, for messages. */
+#define CS_NAME_RULE "1-128 of A-Z a-z 0-9 . _ -, not starting with . or -"
 
 /* 1 if label may name a point: a valid name that is neither "latest" nor
  * shaped like a point name. */

@@ -111,9 +111,18 @@ typedef struct pending_times {
         struct timespec mtime, ctime;
 } pending_times;
 
+/* A clone inode made from a member of a base link group (base_links). */
+typedef struct link_origin {
+        uint64_t ino;
+        uint64_t grp;
+} link_origin;
+
 struct cs_clone {
         cs_store *store;
         cs_store *put_store; /* during a fold: where its chunks go */
+        link_origin *fold_links; /* during a fold: base_links by ino */
+        size_t n_fold_links;
+        uint64_t fold_salt; /* during a fold: for the ids of new link groups */
         char *name;
         int dir_fd;  /* clones/NAME */
         int data_fd; /* clones/NAME/data */
@@ -1358,18 +1367,33 @@ static int put_xattr(cs_clone *c, uint64_t ino, const char *name, const void *va
         return cs_index_step(stmt);
 }
 
-/* The parent's default ACL, if any (a malloc()ed copy in *ret). */
-static int default_acl(cs_clone *c, uint64_t parent, uint8_t **ret, size_t *ret_size)
+/* 1 if inode ino had xattr name, now removed, 0 if it had none. */
+static int delete_xattr(cs_clone *c, uint64_t ino, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r = prep(c, "DELETE FROM xattrs WHERE ino = ? AND name = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+        r = cs_index_step(stmt);
+        return r < 0 ? r : sqlite3_changes(c->db) > 0;
+}
+
+/* The value of xattr name of inode ino: 1 and a malloc()ed copy in *ret,
+ * or 0 if it has none. */
+static int load_xattr(cs_clone *c, uint64_t ino, const char *name, uint8_t **ret, size_t *ret_size)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         int rc, r;
 
         *ret = NULL;
         *ret_size = 0;
-        r = prep(c, "SELECT value FROM xattrs WHERE ino = ? AND name = '" ACL_DEFAULT_XATTR "'", &stmt);
+        r = prep(c, "SELECT value FROM xattrs WHERE ino = ? AND name = ?", &stmt);
         if (r < 0)
                 return r;
-        sqlite3_bind_int64(stmt, 1, (int64_t) parent);
+        sqlite3_bind_int64(stmt, 1, (int64_t) ino);
+        sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
         rc = sqlite3_step(stmt);
         if (rc == SQLITE_DONE)
                 return 0;
@@ -1383,60 +1407,98 @@ static int default_acl(cs_clone *c, uint64_t parent, uint8_t **ret, size_t *ret_
         return 1;
 }
 
+/* The entries of an ACL that the mode mirrors, pointing into it. */
+typedef struct acl_perms {
+        uint16_t *user, *group, *mask, *other; /* little-endian */
+        bool extended; /* it names users or groups */
+} acl_perms;
+
+static int acl_parse(uint8_t *acl, size_t size, acl_perms *ret)
+{
+        uint32_t version;
+
+        *ret = (acl_perms) {};
+        if (size < 4 || (size - 4) % 8)
+                return -EBADMSG;
+        memcpy(&version, acl, 4);
+        if (le32toh(version) != 2)
+                return -EBADMSG;
+        for (size_t i = 0; i < (size - 4) / 8; i++) {
+                uint16_t *tag = (uint16_t *) (void *) (acl + 4 + 8 * i), *perm = tag + 1;
+                switch (le16toh(*tag)) {
+                case ACL_USER_OBJ:
+                        ret->user = perm;
+                        break;
+                case ACL_GROUP_OBJ:
+                        ret->group = perm;
+                        break;
+                case ACL_MASK:
+                        ret->mask = perm;
+                        break;
+                case ACL_OTHER:
+                        ret->other = perm;
+                        break;
+                default:
+                        ret->extended = true;
+                }
+        }
+        return ret->user && ret->group && ret->other ? 0 : -EBADMSG;
+}
+
+/* The group class of the mode mirrors the mask when there is one. */
+static uint16_t *acl_group_class(const acl_perms *p)
+{
+        return p->mask ? p->mask : p->group;
+}
+
+static uint32_t acl_mode_bits(const acl_perms *p)
+{
+        return (uint32_t) (le16toh(*p->user) & 7) << 6 | (uint32_t) (le16toh(*acl_group_class(p)) & 7) << 3 |
+               (le16toh(*p->other) & 7);
+}
+
+/* What chmod does to an access ACL: its owner, group class and other
+ * entries take the new mode's bits (as posix_acl_chmod() does). */
+static void acl_chmod(const acl_perms *p, uint32_t mode)
+{
+        *p->user = htole16((uint16_t) ((mode >> 6) & 7));
+        *acl_group_class(p) = htole16((uint16_t) ((mode >> 3) & 7));
+        *p->other = htole16((uint16_t) (mode & 7));
+}
+
+/* A copy of an ACL to edit, in *ret, and its entries, pointing into it. */
+static int acl_copy(const void *value, size_t size, uint8_t **ret, acl_perms *ret_perms)
+{
+        _cleanup_free_ uint8_t *acl = malloc(MAX(size, 1u));
+        int r;
+
+        if (!acl)
+                return -ENOMEM;
+        memcpy(acl, value, size);
+        r = acl_parse(acl, size, ret_perms);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(acl);
+        return 0;
+}
+
 /* Computes the new node's mode and, through ret_acl, its access ACL
  * (NULL when the mode says everything). */
 static int inherit_acl(const uint8_t *def, size_t size, uint32_t *mode, uint8_t **ret_acl)
 {
-        uint8_t *acl;
-        uint16_t *mask_perm = NULL, *group_perm = NULL, *user_perm = NULL, *other_perm = NULL;
-        size_t n;
-        bool extended = false;
-        uint32_t version;
+        _cleanup_free_ uint8_t *acl = NULL;
+        acl_perms p;
+        int r;
 
         *ret_acl = NULL;
-        if (size < 4 || (size - 4) % 8)
-                return -EBADMSG;
-        memcpy(&version, def, 4);
-        if (le32toh(version) != 2)
-                return -EBADMSG;
-        acl = malloc(size);
-        if (!acl)
-                return -ENOMEM;
-        memcpy(acl, def, size);
-        n = (size - 4) / 8;
-        for (size_t i = 0; i < n; i++) {
-                uint16_t *tag = (uint16_t *) (void *) (acl + 4 + 8 * i), *perm = tag + 1;
-                switch (le16toh(*tag)) {
-                case ACL_USER_OBJ:
-                        user_perm = perm;
-                        break;
-                case ACL_GROUP_OBJ:
-                        group_perm = perm;
-                        break;
-                case ACL_MASK:
-                        mask_perm = perm;
-                        break;
-                case ACL_OTHER:
-                        other_perm = perm;
-                        break;
-                default:
-                        extended = true;
-                }
-        }
-        if (!user_perm || !group_perm || !other_perm) {
-                free(acl);
-                return -EBADMSG;
-        }
-        uint16_t *g = mask_perm ? mask_perm : group_perm;
-        *user_perm = htole16(le16toh(*user_perm) & ((*mode >> 6) & 7));
-        *g = htole16(le16toh(*g) & ((*mode >> 3) & 7));
-        *other_perm = htole16(le16toh(*other_perm) & (*mode & 7));
-        *mode = (*mode & ~0777u) | (uint32_t) le16toh(*user_perm) << 6 | (uint32_t) le16toh(*g) << 3 |
-                le16toh(*other_perm);
-        if (extended || mask_perm)
-                *ret_acl = acl;
-        else
-                free(acl);
+        r = acl_copy(def, size, &acl, &p);
+        if (r < 0)
+                return r;
+        /* Each class keeps what both the default ACL and the mode grant. */
+        acl_chmod(&p, acl_mode_bits(&p) & *mode);
+        *mode = (*mode & ~0777u) | acl_mode_bits(&p);
+        if (p.extended || p.mask)
+                *ret_acl = TAKE_PTR(acl);
         return 0;
 }
 
@@ -1472,7 +1534,7 @@ int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_
         if (r > 0)
                 r = -EEXIST;
         if (r >= 0 && !S_ISLNK(mode))
-                r = default_acl(c, parent, &def, &def_size);
+                r = load_xattr(c, parent, ACL_DEFAULT_XATTR, &def, &def_size);
         if (r > 0)
                 r = inherit_acl(def, def_size, &mode, &access);
         else if (r == 0 && !S_ISLNK(mode))
@@ -2252,6 +2314,25 @@ static int cut(cs_clone *c, inode *i, int fd, uint64_t size)
         return r;
 }
 
+/* chmod of a node with an access ACL: the ACL follows the new mode, so
+ * that the kernel's checks, which read both, agree with it. */
+static int chmod_acl(cs_clone *c, uint64_t ino, uint32_t mode)
+{
+        _cleanup_free_ uint8_t *acl = NULL;
+        acl_perms p;
+        size_t size;
+        int r;
+
+        r = load_xattr(c, ino, ACL_ACCESS_XATTR, &acl, &size);
+        if (r <= 0)
+                return r;
+        r = acl_parse(acl, size, &p);
+        if (r < 0)
+                return r;
+        acl_chmod(&p, mode);
+        return put_xattr(c, ino, ACL_ACCESS_XATTR, acl, size);
+}
+
 int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsigned valid, cs_clone_attr *ret)
 {
         int fd = -1;
@@ -2279,8 +2360,11 @@ int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsig
                         i.attr.mtime = t;
                 }
         }
-        if (valid & CS_SET_MODE)
+        if (valid & CS_SET_MODE) {
                 i.attr.mode = (i.attr.mode & S_IFMT) | (attr->mode & 07777);
+                if (r >= 0)
+                        r = chmod_acl(c, ino, i.attr.mode);
+        }
         if (valid & CS_SET_UID)
                 i.attr.uid = attr->uid;
         if (valid & CS_SET_GID)
@@ -2608,6 +2692,25 @@ int cs_clone_listxattr(cs_clone *c, uint64_t ino, char *buf, size_t size)
         return r;
 }
 
+/* setfacl: the mode's permission bits become the ACL's owner, group
+ * class and other entries (as posix_acl_update_mode() does), and an ACL
+ * the mode says all of is not kept.  i->attr is updated, not stored. */
+static int set_access_acl(cs_clone *c, inode *i, const void *value, size_t size)
+{
+        _cleanup_free_ uint8_t *acl = NULL;
+        acl_perms p;
+        int r;
+
+        r = acl_copy(value, size, &acl, &p);
+        if (r < 0)
+                return r == -EBADMSG ? -EINVAL : r;
+        i->attr.mode = (i->attr.mode & ~0777u) | acl_mode_bits(&p);
+        if (p.extended || p.mask)
+                return put_xattr(c, i->attr.ino, ACL_ACCESS_XATTR, acl, size);
+        r = delete_xattr(c, i->attr.ino, ACL_ACCESS_XATTR);
+        return r < 0 ? r : 0;
+}
+
 int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *value, size_t size, int flags)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
@@ -2632,41 +2735,34 @@ int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *v
         if (r >= 0 && (flags & CS_XATTR_REPLACE) && !exists)
                 r = -ENODATA;
         if (r >= 0)
-                r = prep(c, "INSERT OR REPLACE INTO xattrs VALUES(?, ?, ?)", &stmt);
-        if (r >= 0) {
-                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
-                sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
-                sqlite3_bind_blob(stmt, 3, value, (int) size, SQLITE_STATIC);
-                r = cs_index_step(stmt);
-        }
-        if (r >= 0)
                 r = load_inode(c, ino, &i);
+        if (r < 0)
+                return end(c, r);
+        if (strcmp(name, ACL_ACCESS_XATTR) == 0)
+                /* The kernel leaves the mode to us: it mirrors the ACL. */
+                r = set_access_acl(c, &i, value, size);
+        else
+                r = put_xattr(c, ino, name, value, size);
         if (r >= 0) {
                 now(&i.attr.ctime);
                 r = update_attr(c, &i.attr);
-                inode_clear(&i);
         }
+        inode_clear(&i);
         sqlite3_finalize(TAKE_PTR(stmt)); /* under the mutex, before end() */
         return end(c, r);
 }
 
 int cs_clone_removexattr(cs_clone *c, uint64_t ino, const char *name)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         inode i;
         int r;
 
         r = begin(c);
         if (r < 0)
                 return r;
-        r = prep(c, "DELETE FROM xattrs WHERE ino = ? AND name = ?", &stmt);
-        if (r >= 0) {
-                sqlite3_bind_int64(stmt, 1, (int64_t) ino);
-                sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
-                r = cs_index_step(stmt);
-                if (r >= 0 && sqlite3_changes(c->db) == 0)
-                        r = -ENODATA;
-        }
+        r = delete_xattr(c, ino, name);
+        if (r == 0)
+                r = -ENODATA;
         if (r >= 0)
                 r = load_inode(c, ino, &i);
         if (r >= 0) {
@@ -2674,7 +2770,6 @@ int cs_clone_removexattr(cs_clone *c, uint64_t ino, const char *name)
                 r = update_attr(c, &i.attr);
                 inode_clear(&i);
         }
-        sqlite3_finalize(TAKE_PTR(stmt)); /* under the mutex, before end() */
         return end(c, r);
 }
 
@@ -2910,6 +3005,107 @@ static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *re
         return 0;
 }
 
+static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t ino, cs_dir_builder *b);
+
+static int compare_link_origins(const void *x, const void *y)
+{
+        const link_origin *a = x, *b = y;
+        return a->ino < b->ino ? -1 : a->ino > b->ino;
+}
+
+/* The link group of a folded inode.  One made from a base group keeps
+ * that group's id: its other names may sit in directories the clone never
+ * materialized, which the fold copies with the base's ids.  A group made
+ * in the clone gets an id with the top bit set and the fold's random salt
+ * mixed in, so that it meets no base group's: a directory source numbers
+ * its groups from 1, and an earlier fold's ids are salted differently. */
+static uint64_t fold_link_group(const cs_clone *c, const inode *i)
+{
+        link_origin key = { .ino = i->attr.ino };
+        const link_origin *o;
+
+        if (!S_ISREG(i->attr.mode) || i->attr.nlink <= 1)
+                return 0;
+        o = c->n_fold_links ? bsearch(&key, c->fold_links, c->n_fold_links, sizeof(key), compare_link_origins)
+                            : NULL;
+        if (o)
+                return o->grp;
+        return (UINT64_C(1) << 63) | (XXH3_64bits_withSeed(&i->attr.ino, sizeof(i->attr.ino), c->fold_salt) >> 1);
+}
+
+static int load_fold_links(cs_clone *c)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        size_t capacity = 0;
+        int rc, r;
+
+        if (getrandom(&c->fold_salt, sizeof(c->fold_salt), 0) != sizeof(c->fold_salt))
+                return -EIO;
+        r = prep(c, "SELECT ino, grp FROM base_links", &stmt);
+        if (r < 0)
+                return r;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+                if (c->n_fold_links == capacity) {
+                        size_t n = capacity ? 2 * capacity : 16;
+                        link_origin *p = reallocarray(c->fold_links, n, sizeof(*p));
+                        if (!p)
+                                return -ENOMEM;
+                        c->fold_links = p;
+                        capacity = n;
+                }
+                c->fold_links[c->n_fold_links++] = (link_origin) {
+                        .ino = (uint64_t) sqlite3_column_int64(stmt, 0),
+                        .grp = (uint64_t) sqlite3_column_int64(stmt, 1),
+                };
+        }
+        if (rc != SQLITE_DONE)
+                return cs_sqlite_errno(rc);
+        if (c->n_fold_links)
+                qsort(c->fold_links, c->n_fold_links, sizeof(*c->fold_links), compare_link_origins);
+        return 0;
+}
+
+/* A directory the clone never materialized.  Without base link groups in
+ * the clone it is the base's own tree, reused unread.  With them, a name
+ * of such a group may sit in it, unseen by the clone so far, while the
+ * group's inode changed through another name: that entry is folded from
+ * the clone's inode, and the directories above it are rebuilt around it.
+ * What did not change rebuilds to the same ids and stores nothing new. */
+static int fold_base_dir(cs_clone *c, const cs_chunk_id *base, cs_chunk_id *ret)
+{
+        _cleanup_(cs_dir_builder_freep) cs_dir_builder *b = NULL;
+        _cleanup_(cs_dir_freep) cs_dir *d = NULL;
+        int r;
+
+        if (!c->n_fold_links) {
+                *ret = *base;
+                return 0;
+        }
+        r = cs_dir_load(c->store, base, &d);
+        if (r >= 0)
+                r = cs_dir_builder_new(c->put_store, &b);
+        for (size_t k = 0; r >= 0 && k < cs_dir_size(d); k++) {
+                const cs_entry *e = cs_dir_entry(d, k);
+                cs_entry copy = *e;
+                int64_t ino = 0;
+
+                if (S_ISREG(e->mode) && e->link_group)
+                        r = cs_index_query_int(c->db, "SELECT ino FROM base_links WHERE grp = ?",
+                                               (int64_t) e->link_group, &ino);
+                if (r >= 0 && ino)
+                        r = fold_entry(c, e->name, e->name_len, (uint64_t) ino, b);
+                else if (r >= 0 && S_ISDIR(e->mode)) {
+                        r = fold_base_dir(c, &e->subdir, &copy.subdir);
+                        if (r >= 0)
+                                r = cs_dir_builder_add(b, &copy);
+                } else if (r >= 0)
+                        r = cs_dir_builder_add(b, e);
+        }
+        if (r >= 0)
+                r = cs_dir_builder_finish(b, ret);
+        return r;
+}
+
 static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t ino, cs_dir_builder *b)
 {
         _cleanup_free_ cs_chunk_id *blocks = NULL, *segments = NULL;
@@ -2936,12 +3132,12 @@ static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t i
                 .ctime_sec = i.attr.ctime.tv_sec,
                 .ctime_nsec = (uint32_t) i.attr.ctime.tv_nsec,
                 .rdev = i.attr.rdev,
-                .link_group = S_ISREG(i.attr.mode) && i.attr.nlink > 1 ? ino : 0,
+                .link_group = fold_link_group(c, &i),
         };
         r = load_xattrs(c, ino, &e, &items, &strings, &n_xattrs);
         if (r >= 0 && S_ISDIR(i.attr.mode)) {
                 if (!i.materialized && i.base && i.base_len == CS_CHUNK_ID_SIZE)
-                        memcpy(e.subdir.bytes, i.base, CS_CHUNK_ID_SIZE); /* untouched: the base's own tree */
+                        r = fold_base_dir(c, (const cs_chunk_id *) i.base, &e.subdir);
                 else
                         r = fold_dir(c, ino, &e.subdir);
         } else if (r >= 0 && S_ISLNK(i.attr.mode)) {
@@ -2999,7 +3195,9 @@ static int fold_locked(cs_clone *c, cs_store *dst, cs_chunk_id *ret_point_tree)
         r = cs_index_exec(c->db, "BEGIN");
         if (r < 0)
                 return r;
-        r = load_inode(c, CS_CLONE_ROOT, &i);
+        r = load_fold_links(c);
+        if (r >= 0)
+                r = load_inode(c, CS_CLONE_ROOT, &i);
         if (r >= 0) {
                 root = (cs_entry) {
                         .mode = i.attr.mode,
@@ -3013,7 +3211,7 @@ static int fold_locked(cs_clone *c, cs_store *dst, cs_chunk_id *ret_point_tree)
                 };
                 r = load_xattrs(c, CS_CLONE_ROOT, &root, &items, &strings, &n_xattrs);
                 if (r >= 0 && !i.materialized && i.base && i.base_len == CS_CHUNK_ID_SIZE)
-                        memcpy(root.subdir.bytes, i.base, CS_CHUNK_ID_SIZE);
+                        r = fold_base_dir(c, (const cs_chunk_id *) i.base, &root.subdir);
                 else if (r >= 0)
                         r = fold_dir(c, CS_CLONE_ROOT, &root.subdir);
                 if (r >= 0)
@@ -3023,6 +3221,8 @@ static int fold_locked(cs_clone *c, cs_store *dst, cs_chunk_id *ret_point_tree)
         }
         (void) cs_index_exec(c->db, "COMMIT");
         c->put_store = NULL;
+        c->fold_links = mfree(c->fold_links);
+        c->n_fold_links = 0;
         return r;
 }
 

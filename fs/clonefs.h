@@ -85,6 +85,14 @@ typedef struct cfs_point {
         uint64_t pin;
 } cfs_point;
 
+/* Another name the kernel knows a node by: a hard link's. */
+typedef struct cfs_alias cfs_alias;
+struct cfs_alias {
+        cfs_alias *next;
+        fuse_ino_t parent; /* the parent's kernel id */
+        char name[];
+};
+
 typedef struct cfs_node cfs_node;
 struct cfs_node {
         cfs_node_kind kind;
@@ -101,6 +109,10 @@ struct cfs_node {
         cfs_clone *clone; /* CLONE */
         uint64_t cino;    /* CLONE: the clone's inode number */
         uint64_t opens;   /* CLONE: open handles, under table_lock */
+        /* CLONE, a file with hard links: the names it was looked up by
+         * besides parent and name, under table_lock, so that a rewind can
+         * make the kernel forget every one of them (control.c). */
+        cfs_alias *aliases;
 
         pthread_mutex_t dir_lock;
         cs_dir *dir;      /* directories in points, loaded on first use */
@@ -113,7 +125,8 @@ typedef struct cfs_options {
         char *clone;     /* -o clone=NAME */
         char *cache_size;
         int debug;
-        int prefetch_kib;
+        char *prefetch_kib_arg; /* -o prefetch_kib= as given */
+        unsigned prefetch_kib;  /* ... and checked */
 } cfs_options;
 
 struct cfs_context {

@@ -58,41 +58,57 @@ static bool files_open(cfs_context *ctx, cfs_clone *cl)
 }
 
 /* What the kernel must forget of a clone: the kernel ids of its nodes,
- * and (parent id, name) of each that has a name. */
+ * and (parent id, name) of each name it knows them by. */
 typedef struct stale {
         cfs_context *ctx;
         fuse_ino_t *inodes;
         fuse_ino_t *parents;
         char **names;
-        size_t n_inodes, n_names, cap;
+        size_t n_inodes, inodes_cap, n_names, names_cap;
         bool failed;
 } stale;
+
+static bool grow(void **array, size_t *cap, size_t n, size_t size)
+{
+        if (n < *cap)
+                return true;
+        size_t new_cap = MAX(*cap * 2, 64u);
+        void *p = reallocarray(*array, new_cap, size);
+        if (!p)
+                return false;
+        *array = p;
+        *cap = new_cap;
+        return true;
+}
+
+/* parents and names grow together: names_cap is the size of both. */
+static bool note_name(stale *st, fuse_ino_t parent, const char *name)
+{
+        size_t cap = st->names_cap;
+        char *copy;
+
+        if (!grow((void **) &st->parents, &cap, st->n_names, sizeof(*st->parents)) ||
+            !grow((void **) &st->names, &st->names_cap, st->n_names, sizeof(*st->names)) ||
+            !(copy = strdup(name)))
+                return false;
+        st->parents[st->n_names] = parent;
+        st->names[st->n_names++] = copy;
+        return true;
+}
 
 static bool note_stale(void *userdata, cfs_node *n)
 {
         stale *st = userdata;
+        bool ok = grow((void **) &st->inodes, &st->inodes_cap, st->n_inodes, sizeof(*st->inodes));
 
-        if (st->n_inodes == st->cap) {
-                size_t cap = MAX(st->cap * 2, 64u);
-                fuse_ino_t *inodes = realloc(st->inodes, cap * sizeof(*inodes));
-                if (inodes)
-                        st->inodes = inodes;
-                fuse_ino_t *parents = realloc(st->parents, cap * sizeof(*parents));
-                if (parents)
-                        st->parents = parents;
-                char **names = realloc(st->names, cap * sizeof(*names));
-                if (names)
-                        st->names = names;
-                if (!inodes || !parents || !names) {
-                        st->failed = true;
-                        return false;
-                }
-                st->cap = cap;
-        }
-        st->inodes[st->n_inodes++] = cfs_node_ino(st->ctx, n);
-        if (n->parent && n->name && (st->names[st->n_names] = strdup(n->name)))
-                st->parents[st->n_names++] = cfs_node_ino(st->ctx, n->parent);
-        return true;
+        if (ok)
+                st->inodes[st->n_inodes++] = cfs_node_ino(st->ctx, n);
+        if (ok && n->parent && n->name)
+                ok = note_name(st, cfs_node_ino(st->ctx, n->parent), n->name);
+        for (const cfs_alias *a = n->aliases; ok && a; a = a->next)
+                ok = note_name(st, a->parent, a->name);
+        st->failed = !ok;
+        return ok;
 }
 
 /* Drops everything the kernel caches about the clone's inodes: the names

@@ -188,6 +188,10 @@ static void node_free(cfs_context *ctx, cfs_node *n)
         free(n->entry_storage);
         free(n->target);
         free(n->name);
+        for (cfs_alias *a = n->aliases, *next; a; a = next) {
+                next = a->next;
+                free(a);
+        }
         free(n);
 }
 
@@ -319,6 +323,30 @@ void cfs_clones_close(cfs_context *ctx)
         ctx->clones = ctx->destroyed = NULL;
 }
 
+/* Hard links: a node remembers the other names it is found by, up to
+ * CLONE_ALIASES_MAX (beyond, a rewind leaves those to the entry timeout).
+ * One that fails to allocate is left out the same way (table_lock held). */
+#define CLONE_ALIASES_MAX 64
+
+static void add_alias_locked(cfs_context *ctx, cfs_node *n, cfs_node *parent, const char *name)
+{
+        fuse_ino_t parent_id = cfs_node_ino(ctx, parent);
+        size_t count = 0, len = strlen(name);
+        cfs_alias *a;
+
+        if (n->parent == parent && n->name && strcmp(n->name, name) == 0)
+                return;
+        for (a = n->aliases; a; a = a->next, count++)
+                if (a->parent == parent_id && strcmp(a->name, name) == 0)
+                        return;
+        if (count >= CLONE_ALIASES_MAX || !(a = malloc(sizeof(*a) + len + 1)))
+                return;
+        a->parent = parent_id;
+        memcpy(a->name, name, len + 1);
+        a->next = n->aliases;
+        n->aliases = a;
+}
+
 int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const cs_clone_attr *attr,
                        const char *name, cfs_node **ret)
 {
@@ -329,6 +357,8 @@ int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const 
         n = table_find(ctx, key);
         if (n) {
                 n->nlookup++;
+                if (S_ISREG(attr->mode) && attr->nlink > 1)
+                        add_alias_locked(ctx, n, parent, name);
                 pthread_mutex_unlock(&ctx->table_lock);
                 *ret = n;
                 return 0;

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@
  * cold 1 GiB read 1.6x slower at 256M (docs/BENCHMARKS.md). */
 #define DEFAULT_CACHE_SIZE (64u * 1024 * 1024)
 #define DEFAULT_PREFETCH_KIB 8192
+#define MAX_PREFETCH_KIB (1024 * 1024)
 
 enum {
         KEY_DEBUG,
@@ -42,7 +44,7 @@ static const struct fuse_opt cfs_opt_spec[] = {
         CFS_OPT("point=%s", point),
         CFS_OPT("clone=%s", clone),
         CFS_OPT("cache_size=%s", cache_size),
-        CFS_OPT("prefetch_kib=%u", prefetch_kib),
+        CFS_OPT("prefetch_kib=%s", prefetch_kib_arg),
         FUSE_OPT_KEY("debug", KEY_DEBUG),
         FUSE_OPT_KEY("-d", KEY_DEBUG),
         FUSE_OPT_END,
@@ -85,7 +87,7 @@ static void usage(const char *program)
                "  -o point=TIMELINE@POINT mount one point as the root\n"
                "  -o clone=NAME           mount one clone, writable, as the root\n"
                "  -o cache_size=SIZE      decompressed data kept in memory (default 64M)\n"
-               "  -o prefetch_kib=N       read ahead of sequential readers (default 8192)\n"
+               "  -o prefetch_kib=N       read ahead of sequential readers, 0 to 1048576 (default 8192)\n"
                "  -o allow_other          let other users in (file permissions still apply)\n"
                "  -o debug                log every operation\n",
                program);
@@ -197,6 +199,20 @@ static int check_store(const char *path, const cfs_options *opts)
         return 0;
 }
 
+/* A whole number of KiB, 0 to MAX_PREFETCH_KIB, in decimal. */
+static int parse_kib(const char *s, unsigned *ret)
+{
+        unsigned long v = 0;
+
+        if (!*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 7)
+                return -EINVAL;
+        v = strtoul(s, NULL, 10);
+        if (v > MAX_PREFETCH_KIB)
+                return -ERANGE;
+        *ret = (unsigned) v;
+        return 0;
+}
+
 /* Opens the store for the daemon and builds the mount's root. */
 static int open_root(cfs_context *ctx, uint8_t **ret_zeros)
 {
@@ -233,9 +249,10 @@ int main(int argc, char **argv)
         struct fuse_loop_config *loop = NULL;
         struct fuse_session *se = NULL;
         cfs_context ctx = {};
-        parse_state ps = { .opts.prefetch_kib = DEFAULT_PREFETCH_KIB };
+        parse_state ps = {};
         uint64_t cache_size = DEFAULT_CACHE_SIZE;
         char *store_path = NULL, fsname[PATH_MAX + 16];
+        struct stat st;
         uint8_t *zeros = NULL;
         int status = EXIT_FAILURE, r;
 
@@ -266,6 +283,17 @@ int main(int argc, char **argv)
                         fprintf(stderr, "clonefs: store %s does not exist\n", ps.store);
                 else
                         fprintf(stderr, "clonefs: store %s: %s\n", ps.store, strerror(errno));
+                goto out1;
+        }
+        if (stat(cmd.mountpoint, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                fprintf(stderr, "clonefs: mountpoint %s: %s\n", cmd.mountpoint,
+                        errno == ENOENT ? "no such directory" : "not a directory");
+                goto out1;
+        }
+        ctx.opts.prefetch_kib = DEFAULT_PREFETCH_KIB;
+        if (ctx.opts.prefetch_kib_arg && parse_kib(ctx.opts.prefetch_kib_arg, &ctx.opts.prefetch_kib) < 0) {
+                fprintf(stderr, "clonefs: -o prefetch_kib=%s: expected a whole number of KiB from 0 to %d\n",
+                        ctx.opts.prefetch_kib_arg, MAX_PREFETCH_KIB);
                 goto out1;
         }
         if (ctx.opts.cache_size && (parse_size(ctx.opts.cache_size, &cache_size) < 0 || cache_size < (1u << 20))) {

@@ -13,6 +13,20 @@ expect_error "a malformed block size" "invalid --block-size" \
 expect_ok "init" "$CLONECTL" --store "$store" init --block-size 16K
 expect_grep "init names the block size" "16.0 KiB" "$workdir/out"
 expect_error "init twice" "not empty" "$CLONECTL" --store "$store" init
+expect_error "a block size of 0" "invalid --block-size '0'" "$CLONECTL" --store "$workdir/zero" init --block-size 0
+[ ! -e "$workdir/zero" ] || fail "a refused init created a store"
+expect_error "an empty --store" "--store needs a directory" "$CLONECTL" --store "" init
+expect_error "an option the command does not take" "option --label does not apply to 'stats'" \
+        "$CLONECTL" --store "$store" stats --label x
+expect_error "an option a clone command does not take" "option --force does not apply to 'clone list'" \
+        "$CLONECTL" --store "$store" clone list --force
+expect_error "an unknown clone command" "unknown clone command 'bogus'" "$CLONECTL" --store "$store" clone bogus x
+for args in "clone" "stats extra" "snapshot -- -x --from $workdir"; do
+        # shellcheck disable=SC2086
+        "$CLONECTL" --store "$store" $args >/dev/null 2>"$workdir/err" && fail "clonectl $args succeeded"
+        [ "$(wc -l <"$workdir/err")" = 1 ] || { cat "$workdir/err" >&2; fail "clonectl $args: not one line"; }
+done
+pass "usage errors are one line"
 
 expect_eq "store directory mode" "$(stat -c %a "$store")" 700
 expect_eq "config mode" "$(stat -c %a "$store/config")" 600

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,34 +41,40 @@ typedef struct verb {
         const char *name;
         int min_args, max_args; /* positional arguments after the verb */
         int (*run)(int argc, char **argv);
+        unsigned options; /* OPT_*: what it takes; OPT_PER_COMMAND: run checks */
         const char *synopsis;
 } verb;
 
+/* A verb with commands of its own (clone, pg, timeline) checks its
+ * options once it knows which command it runs. */
+#define OPT_PER_COMMAND UINT_MAX
+
 static const verb verbs[] = {
-        { "init", 0, 0, verb_init, "init [--block-size SIZE] [--lz4hc LEVEL]   create a store" },
-        { "verify", 0, 0, verb_verify, "verify [--data]                           check the store" },
-        { "stats", 0, 0, verb_stats, "stats [--json]                            space used and saved" },
-        { "doctor", 0, 0, verb_doctor, "doctor                                    check this machine and the store, say what to fix" },
+        { "init", 0, 0, verb_init, OPT_BLOCK_SIZE | OPT_LZ4HC, "init [--block-size SIZE] [--lz4hc LEVEL]   create a store" },
+        { "verify", 0, 0, verb_verify, OPT_DATA | OPT_JSON, "verify [--data]                           check the store" },
+        { "stats", 0, 0, verb_stats, OPT_JSON, "stats [--json]                            space used and saved" },
+        { "doctor", 0, 0, verb_doctor, OPT_JSON, "doctor                                    check this machine and the store, say what to fix" },
         { "snapshot", 1, 1, verb_snapshot,
+          OPT_FROM | OPT_LABEL | OPT_PRE | OPT_POST | OPT_FULL | OPT_IGNORE_ERRORS | OPT_THREADS | OPT_JSON,
           "snapshot TIMELINE --from DIR [--label L] [--pre CMD] [--post CMD] [--full] [--ignore-errors]\n"
           "                                            add a point: a copy of DIR now" },
-        { "timelines", 0, 0, verb_timelines, "timelines                                 list timelines" },
-        { "points", 1, 1, verb_points, "points TIMELINE                           list a timeline's points" },
-        { "restore", 2, 2, verb_restore, "restore TIMELINE@POINT DIR                copy a point into DIR" },
-        { "diff", 2, 2, verb_diff, "diff TIMELINE@A TIMELINE@B                what changed between two points" },
-        { "forget", 1, 1, verb_forget,
+        { "timelines", 0, 0, verb_timelines, OPT_JSON, "timelines                                 list timelines" },
+        { "points", 1, 1, verb_points, OPT_JSON, "points TIMELINE                           list a timeline's points" },
+        { "restore", 2, 2, verb_restore, OPT_JSON, "restore TIMELINE@POINT DIR                copy a point into DIR" },
+        { "diff", 2, 2, verb_diff, OPT_JSON, "diff TIMELINE@A TIMELINE@B                what changed between two points" },
+        { "forget", 1, 1, verb_forget, OPT_KEEP | OPT_DRY_RUN | OPT_PRUNE | OPT_JSON,
           "forget TIMELINE[@POINT] [--keep-last N] [--keep-hourly N] [--keep-daily N]\n"
           "       [--keep-weekly N] [--keep-monthly N] [--dry-run] [--prune]\n"
           "                                            remove points" },
-        { "gc", 0, 0, verb_gc, "gc [--dry-run]                            reclaim unreferenced space" },
-        { "clone", 1, 3, verb_clone,
+        { "gc", 0, 0, verb_gc, OPT_DRY_RUN | OPT_JSON, "gc [--dry-run]                            reclaim unreferenced space" },
+        { "clone", 1, 3, verb_clone, OPT_PER_COMMAND,
           "clone create NAME --from TIMELINE@POINT|CLONE   a writable copy, in milliseconds\n"
           "  clone create NAME --from TIMELINE --at TIME   a PostgreSQL timeline as of TIME (recovers on start)\n"
           "  clone list | destroy NAME [--force] | snapshot NAME [--label L] | export NAME DIR\n"
           "  clone rewind NAME [--to POINT] [--force] | refresh NAME [--force]" },
-        { "timeline", 2, 2, verb_timeline,
+        { "timeline", 2, 2, verb_timeline, OPT_JSON,
           "timeline show TIMELINE                    points; for PostgreSQL, the times a clone can be made at" },
-        { "pg", 2, 4, verb_pg,
+        { "pg", 2, 4, verb_pg, OPT_PER_COMMAND,
           "pg link TIMELINE CONNINFO [--slot NAME]   link a PostgreSQL server: slot, first base backup\n"
           "  pg sync TIMELINE                          a base backup into a new point\n"
           "  pg receive-wal TIMELINE                   stream WAL into the store (runs until stopped)\n"
@@ -124,6 +131,83 @@ enum {
         ARG_AT,
 };
 
+static const struct option options[] = {
+        { "store", required_argument, NULL, ARG_STORE },
+        { "json", no_argument, NULL, ARG_JSON },
+        { "data", no_argument, NULL, ARG_DATA },
+        { "block-size", required_argument, NULL, ARG_BLOCK_SIZE },
+        { "lz4hc", required_argument, NULL, ARG_LZ4HC },
+        { "verbose", no_argument, NULL, 'v' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, ARG_VERSION },
+        { "from", required_argument, NULL, ARG_FROM },
+        { "label", required_argument, NULL, ARG_LABEL },
+        { "pre", required_argument, NULL, ARG_PRE },
+        { "post", required_argument, NULL, ARG_POST },
+        { "full", no_argument, NULL, ARG_FULL },
+        { "ignore-errors", no_argument, NULL, ARG_IGNORE_ERRORS },
+        { "threads", required_argument, NULL, ARG_THREADS },
+        { "keep-last", required_argument, NULL, ARG_KEEP_LAST },
+        { "keep-hourly", required_argument, NULL, ARG_KEEP_HOURLY },
+        { "keep-daily", required_argument, NULL, ARG_KEEP_DAILY },
+        { "keep-weekly", required_argument, NULL, ARG_KEEP_WEEKLY },
+        { "keep-monthly", required_argument, NULL, ARG_KEEP_MONTHLY },
+        { "dry-run", no_argument, NULL, ARG_DRY_RUN },
+        { "prune", no_argument, NULL, ARG_PRUNE },
+        { "to", required_argument, NULL, ARG_TO },
+        { "force", no_argument, NULL, ARG_FORCE },
+        { "slot", required_argument, NULL, ARG_SLOT },
+        { "at", required_argument, NULL, ARG_AT },
+        {}
+};
+
+/* Which OPT_ bit each option is (the others go with every command). */
+static const struct {
+        int arg;
+        unsigned opt;
+} option_bits[] = {
+        { ARG_JSON, OPT_JSON },
+        { ARG_DATA, OPT_DATA },
+        { ARG_BLOCK_SIZE, OPT_BLOCK_SIZE },
+        { ARG_LZ4HC, OPT_LZ4HC },
+        { ARG_FROM, OPT_FROM },
+        { ARG_LABEL, OPT_LABEL },
+        { ARG_PRE, OPT_PRE },
+        { ARG_POST, OPT_POST },
+        { ARG_FULL, OPT_FULL },
+        { ARG_IGNORE_ERRORS, OPT_IGNORE_ERRORS },
+        { ARG_THREADS, OPT_THREADS },
+        { ARG_KEEP_LAST, OPT_KEEP_LAST },
+        { ARG_KEEP_HOURLY, OPT_KEEP_HOURLY },
+        { ARG_KEEP_DAILY, OPT_KEEP_DAILY },
+        { ARG_KEEP_WEEKLY, OPT_KEEP_WEEKLY },
+        { ARG_KEEP_MONTHLY, OPT_KEEP_MONTHLY },
+        { ARG_DRY_RUN, OPT_DRY_RUN },
+        { ARG_PRUNE, OPT_PRUNE },
+        { ARG_TO, OPT_TO },
+        { ARG_FORCE, OPT_FORCE },
+        { ARG_SLOT, OPT_SLOT },
+        { ARG_AT, OPT_AT },
+};
+
+/* The OPT_ bits of the options given (parse_argv). */
+static unsigned given_options;
+
+int check_options(const char *command, unsigned takes)
+{
+        unsigned extra = given_options & ~takes;
+
+        for (size_t i = 0; extra && i < ELEMENTSOF(option_bits); i++) {
+                if (!(extra & option_bits[i].opt))
+                        continue;
+                for (const struct option *o = options; o->name; o++)
+                        if (o->val == option_bits[i].arg)
+                                return log_error_errno(-EINVAL, "option --%s does not apply to '%s'", o->name,
+                                                       command);
+        }
+        return 0;
+}
+
 static int parse_count(const char *option, const char *value, uint64_t *ret)
 {
         char *end;
@@ -139,40 +223,16 @@ static int parse_count(const char *option, const char *value, uint64_t *ret)
 
 static int parse_argv(int argc, char **argv)
 {
-        static const struct option options[] = {
-                { "store", required_argument, NULL, ARG_STORE },
-                { "json", no_argument, NULL, ARG_JSON },
-                { "data", no_argument, NULL, ARG_DATA },
-                { "block-size", required_argument, NULL, ARG_BLOCK_SIZE },
-                { "lz4hc", required_argument, NULL, ARG_LZ4HC },
-                { "verbose", no_argument, NULL, 'v' },
-                { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, ARG_VERSION },
-                { "from", required_argument, NULL, ARG_FROM },
-                { "label", required_argument, NULL, ARG_LABEL },
-                { "pre", required_argument, NULL, ARG_PRE },
-                { "post", required_argument, NULL, ARG_POST },
-                { "full", no_argument, NULL, ARG_FULL },
-                { "ignore-errors", no_argument, NULL, ARG_IGNORE_ERRORS },
-                { "threads", required_argument, NULL, ARG_THREADS },
-                { "keep-last", required_argument, NULL, ARG_KEEP_LAST },
-                { "keep-hourly", required_argument, NULL, ARG_KEEP_HOURLY },
-                { "keep-daily", required_argument, NULL, ARG_KEEP_DAILY },
-                { "keep-weekly", required_argument, NULL, ARG_KEEP_WEEKLY },
-                { "keep-monthly", required_argument, NULL, ARG_KEEP_MONTHLY },
-                { "dry-run", no_argument, NULL, ARG_DRY_RUN },
-                { "prune", no_argument, NULL, ARG_PRUNE },
-                { "to", required_argument, NULL, ARG_TO },
-                { "force", no_argument, NULL, ARG_FORCE },
-                { "slot", required_argument, NULL, ARG_SLOT },
-                { "at", required_argument, NULL, ARG_AT },
-                {}
-        };
         int c, r;
 
         while ((c = getopt_long(argc, argv, "hv", options, NULL)) >= 0) {
+                for (size_t i = 0; i < ELEMENTSOF(option_bits); i++)
+                        if (option_bits[i].arg == c)
+                                given_options |= option_bits[i].opt;
                 switch (c) {
                 case ARG_STORE:
+                        if (!*optarg)
+                                return log_error_errno(-EINVAL, "--store needs a directory, not ''");
                         arg_store = optarg;
                         break;
                 case ARG_JSON:
@@ -183,6 +243,8 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_BLOCK_SIZE:
                         r = parse_size(optarg, &arg_block_size);
+                        if (r >= 0 && arg_block_size == 0)
+                                r = -EINVAL; /* 0 would mean "the default" */
                         if (r < 0)
                                 return log_error_errno(r, "invalid --block-size '%s': expected a size such as 64K", optarg);
                         break;
@@ -336,9 +398,20 @@ int main(int argc, char **argv)
         }
         int n = argc - optind - 1;
         if (n < v->min_args || n > v->max_args) {
-                log_error("wrong number of arguments to '%s'; usage: clonectl %s", v->name, v->synopsis);
+                /* One line: the synopsis up to its description. */
+                size_t len = strcspn(v->synopsis, "\n");
+                const char *gap = strstr(v->synopsis, "  ");
+                if (gap && (size_t) (gap - v->synopsis) < len)
+                        len = (size_t) (gap - v->synopsis);
+                if (v->options == OPT_PER_COMMAND)
+                        log_error("wrong number of arguments to '%s' (its commands are in 'clonectl --help')", v->name);
+                else
+                        log_error("wrong number of arguments to '%s'; usage: clonectl %.*s", v->name, (int) len,
+                                  v->synopsis);
                 return EXIT_FAILURE;
         }
+        if (v->options != OPT_PER_COMMAND && check_options(v->name, v->options) < 0)
+                return EXIT_FAILURE;
         r = v->run(argc - optind, argv + optind);
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -36,6 +36,39 @@ extern bool arg_force;
 extern const char *arg_slot;
 extern const char *arg_at;
 
+/* The options a command takes.  --store, --verbose, --help and --version
+ * go with every command; any other given to a command that does not take
+ * it is refused in one line, rather than silently ignored. */
+enum {
+        OPT_JSON = 1u << 0,
+        OPT_DATA = 1u << 1,
+        OPT_BLOCK_SIZE = 1u << 2,
+        OPT_LZ4HC = 1u << 3,
+        OPT_FROM = 1u << 4,
+        OPT_LABEL = 1u << 5,
+        OPT_PRE = 1u << 6,
+        OPT_POST = 1u << 7,
+        OPT_FULL = 1u << 8,
+        OPT_IGNORE_ERRORS = 1u << 9,
+        OPT_THREADS = 1u << 10,
+        OPT_KEEP_LAST = 1u << 11,
+        OPT_KEEP_HOURLY = 1u << 12,
+        OPT_KEEP_DAILY = 1u << 13,
+        OPT_KEEP_WEEKLY = 1u << 14,
+        OPT_KEEP_MONTHLY = 1u << 15,
+        OPT_DRY_RUN = 1u << 16,
+        OPT_PRUNE = 1u << 17,
+        OPT_TO = 1u << 18,
+        OPT_FORCE = 1u << 19,
+        OPT_SLOT = 1u << 20,
+        OPT_AT = 1u << 21,
+};
+#define OPT_KEEP (OPT_KEEP_LAST | OPT_KEEP_HOURLY | OPT_KEEP_DAILY | OPT_KEEP_WEEKLY | OPT_KEEP_MONTHLY)
+
+/* Refuses, in one line naming it, an option given that command (as the
+ * user would type it, "clone create") does not take. */
+int check_options(const char *command, unsigned takes);
+
 /* Opens the store named by --store, $CLONEFS_STORE or /var/lib/clonefs,
  * reporting any failure in one line that names the store. */
 int open_store(unsigned flags, cs_store **ret_store);

@@ -28,7 +28,7 @@
 static int check_name(const char *name)
 {
         if (!cs_clone_name_is_valid(name))
-                return log_error_errno(-EINVAL, "invalid clone name '%s': use 1-128 of A-Z a-z 0-9 . _ -", name);
+                return log_error_errno(-EINVAL, "invalid clone name '%s': use " CS_NAME_RULE, name);
         return 0;
 }
 
@@ -38,8 +38,8 @@ static int busy(int r, const char *name, const char *what)
                 return log_error_errno(r, "cannot %s clone '%s': files of it are open in a mount (close them, or use --force)",
                                        what, name);
         if (r == -EBUSY)
-                return log_error_errno(r, "cannot %s clone '%s': it is in use by another process (unmount it first)",
-                                       what, name);
+                return log_error_errno(r, "cannot %s clone '%s': it is in use by another process (unmount it first%s)",
+                                       what, name, strcmp(what, "destroy") == 0 ? ", or use --force" : "");
         if (r == -ENOENT)
                 return log_error_errno(r, "no clone '%s'", name);
         return log_error_errno(r, "cannot %s clone '%s': %m", what, name);
@@ -324,8 +324,12 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
                 if (r < 0)
                         return log_error_errno(r, "timeline '%s' of clone '%s' has no points", info.base_timeline,
                                                name);
+        } else if (arg_to && strchr(arg_to, '@')) {
+                r = find_point(store, arg_to, &to); /* says itself what is wrong */
+                if (r < 0)
+                        return r;
         } else if (arg_to) {
-                r = strchr(arg_to, '@') ? find_point(store, arg_to, &to) : cs_point_find(store, name, arg_to, &to);
+                r = cs_point_find(store, name, arg_to, &to);
                 if (r == -ENOENT)
                         return log_error_errno(r, "no point '%s' among the snapshots of clone '%s'", arg_to, name);
                 if (r < 0)
@@ -380,25 +384,46 @@ static int clone_export(cs_store *store, const char *name, const char *dir)
         return r;
 }
 
+/* The clone commands: their arguments after "clone COMMAND", and options. */
+static const struct {
+        const char *name, *args;
+        int n_args;
+        unsigned options;
+} clone_commands[] = {
+        { "create", " NAME --from TIMELINE@POINT|CLONE", 1, OPT_FROM | OPT_AT | OPT_JSON },
+        { "list", "", 0, OPT_JSON },
+        { "destroy", " NAME [--force]", 1, OPT_FORCE },
+        { "snapshot", " NAME [--label L]", 1, OPT_LABEL },
+        { "rewind", " NAME [--to POINT] [--force]", 1, OPT_TO | OPT_FORCE },
+        { "refresh", " NAME [--force]", 1, OPT_FORCE },
+        { "export", " NAME DIR", 2, 0 },
+};
+
 int verb_clone(int argc, char **argv)
 {
         _cleanup_(cs_store_unrefp) cs_store *store = NULL;
-        const char *sub = argc > 1 ? argv[1] : NULL, *name = argc > 2 ? argv[2] : NULL;
+        const char *sub = argv[1], *name = argc > 2 ? argv[2] : NULL;
+        char command[32];
+        size_t k = 0;
         cs_point_info p;
         int r;
 
-        if (!sub)
-                return log_error_errno(-EINVAL, "clone needs a command: create, list, destroy, snapshot, rewind, "
-                                                "refresh or export");
+        while (k < ELEMENTSOF(clone_commands) && strcmp(clone_commands[k].name, sub) != 0)
+                k++;
+        if (k == ELEMENTSOF(clone_commands))
+                return log_error_errno(-EINVAL, "unknown clone command '%s' (create, list, destroy, snapshot, "
+                                                "rewind, refresh, export)",
+                                       sub);
+        if (argc - 2 != clone_commands[k].n_args)
+                return log_error_errno(-EINVAL, "usage: clonectl clone %s%s", sub, clone_commands[k].args);
+        snprintf(command, sizeof(command), "clone %s", sub);
+        r = check_options(command, clone_commands[k].options);
+        if (r < 0)
+                return r;
         if (strcmp(sub, "list") == 0) {
-                if (argc != 2)
-                        return log_error_errno(-EINVAL, "usage: clonectl clone list");
                 r = open_store(0, &store);
                 return r < 0 ? r : clone_list(store);
         }
-        if (!name || argc > (strcmp(sub, "export") == 0 ? 4 : 3) || (strcmp(sub, "export") == 0 && argc != 4))
-                return log_error_errno(-EINVAL, "usage: clonectl clone %s NAME%s", sub,
-                                       strcmp(sub, "export") == 0 ? " DIR" : "");
         r = check_name(name);
         if (r < 0)
                 return r;
@@ -428,9 +453,5 @@ int verb_clone(int argc, char **argv)
                 return clone_reset(store, name, false);
         if (strcmp(sub, "refresh") == 0)
                 return clone_reset(store, name, true);
-        if (strcmp(sub, "export") == 0)
-                return clone_export(store, name, argv[3]);
-        return log_error_errno(-EINVAL, "unknown clone command '%s' (create, list, destroy, snapshot, rewind, "
-                                        "refresh, export)",
-                               sub);
+        return clone_export(store, name, argv[3]);
 }

@@ -25,7 +25,7 @@
 static int check_timeline_name(const char *timeline)
 {
         if (!cs_name_is_valid(timeline))
-                return log_error_errno(-EINVAL, "invalid timeline name '%s': use 1-128 of A-Z a-z 0-9 . _ -",
+                return log_error_errno(-EINVAL, "invalid timeline name '%s': use " CS_NAME_RULE,
                                        timeline);
         return 0;
 }
@@ -303,15 +303,19 @@ int verb_pg(int argc, char **argv)
         int n = argc - 2;
 
         if (strcmp(sub, "link") == 0 && n == 2)
-                return verb_pg_link(argv[2], argv[3]);
+                return check_options("pg link", OPT_SLOT | OPT_JSON) < 0 ? -EINVAL : verb_pg_link(argv[2], argv[3]);
         if (strcmp(sub, "sync") == 0 && n == 1)
-                return verb_pg_sync(argv[2]);
+                return check_options("pg sync", OPT_JSON) < 0 ? -EINVAL : verb_pg_sync(argv[2]);
         if (strcmp(sub, "receive-wal") == 0 && n == 1)
-                return verb_pg_receive_wal(argv[2]);
+                return check_options("pg receive-wal", 0) < 0 ? -EINVAL : verb_pg_receive_wal(argv[2]);
         if (strcmp(sub, "archive-wal") == 0 && n == 2)
-                return check_timeline_name(argv[2]) < 0 ? -EINVAL : pg_archive_wal(argv[2], argv[3]);
+                return check_options("pg archive-wal", 0) < 0 || check_timeline_name(argv[2]) < 0
+                               ? -EINVAL
+                               : pg_archive_wal(argv[2], argv[3]);
         if (strcmp(sub, "wal-fetch") == 0 && n == 3)
-                return check_timeline_name(argv[2]) < 0 ? -EINVAL : pg_fetch_wal(argv[2], argv[3], argv[4]);
+                return check_options("pg wal-fetch", 0) < 0 || check_timeline_name(argv[2]) < 0
+                               ? -EINVAL
+                               : pg_fetch_wal(argv[2], argv[3], argv[4]);
         return log_error_errno(-EINVAL, "usage: clonectl pg link TIMELINE CONNINFO [--slot NAME] | sync TIMELINE | "
                                         "receive-wal TIMELINE | archive-wal TIMELINE PATH | "
                                         "wal-fetch TIMELINE WALFILE DEST");

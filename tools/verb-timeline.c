@@ -42,7 +42,7 @@ int parse_point_spec(const char *spec, char timeline[static CS_TIMELINE_NAME_MAX
         memcpy(timeline, spec, len);
         timeline[len] = 0;
         if (!cs_name_is_valid(timeline))
-                return log_error_errno(-EINVAL, "invalid timeline name '%s': use 1-128 of A-Z a-z 0-9 . _ -",
+                return log_error_errno(-EINVAL, "invalid timeline name '%s': use " CS_NAME_RULE,
                                        timeline);
         *ret_point = at ? at + 1 : NULL;
         if (at && !at[1])
@@ -143,12 +143,12 @@ int verb_snapshot(int argc, char **argv)
         int r, hook_r = 0;
 
         if (!cs_name_is_valid(timeline))
-                return log_error_errno(-EINVAL, "invalid timeline name '%s': use 1-128 of A-Z a-z 0-9 . _ -",
+                return log_error_errno(-EINVAL, "invalid timeline name '%s': use " CS_NAME_RULE,
                                        timeline);
         if (!arg_from)
                 return log_error_errno(-EINVAL, "snapshot needs --from DIR");
         if (arg_label && !cs_label_is_valid(arg_label))
-                return log_error_errno(-EINVAL, "invalid label '%s': use 1-128 of A-Z a-z 0-9 . _ -, "
+                return log_error_errno(-EINVAL, "invalid label '%s': use " CS_NAME_RULE ", "
                                                 "not 'latest' and not shaped like a point name",
                                        arg_label);
         if (access(arg_from, R_OK | X_OK) < 0)
