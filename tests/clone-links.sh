@@ -53,6 +53,7 @@ echo "made in the clone" >"$mnt/n1"
 ln "$mnt/n1" "$mnt/n2"
 expect_ok "snapshot of the clone" "$CLONECTL" clone snapshot dev --label s
 expect_ok "export of the clone" "$CLONECTL" clone export dev "$workdir/export"
+expect_grep "export says what it wrote" "^exported clone dev: 23 files, [0-9]+ bytes into " "$workdir/err"
 check_tree "$workdir/export" new
 pass "export: the group keeps its names, with the data written through one of them"
 "$CLONECTL" restore dev@s "$workdir/restored" >/dev/null || fail "restore of the snapshot failed"

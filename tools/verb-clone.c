@@ -380,6 +380,9 @@ static int clone_export(cs_store *store, const char *name, const char *dir)
                 r = log_error_errno(r, "cannot export clone '%s' into %s: %m", name, dir);
         else if (res.n_errors)
                 r = log_error_errno(-EIO, "%zu files could not be exported into %s", res.n_errors, dir);
+        else
+                fprintf(stderr, "exported clone %s: %" PRIu64 " files, %" PRIu64 " bytes into %s\n", name, res.files,
+                        res.bytes, dir);
         restore_result_free(&res);
         return r;
 }
