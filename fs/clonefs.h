@@ -85,11 +85,13 @@ typedef struct cfs_point {
         uint64_t pin;
 } cfs_point;
 
-/* Another name the kernel knows a node by: a hard link's. */
+/* Another name the kernel knows a node by: a hard link's, or the one a
+ * rename gave it.  The parent is kept by its table key, not its address:
+ * the parent node may be freed (and its address reused) meanwhile. */
 typedef struct cfs_alias cfs_alias;
 struct cfs_alias {
         cfs_alias *next;
-        fuse_ino_t parent; /* the parent's kernel id */
+        uint64_t parent_key;
         char name[];
 };
 
@@ -109,9 +111,9 @@ struct cfs_node {
         cfs_clone *clone; /* CLONE */
         uint64_t cino;    /* CLONE: the clone's inode number */
         uint64_t opens;   /* CLONE: open handles, under table_lock */
-        /* CLONE, a file with hard links: the names it was looked up by
-         * besides parent and name, under table_lock, so that a rewind can
-         * make the kernel forget every one of them (control.c). */
+        /* CLONE: the names it was looked up by or renamed to besides
+         * parent and name, newest first, under table_lock, so that a
+         * rewind can make the kernel forget every one (cfs_node_names). */
         cfs_alias *aliases;
 
         pthread_mutex_t dir_lock;
@@ -163,6 +165,14 @@ void cfs_nodes_done(cfs_context *ctx);
 /* The node of a FUSE inode number (borrowed: valid while the kernel holds it). */
 cfs_node *cfs_node_get(cfs_context *ctx, fuse_ino_t ino);
 fuse_ino_t cfs_node_ino(cfs_context *ctx, const cfs_node *n);
+/* Calls fn with (parent's kernel id, name) for each name the kernel may
+ * know n by, until fn returns false; with table_lock held (as in the
+ * callback of cfs_nodes_of_clone).  Returns false if fn did. */
+bool cfs_node_names(cfs_context *ctx, const cfs_node *n,
+                    bool (*fn)(void *userdata, fuse_ino_t parent, const char *name), void *userdata);
+/* After a rename in a clone: the node now at (parent, name), if the
+ * kernel has one, gets that name among its aliases. */
+void cfs_node_renamed(cfs_context *ctx, cfs_node *parent, const char *name);
 /* Finds or makes the child `name` of parent, counting one kernel lookup. */
 int cfs_node_lookup(cfs_context *ctx, cfs_node *parent, const char *name, cfs_node **ret);
 void cfs_node_forget(cfs_context *ctx, cfs_node *n, uint64_t nlookup);

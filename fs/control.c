@@ -82,8 +82,9 @@ static bool grow(void **array, size_t *cap, size_t n, size_t size)
 }
 
 /* parents and names grow together: names_cap is the size of both. */
-static bool note_name(stale *st, fuse_ino_t parent, const char *name)
+static bool note_name(void *userdata, fuse_ino_t parent, const char *name)
 {
+        stale *st = userdata;
         size_t cap = st->names_cap;
         char *copy;
 
@@ -101,12 +102,10 @@ static bool note_stale(void *userdata, cfs_node *n)
         stale *st = userdata;
         bool ok = grow((void **) &st->inodes, &st->inodes_cap, st->n_inodes, sizeof(*st->inodes));
 
-        if (ok)
+        if (ok) {
                 st->inodes[st->n_inodes++] = cfs_node_ino(st->ctx, n);
-        if (ok && n->parent && n->name)
-                ok = note_name(st, cfs_node_ino(st->ctx, n->parent), n->name);
-        for (const cfs_alias *a = n->aliases; ok && a; a = a->next)
-                ok = note_name(st, a->parent, a->name);
+                ok = cfs_node_names(st->ctx, n, note_name, st);
+        }
         st->failed = !ok;
         return ok;
 }

@@ -323,28 +323,67 @@ void cfs_clones_close(cfs_context *ctx)
         ctx->clones = ctx->destroyed = NULL;
 }
 
-/* Hard links: a node remembers the other names it is found by, up to
- * CLONE_ALIASES_MAX (beyond, a rewind leaves those to the entry timeout).
- * One that fails to allocate is left out the same way (table_lock held). */
+/* A node remembers the other names it is found by (hard links) or renamed
+ * to, newest first, up to CLONE_ALIASES_MAX: past that the oldest goes,
+ * which is most likely a name unlinked or renamed away since.  One that
+ * fails to allocate is left out; a rewind then leaves that name to the
+ * kernel's entry timeout (table_lock held). */
 #define CLONE_ALIASES_MAX 64
 
-static void add_alias_locked(cfs_context *ctx, cfs_node *n, cfs_node *parent, const char *name)
+static void add_alias_locked(cfs_node *n, const cfs_node *parent, const char *name)
 {
-        fuse_ino_t parent_id = cfs_node_ino(ctx, parent);
         size_t count = 0, len = strlen(name);
-        cfs_alias *a;
+        cfs_alias *a, **tail = &n->aliases;
 
         if (n->parent == parent && n->name && strcmp(n->name, name) == 0)
                 return;
-        for (a = n->aliases; a; a = a->next, count++)
-                if (a->parent == parent_id && strcmp(a->name, name) == 0)
+        for (a = n->aliases; a; a = a->next)
+                if (a->parent_key == parent->key && strcmp(a->name, name) == 0)
                         return;
-        if (count >= CLONE_ALIASES_MAX || !(a = malloc(sizeof(*a) + len + 1)))
+        a = malloc(sizeof(*a) + len + 1);
+        if (!a)
                 return;
-        a->parent = parent_id;
+        a->parent_key = parent->key;
         memcpy(a->name, name, len + 1);
         a->next = n->aliases;
         n->aliases = a;
+        while (*tail && ++count < CLONE_ALIASES_MAX)
+                tail = &(*tail)->next;
+        if (*tail) {
+                for (cfs_alias *old = (*tail)->next, *next; old; old = next) {
+                        next = old->next;
+                        free(old);
+                }
+                (*tail)->next = NULL;
+        }
+}
+
+bool cfs_node_names(cfs_context *ctx, const cfs_node *n,
+                    bool (*fn)(void *userdata, fuse_ino_t parent, const char *name), void *userdata)
+{
+        if (n->parent && n->name && !fn(userdata, cfs_node_ino(ctx, n->parent), n->name))
+                return false;
+        for (const cfs_alias *a = n->aliases; a; a = a->next) {
+                const cfs_node *parent = a->parent_key == ctx->root.key ? &ctx->root : table_find(ctx, a->parent_key);
+                /* A parent the kernel has forgotten holds no dentry of ours. */
+                if (parent && !fn(userdata, cfs_node_ino(ctx, parent), a->name))
+                        return false;
+        }
+        return true;
+}
+
+void cfs_node_renamed(cfs_context *ctx, cfs_node *parent, const char *name)
+{
+        cs_clone_attr attr;
+        cfs_node *n;
+
+        if (cs_clone_lookup(parent->clone->clone, parent->cino, name, &attr) < 0)
+                return;
+        pthread_mutex_lock(&ctx->table_lock);
+        n = table_find(ctx, clone_node_key(parent->clone, attr.ino));
+        if (n)
+                add_alias_locked(n, parent, name);
+        pthread_mutex_unlock(&ctx->table_lock);
 }
 
 int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const cs_clone_attr *attr,
@@ -358,7 +397,7 @@ int cfs_node_for_clone(cfs_context *ctx, cfs_node *parent, cfs_clone *cl, const 
         if (n) {
                 n->nlookup++;
                 if (S_ISREG(attr->mode) && attr->nlink > 1)
-                        add_alias_locked(ctx, n, parent, name);
+                        add_alias_locked(n, parent, name);
                 pthread_mutex_unlock(&ctx->table_lock);
                 *ret = n;
                 return 0;

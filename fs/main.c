@@ -285,10 +285,14 @@ int main(int argc, char **argv)
                         fprintf(stderr, "clonefs: store %s: %s\n", ps.store, strerror(errno));
                 goto out1;
         }
-        if (stat(cmd.mountpoint, &st) < 0 || !S_ISDIR(st.st_mode)) {
-                fprintf(stderr, "clonefs: mountpoint %s: %s\n", cmd.mountpoint,
-                        errno == ENOENT ? "no such directory" : "not a directory");
-                goto out1;
+        /* mount.fuse3 -o drop_privileges hands over an open /dev/fuse as
+         * /dev/fd/N: only a path is checked. */
+        if (strncmp(cmd.mountpoint, "/dev/fd/", 8) != 0) {
+                r = stat(cmd.mountpoint, &st) < 0 ? -errno : S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+                if (r < 0) {
+                        fprintf(stderr, "clonefs: mountpoint %s: %s\n", cmd.mountpoint, strerror(-r));
+                        goto out1;
+                }
         }
         ctx.opts.prefetch_kib = DEFAULT_PREFETCH_KIB;
         if (ctx.opts.prefetch_kib_arg && parse_kib(ctx.opts.prefetch_kib_arg, &ctx.opts.prefetch_kib) < 0) {
@@ -389,6 +393,7 @@ out1:
         free(ctx.opts.point);
         free(ctx.opts.clone);
         free(ctx.opts.cache_size);
+        free(ctx.opts.prefetch_kib_arg);
         fuse_opt_free_args(&args);
         return status;
 }

@@ -204,6 +204,11 @@ void cfs_clone_op_rename(fuse_req_t req, cfs_context *ctx, cfs_node *parent, con
         }
         r = cs_clone_rename(parent->clone->clone, parent->cino, name, new_parent->cino, new_name, cs_flags,
                             inode_open(ctx, new_parent, new_name), NULL);
+        /* The kernel moves its dentry: a rewind must know the new name. */
+        if (r >= 0)
+                cfs_node_renamed(ctx, new_parent, new_name);
+        if (r >= 0 && (flags & RENAME_EXCHANGE))
+                cfs_node_renamed(ctx, parent, name);
         fuse_reply_err(req, -MIN(r, 0));
 }
 

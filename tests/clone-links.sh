@@ -15,6 +15,7 @@ export CLONEFS_STORE="$workdir/store"
 "$CLONECTL" init >/dev/null
 mkdir -p "$src/sub/deeper" "$src/other"
 echo old >"$src/a"
+echo plain >"$src/sub/plain"
 ln "$src/a" "$src/sub/deeper/b"
 # Untouched groups, numbered before and after a's by the snapshot.
 for g in 1 2 3 4 5 6 7 8; do
@@ -53,7 +54,7 @@ echo "made in the clone" >"$mnt/n1"
 ln "$mnt/n1" "$mnt/n2"
 expect_ok "snapshot of the clone" "$CLONECTL" clone snapshot dev --label s
 expect_ok "export of the clone" "$CLONECTL" clone export dev "$workdir/export"
-expect_grep "export says what it wrote" "^exported clone dev: 23 files, [0-9]+ bytes into " "$workdir/err"
+expect_grep "export says what it wrote" "^exported clone dev: 24 files, [0-9]+ bytes into " "$workdir/err"
 check_tree "$workdir/export" new
 pass "export: the group keeps its names, with the data written through one of them"
 "$CLONECTL" restore dev@s "$workdir/restored" >/dev/null || fail "restore of the snapshot failed"
@@ -70,6 +71,14 @@ cat "$mnt/a" "$mnt/other/x1" "$mnt/other/y1" "$mnt/n1" "$mnt/n2" >/dev/null
 expect_ok "rewind to the snapshot" "$CLONECTL" clone rewind dev --to s
 check_tree "$mnt" new
 pass "after the rewind every name of a group reads the snapshot's data at once"
+
+# A rename over a name the snapshot has: the kernel's dentry of that name
+# now points at the moved file; a rewind makes it forget that at once.
+echo moved >"$mnt/tmpfile"
+mv "$mnt/tmpfile" "$mnt/sub/plain"
+[ "$(cat "$mnt/sub/plain")" = moved ] || fail "the rename did not land"
+expect_ok "rewind after a rename" "$CLONECTL" clone rewind dev --to s
+expect_eq "the name renamed over reads the snapshot's file at once" "$(cat "$mnt/sub/plain" 2>&1)" plain
 
 # The same without the mount, and after looking into sub/ first.
 echo third >"$mnt/sub/deeper/b"

@@ -20,7 +20,7 @@ expect_error "a missing store" "store .* does not exist" "$CLONEFS" "$workdir/no
 expect_error "a directory that is not a store" "is not a clonefs store" "$CLONEFS" "$workdir/plain" "$mnt"
 expect_error "a missing point" "no such point" "$CLONEFS" "$CLONEFS_STORE" "$mnt" -o point=awkward@nope
 touch "$workdir/a-file"
-expect_error "a mountpoint that is a file" "mountpoint .*a-file: not a directory" \
+expect_error "a mountpoint that is a file" "mountpoint .*a-file: Not a directory" \
         "$CLONEFS" "$CLONEFS_STORE" "$workdir/a-file"
 for bad in -1 1x 99999999999 "" 1048577; do
         expect_error "-o prefetch_kib=$bad" "prefetch_kib=.*expected a whole number of KiB from 0 to 1048576" \
