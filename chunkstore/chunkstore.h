@@ -351,6 +351,10 @@ void cs_dir_builder_freep(cs_dir_builder **b);
  * ignored) and its directory object. */
 int cs_point_build(cs_store *store, const cs_entry *root, cs_chunk_id *ret_point);
 
+/* Whether two entries have the same xattrs, in any order (a source lists
+ * them as it stores them, a clone by name). */
+bool cs_entry_same_xattrs(const cs_entry *a, const cs_entry *b);
+
 /* A loaded directory: its entries in name order.  Entries (and their
  * strings, xattrs and content ids) stay valid until the directory is
  * freed. */

@@ -3005,7 +3005,8 @@ static int fold_file(cs_clone *c, inode *i, cs_chunk_id **ret_blocks, size_t *re
         return 0;
 }
 
-static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t ino, cs_dir_builder *b);
+static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t ino, const cs_entry *base,
+                      cs_dir_builder *b);
 
 static int compare_link_origins(const void *x, const void *y)
 {
@@ -3093,7 +3094,7 @@ static int fold_base_dir(cs_clone *c, const cs_chunk_id *base, cs_chunk_id *ret)
                         r = cs_index_query_int(c->db, "SELECT ino FROM base_links WHERE grp = ?",
                                                (int64_t) e->link_group, &ino);
                 if (r >= 0 && ino)
-                        r = fold_entry(c, e->name, e->name_len, (uint64_t) ino, b);
+                        r = fold_entry(c, e->name, e->name_len, (uint64_t) ino, e, b);
                 else if (r >= 0 && S_ISDIR(e->mode)) {
                         r = fold_base_dir(c, &e->subdir, &copy.subdir);
                         if (r >= 0)
@@ -3106,7 +3107,27 @@ static int fold_base_dir(cs_clone *c, const cs_chunk_id *base, cs_chunk_id *ret)
         return r;
 }
 
-static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t ino, cs_dir_builder *b)
+/* Whether a folded regular file says what the base entry it came from
+ * says: then the base entry goes in as it is, with what only the source
+ * knew (dev, ino, the order of its xattrs), so that an untouched
+ * directory rebuilds to the same object. */
+static bool same_file_entry(const cs_entry *folded, const cs_entry *base)
+{
+        return folded->mode == base->mode && folded->uid == base->uid && folded->gid == base->gid &&
+               folded->nlink == base->nlink && folded->size == base->size &&
+               folded->mtime_sec == base->mtime_sec && folded->mtime_nsec == base->mtime_nsec &&
+               folded->ctime_sec == base->ctime_sec && folded->ctime_nsec == base->ctime_nsec &&
+               folded->link_group == base->link_group && folded->content.segmented == base->content.segmented &&
+               folded->content.n == base->content.n &&
+               (folded->content.n == 0 ||
+                memcmp(folded->content.ids, base->content.ids, folded->content.n * sizeof(cs_chunk_id)) == 0) &&
+               cs_entry_same_xattrs(folded, base);
+}
+
+/* Adds the clone's inode ino as entry name; base, if given, is the point's
+ * entry it stands in for (a hard link in a directory never materialized). */
+static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t ino, const cs_entry *base,
+                      cs_dir_builder *b)
 {
         _cleanup_free_ cs_chunk_id *blocks = NULL, *segments = NULL;
         _cleanup_free_ char *target = NULL;
@@ -3151,7 +3172,7 @@ static int fold_entry(cs_clone *c, const void *name, size_t name_len, uint64_t i
                         r = cs_content_build(c->put_store, blocks, n_blocks, &e.content, &segments);
         }
         if (r >= 0)
-                r = cs_dir_builder_add(b, &e);
+                r = cs_dir_builder_add(b, base && S_ISREG(e.mode) && same_file_entry(&e, base) ? base : &e);
         free_xattrs(items, strings, n_xattrs);
         inode_clear(&i);
         return r;
@@ -3171,7 +3192,7 @@ static int fold_dir(cs_clone *c, uint64_t ino, cs_chunk_id *ret)
         sqlite3_bind_int64(stmt, 1, (int64_t) ino);
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
                 r = fold_entry(c, sqlite3_column_blob(stmt, 0), (size_t) sqlite3_column_bytes(stmt, 0),
-                               (uint64_t) sqlite3_column_int64(stmt, 1), b);
+                               (uint64_t) sqlite3_column_int64(stmt, 1), NULL, b);
                 if (r < 0)
                         return r;
         }

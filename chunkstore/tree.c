@@ -514,6 +514,21 @@ static bool entry_is_valid(const cs_entry *e)
         return true;
 }
 
+bool cs_entry_same_xattrs(const cs_entry *a, const cs_entry *b)
+{
+        if (a->n_xattrs != b->n_xattrs)
+                return false;
+        for (size_t i = 0; i < a->n_xattrs; i++) {
+                size_t j = 0;
+                while (j < b->n_xattrs && strcmp(a->xattrs[i].name, b->xattrs[j].name) != 0)
+                        j++;
+                if (j == b->n_xattrs || a->xattrs[i].size != b->xattrs[j].size ||
+                    memcmp(a->xattrs[i].value, b->xattrs[j].value, a->xattrs[i].size) != 0)
+                        return false;
+        }
+        return true;
+}
+
 int cs_dir_builder_add(cs_dir_builder *b, const cs_entry *entry)
 {
         const cs_chunk_id *children;

@@ -16,6 +16,8 @@ export CLONEFS_STORE="$workdir/store"
 mkdir -p "$src/sub/deeper" "$src/other"
 echo old >"$src/a"
 echo plain >"$src/sub/plain"
+setfattr -n user.z -v 1 "$src/a"
+setfattr -n user.a -v 2 "$src/a"
 ln "$src/a" "$src/sub/deeper/b"
 # Untouched groups, numbered before and after a's by the snapshot.
 for g in 1 2 3 4 5 6 7 8; do
@@ -86,3 +88,13 @@ unmount_clonefs "$mnt"
 expect_ok "export with the clone not mounted" "$CLONECTL" clone export dev "$workdir/export2"
 check_tree "$workdir/export2" third
 pass "a write through the other name, exported unmounted"
+
+# A clone that only looked at a hard-linked file folds to the point's own
+# tree: nothing changed, nothing reported, no new directory objects.
+"$CLONECTL" clone create look --from db@latest >/dev/null || fail "clone create failed"
+mount_clonefs "$CLONEFS_STORE" "$mnt" -o clone=look
+stat "$mnt/a" >/dev/null
+unmount_clonefs "$mnt"
+expect_ok "snapshot of a clone that only looked" "$CLONECTL" clone snapshot look
+expect_ok "diff of it against its point" "$CLONECTL" diff db@latest look@latest
+expect_grep "nothing changed" "^0 added, 0 removed, 0 modified" "$workdir/out"

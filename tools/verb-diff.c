@@ -161,13 +161,9 @@ static int changed_bytes(differ *d, const cs_entry *a, const cs_entry *b, uint64
 static bool same_metadata(const cs_entry *a, const cs_entry *b)
 {
         if (a->mode != b->mode || a->uid != b->uid || a->gid != b->gid || a->mtime_sec != b->mtime_sec ||
-            a->mtime_nsec != b->mtime_nsec || a->rdev != b->rdev || a->n_xattrs != b->n_xattrs)
+            a->mtime_nsec != b->mtime_nsec || a->rdev != b->rdev)
                 return false;
-        for (size_t i = 0; i < a->n_xattrs; i++)
-                if (strcmp(a->xattrs[i].name, b->xattrs[i].name) || a->xattrs[i].size != b->xattrs[i].size ||
-                    memcmp(a->xattrs[i].value, b->xattrs[i].value, a->xattrs[i].size))
-                        return false;
-        return true;
+        return cs_entry_same_xattrs(a, b);
 }
 
 static int diff_dirs(differ *d, const cs_chunk_id *a_id, const cs_chunk_id *b_id);
