@@ -120,7 +120,8 @@ typedef struct link_origin {
 struct cs_clone {
         cs_store *store;
         cs_store *put_store; /* during a fold: where its chunks go */
-        link_origin *fold_links; /* during a fold: base_links by ino */
+        /* During a fold: base_links, sorted by ino and by group. */
+        link_origin *fold_links, *fold_groups;
         size_t n_fold_links;
         uint64_t fold_salt; /* during a fold: for the ids of new link groups */
         char *name;
@@ -2748,7 +2749,6 @@ int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *v
                 r = update_attr(c, &i.attr);
         }
         inode_clear(&i);
-        sqlite3_finalize(TAKE_PTR(stmt)); /* under the mutex, before end() */
         return end(c, r);
 }
 
@@ -3014,6 +3014,22 @@ static int compare_link_origins(const void *x, const void *y)
         return a->ino < b->ino ? -1 : a->ino > b->ino;
 }
 
+static int compare_link_groups(const void *x, const void *y)
+{
+        const link_origin *a = x, *b = y;
+        return a->grp < b->grp ? -1 : a->grp > b->grp;
+}
+
+/* The clone inode made from base link group grp, or 0. */
+static uint64_t fold_group_inode(const cs_clone *c, uint64_t grp)
+{
+        link_origin key = { .grp = grp };
+        const link_origin *o = c->n_fold_links ? bsearch(&key, c->fold_groups, c->n_fold_links, sizeof(key),
+                                                         compare_link_groups)
+                                               : NULL;
+        return o ? o->ino : 0;
+}
+
 /* The link group of a folded inode.  One made from a base group keeps
  * that group's id: its other names may sit in directories the clone never
  * materialized, which the fold copies with the base's ids.  A group made
@@ -3061,8 +3077,14 @@ static int load_fold_links(cs_clone *c)
         }
         if (rc != SQLITE_DONE)
                 return cs_sqlite_errno(rc);
-        if (c->n_fold_links)
-                qsort(c->fold_links, c->n_fold_links, sizeof(*c->fold_links), compare_link_origins);
+        if (!c->n_fold_links)
+                return 0;
+        c->fold_groups = reallocarray(NULL, c->n_fold_links, sizeof(*c->fold_groups));
+        if (!c->fold_groups)
+                return -ENOMEM;
+        memcpy(c->fold_groups, c->fold_links, c->n_fold_links * sizeof(*c->fold_groups));
+        qsort(c->fold_links, c->n_fold_links, sizeof(*c->fold_links), compare_link_origins);
+        qsort(c->fold_groups, c->n_fold_links, sizeof(*c->fold_groups), compare_link_groups);
         return 0;
 }
 
@@ -3087,19 +3109,16 @@ static int fold_base_dir(cs_clone *c, const cs_chunk_id *base, cs_chunk_id *ret)
                 r = cs_dir_builder_new(c->put_store, &b);
         for (size_t k = 0; r >= 0 && k < cs_dir_size(d); k++) {
                 const cs_entry *e = cs_dir_entry(d, k);
+                uint64_t ino = S_ISREG(e->mode) && e->link_group ? fold_group_inode(c, e->link_group) : 0;
                 cs_entry copy = *e;
-                int64_t ino = 0;
 
-                if (S_ISREG(e->mode) && e->link_group)
-                        r = cs_index_query_int(c->db, "SELECT ino FROM base_links WHERE grp = ?",
-                                               (int64_t) e->link_group, &ino);
-                if (r >= 0 && ino)
-                        r = fold_entry(c, e->name, e->name_len, (uint64_t) ino, e, b);
-                else if (r >= 0 && S_ISDIR(e->mode)) {
+                if (ino)
+                        r = fold_entry(c, e->name, e->name_len, ino, e, b);
+                else if (S_ISDIR(e->mode)) {
                         r = fold_base_dir(c, &e->subdir, &copy.subdir);
                         if (r >= 0)
                                 r = cs_dir_builder_add(b, &copy);
-                } else if (r >= 0)
+                } else
                         r = cs_dir_builder_add(b, e);
         }
         if (r >= 0)
@@ -3243,6 +3262,7 @@ static int fold_locked(cs_clone *c, cs_store *dst, cs_chunk_id *ret_point_tree)
         (void) cs_index_exec(c->db, "COMMIT");
         c->put_store = NULL;
         c->fold_links = mfree(c->fold_links);
+        c->fold_groups = mfree(c->fold_groups);
         c->n_fold_links = 0;
         return r;
 }
