@@ -164,19 +164,58 @@ enum {
         CS_PACK_SEALED = 1, /* immutable */
 };
 
+/* --- stage.c: an open pack's unwritten tail, for direct I/O ------------- */
+
+#define CS_STAGE_SEGMENT (1024u * 1024u) /* one direct write */
+#define CS_STAGE_SEGMENTS 8u
+#define CS_STAGE_ALIGN 4096u /* of direct writes' offsets and sizes */
+
+/* Rings of a store handle's stages, reused from pack to pack. */
+typedef struct cs_stage_pool cs_stage_pool;
+cs_stage_pool *cs_stage_pool_new(void);
+cs_stage_pool *cs_stage_pool_free(cs_stage_pool *p);
+
+typedef struct cs_stage cs_stage;
+/* A stage for the pack open as fd, whose first head_size bytes (at most a
+ * segment) are head, and its flusher thread. */
+int cs_stage_new(cs_stage_pool *pool, int fd, const void *head, size_t head_size, cs_stage **ret);
+/* Stops the flusher; what was not flushed is dropped. */
+cs_stage *cs_stage_free(cs_stage *s);
+/* Copies size bytes in at offset, which must be the end of what was
+ * appended; waits for room.  Callers serialize appends. */
+int cs_stage_append(cs_stage *s, uint64_t offset, const void *data, size_t size);
+/* The end of what was appended, including what a failed append copied. */
+uint64_t cs_stage_end(cs_stage *s);
+/* Writes everything appended so far to the file (not fdatasync). */
+int cs_stage_flush(cs_stage *s);
+/* Copies the part of the file's [offset, offset + size) that is still only
+ * in the ring into buf; returns how many leading bytes must be read from
+ * the file (size if all). */
+size_t cs_stage_read(cs_stage *s, uint64_t offset, void *buf, size_t size);
+
 typedef struct cs_pack_writer {
         uint64_t id;
         int fd;
         uint64_t size;      /* bytes written or reserved so far, header included */
         uint64_t committed; /* bytes the catalog's rows account for */
         unsigned inflight;  /* reserved records still being written (store.c) */
+        cs_stage *stage;    /* staged direct writes, or NULL: buffered pwrite */
 } cs_pack_writer;
 
 /* Formats "packs/<16 hex digits>.pack" into buf. */
 void cs_pack_path(uint64_t id, char buf[static 64]);
-/* Registers a new open pack in the catalog, creates and locks its file. */
-int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer);
+/* Registers a new open pack in the catalog, creates and locks its file.
+ * With a pool and a file system that does direct I/O, appends go through
+ * a stage; else each is a pwrite. */
+int cs_pack_create(int dir_fd, sqlite3 *db, cs_stage_pool *pool, cs_pack_writer *ret_writer);
+/* Appends a record at the end (staged, or written), serialized by the caller. */
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset);
+/* Writes what the stage holds to the file (nothing without a stage).  On
+ * failure the bytes stay staged, and a later flush tries again. */
+int cs_pack_flush(cs_pack_writer *w);
+/* Reads [offset, offset + size) of an open pack's file that is still
+ * staged into buf; returns how many leading bytes must come from the file. */
+size_t cs_pack_read_staged(cs_pack_writer *w, uint64_t offset, void *buf, size_t size);
 /* Writes a record at an offset reserved by the caller. */
 int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset);
 /* Called after a record at [offset, offset + size) was written: when it
@@ -186,8 +225,9 @@ int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset);
  * to write. */
 #define CS_PACK_WRITEBACK_WINDOW (8u * 1024 * 1024)
 void cs_pack_start_writeback(int fd, uint64_t offset, size_t size);
-/* fdatasync()s the pack. */
-int cs_pack_sync(cs_pack_writer *w);
+/* fdatasync()s the pack, after cs_pack_flush().  sealing: its size is
+ * final, and the file is cut to it (a flushed stage pads to 4 KiB). */
+int cs_pack_sync(cs_pack_writer *w, bool sealing);
 /* Records the pack's size and marks it sealed (in the caller's transaction). */
 int cs_pack_seal(cs_pack_writer *w, sqlite3 *db);
 void cs_pack_writer_close(cs_pack_writer *w);
@@ -207,6 +247,8 @@ cs_pack_cache *cs_pack_cache_free(cs_pack_cache *c);
 /* Reads a record at loc into buf (CS_RECORD_HEADER_SIZE + stored_size
  * bytes).  -ENOENT if the pack is gone (moved by compaction). */
 int cs_pack_cache_read(cs_pack_cache *c, const cs_location *loc, void *buf);
+/* Reads size bytes at offset of pack id into buf; a short read is -EBADMSG. */
+int cs_pack_cache_pread(cs_pack_cache *c, uint64_t id, uint64_t offset, void *buf, size_t size);
 /* Forgets a pack's descriptor (after compaction removed it). */
 void cs_pack_cache_drop(cs_pack_cache *c, uint64_t id);
 
@@ -230,6 +272,8 @@ struct cs_store {
         /* Everything below is the writer's state, under write_lock. */
         pthread_mutex_t write_lock;
         cs_pack_writer pack;
+        cs_stage_pool *stage_pool;
+        cs_stage *retiring_stage; /* a pack being sealed still holds staged bytes */
         cs_pending *pending;
         cs_pending *committing; /* the batch a commit is syncing, or NULL */
         bool commit_running;    /* a commit is under way (it may wait unlocked) */

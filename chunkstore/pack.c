@@ -71,7 +71,19 @@ int cs_pack_check_header(int fd, uint64_t id)
         return 0;
 }
 
-int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer)
+/* Switches a new pack's appends to a stage and direct I/O where the file
+ * system takes it (tmpfs does not); else they stay buffered pwrites. */
+static void use_stage(cs_stage_pool *pool, const uint8_t header[CS_PACK_HEADER_SIZE], cs_pack_writer *w)
+{
+        int flags = fcntl(w->fd, F_GETFL);
+
+        if (!pool || flags < 0 || fcntl(w->fd, F_SETFL, flags | O_DIRECT) < 0)
+                return;
+        if (cs_stage_new(pool, w->fd, header, CS_PACK_HEADER_SIZE, &w->stage) < 0)
+                (void) fcntl(w->fd, F_SETFL, flags);
+}
+
+int cs_pack_create(int dir_fd, sqlite3 *db, cs_stage_pool *pool, cs_pack_writer *ret_writer)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         _cleanup_close_ int fd = -1, packs_fd = -1;
@@ -125,6 +137,7 @@ int cs_pack_create(int dir_fd, sqlite3 *db, cs_pack_writer *ret_writer)
                 .size = CS_PACK_HEADER_SIZE,
                 .committed = CS_PACK_HEADER_SIZE,
         };
+        use_stage(pool, header, ret_writer);
         return 0;
 fail:
         (void) unlinkat(dir_fd, tmp, 0);
@@ -163,17 +176,35 @@ void cs_pack_start_writeback(int fd, uint64_t offset, size_t size)
 
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset)
 {
-        int r = cs_pack_write_at(w->fd, record, size, w->size);
+        int r = w->stage ? cs_stage_append(w->stage, w->size, record, size)
+                         : cs_pack_write_at(w->fd, record, size, w->size);
 
-        if (r < 0)
+        if (r < 0) {
+                /* Half a record may be staged: appends go on past it. */
+                if (w->stage)
+                        w->size = cs_stage_end(w->stage);
                 return r;
+        }
         *ret_offset = w->size;
         w->size += size;
         return 0;
 }
 
-int cs_pack_sync(cs_pack_writer *w)
+int cs_pack_flush(cs_pack_writer *w)
 {
+        return w->stage ? cs_stage_flush(w->stage) : 0;
+}
+
+size_t cs_pack_read_staged(cs_pack_writer *w, uint64_t offset, void *buf, size_t size)
+{
+        return w->stage ? cs_stage_read(w->stage, offset, buf, size) : size;
+}
+
+int cs_pack_sync(cs_pack_writer *w, bool sealing)
+{
+        /* A flushed stage pads the file to 4 KiB; a sealed pack is exact. */
+        if (sealing && w->stage && ftruncate(w->fd, (off_t) w->size) < 0)
+                return negative_errno();
         return fdatasync(w->fd) < 0 ? negative_errno() : 0;
 }
 
@@ -200,6 +231,8 @@ int cs_pack_abandon(cs_pack_writer *w, sqlite3 *db)
 {
         int r;
 
+        /* Its flusher must not write past the cut. */
+        w->stage = cs_stage_free(w->stage);
         if (ftruncate(w->fd, (off_t) w->committed) < 0 || fsync(w->fd) < 0)
                 return negative_errno();
         r = cs_index_begin(db);
@@ -215,6 +248,7 @@ int cs_pack_abandon(cs_pack_writer *w, sqlite3 *db)
 
 void cs_pack_writer_close(cs_pack_writer *w)
 {
+        w->stage = cs_stage_free(w->stage);
         w->fd = safe_close(w->fd);
         w->id = 0;
         w->size = 0;
@@ -378,15 +412,19 @@ cs_pack_cache *cs_pack_cache_free(cs_pack_cache *c)
  * under it. */
 int cs_pack_cache_read(cs_pack_cache *c, const cs_location *loc, void *buf)
 {
-        pack_slot *slot = &c->slots[loc->pack % PACK_CACHE_SLOTS];
-        size_t size = CS_RECORD_HEADER_SIZE + loc->stored_size;
+        return cs_pack_cache_pread(c, loc->pack, loc->offset, buf, CS_RECORD_HEADER_SIZE + loc->stored_size);
+}
+
+int cs_pack_cache_pread(cs_pack_cache *c, uint64_t id, uint64_t offset, void *buf, size_t size)
+{
+        pack_slot *slot = &c->slots[id % PACK_CACHE_SLOTS];
         ssize_t n;
         int fd;
 
         for (;;) {
                 pthread_rwlock_rdlock(&c->lock);
-                if (slot->id == loc->pack && slot->fd >= 0) {
-                        n = pread(slot->fd, buf, size, (off_t) loc->offset);
+                if (slot->id == id && slot->fd >= 0) {
+                        n = pread(slot->fd, buf, size, (off_t) offset);
                         int e = errno;
                         pthread_rwlock_unlock(&c->lock);
                         if (n < 0)
@@ -397,7 +435,7 @@ int cs_pack_cache_read(cs_pack_cache *c, const cs_location *loc, void *buf)
                 pthread_rwlock_unlock(&c->lock);
 
                 char path[64];
-                cs_pack_path(loc->pack, path);
+                cs_pack_path(id, path);
                 fd = openat(c->dir_fd, path, O_RDONLY | O_CLOEXEC);
                 if (fd < 0)
                         return negative_errno();
@@ -408,7 +446,7 @@ int cs_pack_cache_read(cs_pack_cache *c, const cs_location *loc, void *buf)
 
                 pthread_rwlock_wrlock(&c->lock);
                 safe_close(slot->fd);
-                slot->id = loc->pack;
+                slot->id = id;
                 slot->fd = fd;
                 pthread_rwlock_unlock(&c->lock);
         }

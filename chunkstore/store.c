@@ -283,7 +283,8 @@ int cs_store_open(const char *path, unsigned flags, cs_store **ret_store)
                 if (r < 0)
                         return r;
                 store->pending = calloc(1, sizeof(*store->pending));
-                if (!store->pending)
+                store->stage_pool = cs_stage_pool_new();
+                if (!store->pending || !store->stage_pool)
                         return -ENOMEM;
         }
 
@@ -323,6 +324,7 @@ cs_store *cs_store_unref(cs_store *store)
         cs_index_free(store->index);
         pending_free(store->pending);
         pending_free(store->spare);
+        cs_stage_pool_free(store->stage_pool); /* after the pack gave its ring back */
         pthread_cond_destroy(&store->commit_done);
         pthread_cond_destroy(&store->commit_wake);
         safe_close(store->lock_fd);
@@ -475,8 +477,23 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                  * commit; meanwhile they go on appending to it.  If that
                  * fails, the next put tries again and reports it. */
                 pthread_mutex_unlock(&store->write_lock);
-                (void) cs_pack_create(store->dir_fd, db, &next);
+                (void) cs_pack_create(store->dir_fd, db, store->stage_pool, &next);
                 pthread_mutex_lock(&store->write_lock);
+        }
+        if (seal && store->pack.stage) {
+                /* A staged pack's bytes must reach its file before it stops
+                 * taking puts (the ring goes with it).  If they cannot (a
+                 * full disk), it stays open and a later commit tries again. */
+                r = cs_pack_flush(&store->pack);
+                if (r < 0) {
+                        if (next.fd >= 0) {
+                                (void) cs_pack_abandon(&next, db);
+                                cs_pack_writer_close(&next);
+                        }
+                        store->commit_running = false;
+                        pthread_cond_broadcast(&store->commit_done);
+                        return r;
+                }
         }
         pack = store->pack;
         if (seal) {
@@ -485,6 +502,7 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                  * records. */
                 store->pack = next;
                 store->retiring_id = pack.id;
+                store->retiring_stage = pack.stage;
                 store->retiring_inflight = pack.inflight;
                 while (store->retiring_inflight > 0)
                         pthread_cond_wait(&store->commit_done, &store->write_lock);
@@ -501,13 +519,22 @@ int cs_store_commit_locked(cs_store *store, bool seal)
 
         /* Durability order: the bytes first, then the rows that point at them. */
         pthread_mutex_unlock(&store->write_lock);
-        r = batch->n > 0 || seal ? cs_pack_sync(&pack) : 0;
+        /* A failed flush keeps its bytes staged, and the batch can be put
+         * back; a failed fdatasync may have dropped them. */
+        r = batch->n > 0 || seal ? cs_pack_flush(&pack) : 0;
         if (r >= 0 && current.fd >= 0)
-                r = cs_pack_sync(&current);
-        sync_failed = r < 0;
+                r = cs_pack_flush(&current);
+        sync_failed = false;
+        if (r >= 0) {
+                r = batch->n > 0 || seal ? cs_pack_sync(&pack, seal) : 0;
+                if (r >= 0 && current.fd >= 0)
+                        r = cs_pack_sync(&current, false);
+                sync_failed = r < 0;
+        }
         if (r >= 0)
                 r = write_batch(db, batch, logical, seal ? &pack : NULL);
         pthread_mutex_lock(&store->write_lock);
+        store->retiring_stage = NULL; /* closed or taken back below */
 
         if (r >= 0) {
                 /* Its chunks leave the pending table: lookups must now see
@@ -652,7 +679,7 @@ static int ensure_pack(cs_store *store)
         sqlite3 *db = cs_store_writer_locked(store);
         if (store->pack.fd >= 0) /* another put made one meanwhile */
                 return 0;
-        return cs_pack_create(store->dir_fd, db, &store->pack);
+        return cs_pack_create(store->dir_fd, db, store->stage_pool, &store->pack);
 }
 
 int cs_store_append_locked(cs_store *store, const cs_record_header *h, const uint8_t *record,
@@ -770,6 +797,13 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
                 pthread_mutex_unlock(&store->write_lock);
                 return r;
         }
+        if (store->pack.stage) {
+                /* A staged pack takes the record under the lock: a copy
+                 * into memory the flusher writes out (stage.c). */
+                r = cs_store_append_locked(store, &h, record, record_size);
+                pthread_mutex_unlock(&store->write_lock);
+                return r < 0 ? r : 1;
+        }
         cs_location loc = {
                 .kind = kind,
                 .pack = store->pack.id,
@@ -835,15 +869,27 @@ int cs_store_read_location(cs_store *store, const cs_location *loc, const cs_chu
                            void *buf)
 {
         _cleanup_free_ uint8_t *record = NULL;
+        size_t size = CS_RECORD_HEADER_SIZE + loc->stored_size, from_file = size;
         cs_record_header h;
         int r;
 
-        record = malloc(CS_RECORD_HEADER_SIZE + loc->stored_size);
+        record = malloc(size);
         if (!record)
                 return -ENOMEM;
-        r = cs_pack_cache_read(store->packs, loc, record);
-        if (r < 0)
-                return r;
+        if (store->pending) {
+                /* This handle's puts may not have reached the file yet. */
+                pthread_mutex_lock(&store->write_lock);
+                if (store->pack.stage && loc->pack == store->pack.id)
+                        from_file = cs_pack_read_staged(&store->pack, loc->offset, record, size);
+                else if (store->retiring_stage && loc->pack == store->retiring_id)
+                        from_file = cs_stage_read(store->retiring_stage, loc->offset, record, size);
+                pthread_mutex_unlock(&store->write_lock);
+        }
+        if (from_file > 0) {
+                r = cs_pack_cache_pread(store->packs, loc->pack, loc->offset, record, from_file);
+                if (r < 0)
+                        return r;
+        }
         r = cs_record_header_decode(record, &h);
         if (r < 0)
                 return r;

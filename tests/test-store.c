@@ -7,7 +7,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cs-internal.h"
 #include "tap.h"
@@ -358,6 +362,194 @@ static void test_background_commits(void)
         free(workers);
 }
 
+/* Whether files in dir take O_DIRECT (ext4 does, tmpfs does not). */
+static bool direct_io_works(const char *dir)
+{
+        char path[600];
+        int fd;
+
+        snprintf(path, sizeof(path), "%s/direct-probe", dir);
+        fd = open(path, O_RDWR | O_CREAT | O_DIRECT, 0600);
+        if (fd >= 0)
+                close(fd);
+        unlink(path);
+        return fd >= 0;
+}
+
+/* Pages of a file that are in the page cache, out of *ret_total. */
+static size_t resident_pages(const char *path, size_t *ret_total)
+{
+        size_t page = (size_t) sysconf(_SC_PAGESIZE), n = 0, total;
+        struct stat st;
+        unsigned char *vec;
+        void *map;
+        int fd = open(path, O_RDONLY);
+
+        *ret_total = 0;
+        if (fd < 0 || fstat(fd, &st) < 0 || st.st_size == 0)
+                goto out;
+        total = ((size_t) st.st_size + page - 1) / page;
+        map = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        vec = malloc(total);
+        if (map != MAP_FAILED && vec && mincore(map, (size_t) st.st_size, vec) == 0) {
+                for (size_t i = 0; i < total; i++)
+                        n += vec[i] & 1;
+                *ret_total = total;
+        }
+        free(vec);
+        if (map != MAP_FAILED)
+                munmap(map, (size_t) st.st_size);
+out:
+        if (fd >= 0)
+                close(fd);
+        return n;
+}
+
+/* A chunk's bytes read back equal what was put. */
+static bool reads_back(cs_store *s, const cs_chunk_id *id, const void *data, size_t size)
+{
+        uint8_t *out = malloc(size);
+        bool same = out && cs_store_get(s, id, out, size) == (int) size && memcmp(out, data, size) == 0;
+
+        free(out);
+        return same;
+}
+
+#define STAGED_CHUNKS 40
+#define STAGED_TREE_SIZE (12u * 1024 * 1024) /* more than a stage's ring */
+
+/* Packs written through a stage (stage.c): every byte readable before it
+ * reaches the file, whole after commits that each leave a partial segment,
+ * and a tree chunk bigger than the ring. */
+static void test_staged_packs(void)
+{
+        size_t bs = 65536;
+        uint8_t *data = malloc(STAGED_CHUNKS * bs), *tree = malloc(STAGED_TREE_SIZE);
+        cs_chunk_id ids[STAGED_CHUNKS], tree_id;
+        char path[512], pack[600];
+        int bad = 0, r = 0;
+        cs_store *w = NULL;
+        struct stat st;
+
+        tap_path(path, sizeof(path), "store-staged");
+        cs_store_init(path, &(cs_init_params) { .block_size = (uint32_t) bs });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        for (size_t i = 0; i < STAGED_CHUNKS; i++)
+                tap_fill(data + i * bs, bs, i % 2 ? DATA_RANDOM : DATA_TEXT, 700 + i);
+        tap_fill(tree, STAGED_TREE_SIZE, DATA_RANDOM, 799);
+
+        /* 40 x 64 KiB, half of it incompressible: records cross segments. */
+        for (size_t i = 0; i < STAGED_CHUNKS / 2; i++)
+                if (cs_store_put(w, CS_KIND_DATA, data + i * bs, bs, &ids[i]) != 1)
+                        bad++;
+        for (size_t i = 0; i < STAGED_CHUNKS / 2; i++)
+                bad += !reads_back(w, &ids[i], data + i * bs, bs);
+        is_int(bad, 0, "20 chunks read back before any commit");
+        is_int(cs_store_put(w, CS_KIND_TREE, tree, STAGED_TREE_SIZE, &tree_id), 1,
+               "a 12 MiB tree chunk is put through an 8 MiB ring");
+        ok(reads_back(w, &tree_id, tree, STAGED_TREE_SIZE), "and reads back before a commit");
+
+        /* Each commit flushes a partial last segment, which the next
+         * appends fill and the next flush writes again. */
+        for (size_t i = STAGED_CHUNKS / 2; i < STAGED_CHUNKS; i++) {
+                if (cs_store_put(w, CS_KIND_DATA, data + i * bs, bs, &ids[i]) != 1 || cs_store_commit(w) < 0)
+                        bad++;
+        }
+        is_int(bad, 0, "20 more chunks, a commit after each");
+        for (size_t i = 0; i < STAGED_CHUNKS; i++)
+                bad += !reads_back(w, &ids[i], data + i * bs, bs);
+        is_int(bad, 0, "every chunk reads back after the commits");
+
+        cs_pack_path(w->pack.id, pack + snprintf(pack, 80, "%s/", path));
+        cs_store_unref(w);
+        r = stat(pack, &st);
+        ok(r == 0 && st.st_size % 4096 != 0,
+           "closing the handle cuts the pack to its records, not the 4 KiB pad (%lld bytes)",
+           (long long) st.st_size);
+
+        r = cs_store_open(path, 0, &w);
+        for (size_t i = 0; r == 0 && i < STAGED_CHUNKS; i++)
+                bad += !reads_back(w, &ids[i], data + i * bs, bs);
+        is_int(bad, 0, "every chunk reads back after reopening");
+        ok(r == 0 && reads_back(w, &tree_id, tree, STAGED_TREE_SIZE), "so does the tree chunk");
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, NULL), 0, "the store verifies");
+        cs_store_unref(w);
+        free(data);
+        free(tree);
+}
+
+/* Where direct I/O works, puts and commits leave the pack's bytes out of
+ * the page cache (what reads fetch later is cached as usual). */
+static void test_direct_writes(void)
+{
+        size_t bs = 65536, resident, total;
+        uint8_t *data = malloc(bs);
+        char path[512], pack[600];
+        cs_chunk_id id;
+        cs_store *w = NULL;
+        int bad = 0;
+
+        tap_path(path, sizeof(path), "store-direct");
+        if (!direct_io_works(tap_scratch_dir())) {
+                ok(1, "# SKIP the file system has no direct I/O: packs are written through the page cache");
+                free(data);
+                return;
+        }
+        cs_store_init(path, &(cs_init_params) { .block_size = (uint32_t) bs });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        for (size_t i = 0; i < 200; i++) {
+                tap_fill(data, bs, i % 2 ? DATA_RANDOM : DATA_TEXT, 900 + i);
+                bad += cs_store_put(w, CS_KIND_DATA, data, bs, &id) != 1;
+                if (i % 50 == 49)
+                        bad += cs_store_commit(w) < 0;
+        }
+        is_int(bad, 0, "200 chunks put, a commit after every 50");
+        cs_pack_path(w->pack.id, pack + snprintf(pack, 80, "%s/", path));
+        resident = resident_pages(pack, &total);
+        ok(total > 1500 && resident < total / 10, "the pack was written around the page cache (%zu of %zu pages cached)",
+           resident, total);
+        cs_store_unref(w);
+        free(data);
+}
+
+/* A write that fails (here EFBIG, past RLIMIT_FSIZE) fails its put, half
+ * a record may be left behind, and the handle goes on once the cause is
+ * gone: later puts, commits and reads work. */
+static void test_failed_write(void)
+{
+        size_t big = STAGED_TREE_SIZE, bs = 65536;
+        uint8_t *tree = malloc(big), *data = malloc(bs);
+        struct rlimit old, small = { .rlim_cur = 3u << 20 };
+        cs_chunk_id tree_id, id;
+        char path[512];
+        cs_store *w = NULL;
+
+        tap_path(path, sizeof(path), "store-efbig");
+        cs_store_init(path, &(cs_init_params) { .block_size = (uint32_t) bs });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        tap_fill(tree, big, DATA_RANDOM, 31);
+        tap_fill(data, bs, DATA_TEXT, 32);
+        signal(SIGXFSZ, SIG_IGN);
+        getrlimit(RLIMIT_FSIZE, &old);
+        small.rlim_max = old.rlim_max;
+        setrlimit(RLIMIT_FSIZE, &small);
+        is_int(cs_store_put(w, CS_KIND_TREE, tree, big, &tree_id), -EFBIG,
+               "a 12 MiB put past a 3 MiB file size limit fails with EFBIG");
+        setrlimit(RLIMIT_FSIZE, &old);
+        is_int(cs_store_put(w, CS_KIND_DATA, data, bs, &id), 1, "with the limit lifted, the next put works");
+        is_int(cs_store_commit(w), 0, "and so does a commit");
+        ok(reads_back(w, &id, data, bs), "the chunk reads back");
+        is_int(cs_store_put(w, CS_KIND_TREE, tree, big, &tree_id), 1, "the big chunk goes in at a second try");
+        is_int(cs_store_commit(w), 0, "commit");
+        ok(reads_back(w, &tree_id, tree, big), "and reads back");
+        cs_store_unref(w);
+        cs_store_open(path, 0, &w);
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, NULL), 0, "the store verifies");
+        cs_store_unref(w);
+        free(tree);
+        free(data);
+}
+
 int main(void)
 {
         test_init_and_open();
@@ -365,5 +557,8 @@ int main(void)
         test_damage();
         test_threads();
         test_background_commits();
+        test_staged_packs();
+        test_direct_writes();
+        test_failed_write();
         return tap_done();
 }

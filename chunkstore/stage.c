@@ -1,0 +1,399 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Stages: the open pack's unwritten tail, kept in memory and written to
+ * the file with direct I/O in whole segments.
+ *
+ * Why: a buffered pwrite() sends every pack byte through a page-cache page
+ * that the kernel must allocate, zero, fill and later write back.  On the
+ * VMs we run on, memory the guest frees goes back to the host, so each
+ * newly allocated page costs a host fault too; that copy took 22% of a
+ * putting thread's time, and left put new at 0.92x one core's `lz4 -1`
+ * (docs/BENCHMARKS.md).  Direct I/O from a ring the store reuses touches
+ * no new memory, and an ingest no longer pushes the source's own data
+ * out of the page cache.
+ *
+ * Design notes
+ *
+ *  1. A stage is a ring of CS_STAGE_SEGMENTS slots of CS_STAGE_SEGMENT
+ *     bytes.  Segment k is the image of the file's bytes [k * SEGMENT,
+ *     (k + 1) * SEGMENT) and sits in slot k % SEGMENTS.  Appends copy
+ *     records in at `filled`, in file order, so the ring has no holes.
+ *  2. The stage's flusher thread writes each full segment, in order, with
+ *     one pwrite; `written` then moves past it and its slot is free for
+ *     segment k + SEGMENTS.  An append that finds no free slot waits: the
+ *     disk is then what limits puts.  A stage used from a forked child,
+ *     which has no flusher, writes full segments in the appending thread,
+ *     and forgets a write the parent had under way (adopt_after_fork).
+ *     Forking while the flusher holds `lock` would still hang the child:
+ *     the store's rule stands, no fork with puts in progress
+ *     (chunkstore.h).
+ *  3. cs_stage_flush() makes everything appended so far reach the file: the
+ *     full segments, then the partial last one up to the next 4 KiB
+ *     boundary, the pad zeroed; appends that would write into the pad wait
+ *     for that write, since no bytes may change under a direct write
+ *     (checksumming file systems).  The ring keeps that segment and writes it
+ *     again, whole, once it fills.  Writes run one at a time (`io_busy`)
+ *     and a later write of a range carries every byte an earlier one did,
+ *     so no write can undo another.  What a later write repeats of an
+ *     earlier one is the same bytes, so a write torn by a crash cannot
+ *     change what a commit made durable.  Bytes past `filled` in the file are
+ *     garbage that no catalog row points at (pack.c, design note 3); a
+ *     sealed pack is truncated to its size.
+ *  4. Bytes not yet in the file are read from the ring (cs_stage_read),
+ *     so a put can be read back as soon as it returns.  Bytes a flush
+ *     wrote are read from the file, like everything committed: a check of
+ *     what is on disk (verify --data) must see the disk.
+ *  5. A failed write leaves its bytes in the ring and the error in
+ *     `error`.  The next append tries the write again and fails with the
+ *     error if it persists; so does the next cs_stage_flush().  A disk
+ *     that filled up and was then freed loses nothing.  An append that
+ *     fails half way leaves its bytes in the ring: the caller moves its end
+ *     past them (cs_stage_end), garbage no row points at.
+ *  6. Locking: `lock` guards the fields below it.  Callers serialize
+ *     appends (the store's write_lock); reads and flushes may come from
+ *     any thread.  The ring's memory is not guarded while io_busy lets a
+ *     write read it, which is safe because appends only add bytes past
+ *     what that write will keep (note 3).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cs-internal.h"
+
+#define RING_SIZE ((size_t) CS_STAGE_SEGMENTS * CS_STAGE_SEGMENT)
+
+/* Rings are reused from pack to pack: new memory is what costs (see
+ * above).  Plain pages, not transparent huge pages: a MADV_HUGEPAGE ring
+ * cut put dup from 13 GB/s to 2-6 GB/s in half the runs, the kernel
+ * compacting memory under the putters (BENCHMARKS.md, "Direct writes"). */
+struct cs_stage_pool {
+        pthread_mutex_t lock;
+        uint8_t *free_rings[2];
+        unsigned n_free;
+};
+
+struct cs_stage {
+        int fd;
+        cs_stage_pool *pool;
+        uint8_t *ring; /* RING_SIZE bytes, aligned for direct I/O */
+        pthread_t flusher;
+        bool flusher_started;
+        pid_t pid; /* the process that has the flusher */
+
+        pthread_mutex_t lock;
+        pthread_cond_t changed; /* filled, written, io_busy, error or stop changed */
+        uint64_t filled;        /* the ring holds the file's bytes [written, filled) */
+        uint64_t written;       /* segments below are on disk; a multiple of SEGMENT */
+        uint64_t on_file;       /* bytes below are in the file (>= written after a flush) */
+        bool io_busy;           /* a write is under way (note 3) */
+        uint64_t pad_end;       /* a partial write reads the ring up to here (note 3) */
+        bool stop;
+        int error; /* the last write's, until one succeeds (note 5) */
+};
+
+cs_stage_pool *cs_stage_pool_new(void)
+{
+        cs_stage_pool *p = calloc(1, sizeof(*p));
+
+        if (p)
+                pthread_mutex_init(&p->lock, NULL);
+        return p;
+}
+
+cs_stage_pool *cs_stage_pool_free(cs_stage_pool *p)
+{
+        if (!p)
+                return NULL;
+        for (unsigned i = 0; i < p->n_free; i++)
+                free(p->free_rings[i]);
+        pthread_mutex_destroy(&p->lock);
+        return mfree(p);
+}
+
+static uint8_t *ring_take(cs_stage_pool *p)
+{
+        void *ring = NULL;
+
+        pthread_mutex_lock(&p->lock);
+        if (p->n_free > 0)
+                ring = p->free_rings[--p->n_free];
+        pthread_mutex_unlock(&p->lock);
+        if (!ring && posix_memalign(&ring, CS_STAGE_ALIGN, RING_SIZE) != 0)
+                return NULL;
+        return ring;
+}
+
+static void ring_give_back(cs_stage_pool *p, uint8_t *ring)
+{
+        pthread_mutex_lock(&p->lock);
+        if (p->n_free < ELEMENTSOF(p->free_rings))
+                p->free_rings[p->n_free++] = TAKE_PTR(ring);
+        pthread_mutex_unlock(&p->lock);
+        free(ring);
+}
+
+static uint8_t *ring_at(const cs_stage *s, uint64_t offset)
+{
+        return s->ring + offset % RING_SIZE;
+}
+
+/* Writes the file's bytes [from, to), all in one segment, from the ring.
+ * Called with lock held and io_busy taken; lets go of lock meanwhile. */
+static int write_range(cs_stage *s, uint64_t from, uint64_t to)
+{
+        const uint8_t *p = ring_at(s, from);
+        size_t done = 0, size = to - from;
+        int r = 0;
+
+        pthread_mutex_unlock(&s->lock);
+        while (done < size) {
+                ssize_t n = pwrite(s->fd, p + done, size - done, (off_t) (from + done));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        r = negative_errno();
+                        /* The device wants a coarser alignment than 4 KiB:
+                         * the same writes, through the page cache. */
+                        int flags = fcntl(s->fd, F_GETFL);
+                        if (r == -EINVAL && flags >= 0 && (flags & O_DIRECT) &&
+                            fcntl(s->fd, F_SETFL, flags & ~O_DIRECT) == 0) {
+                                r = 0;
+                                continue;
+                        }
+                        break;
+                }
+                if (n == 0) {
+                        r = -ENOSPC;
+                        break;
+                }
+                done += (size_t) n;
+        }
+        pthread_mutex_lock(&s->lock);
+        return r;
+}
+
+/* Writes the oldest segment if it is full (lock held, io_busy free).
+ * 1 if it wrote one, 0 if none was full. */
+static int write_full_segment(cs_stage *s)
+{
+        int r;
+
+        if (s->filled < s->written + CS_STAGE_SEGMENT)
+                return 0;
+        s->io_busy = true;
+        r = write_range(s, s->written, s->written + CS_STAGE_SEGMENT);
+        s->io_busy = false;
+        if (r >= 0)
+                s->written += CS_STAGE_SEGMENT;
+        s->error = r < 0 ? r : 0;
+        pthread_cond_broadcast(&s->changed);
+        return r < 0 ? r : 1;
+}
+
+static void *flusher_main(void *userdata)
+{
+        cs_stage *s = userdata;
+
+        pthread_mutex_lock(&s->lock);
+        while (!s->stop) {
+                if (s->io_busy || s->error < 0 || s->filled < s->written + CS_STAGE_SEGMENT) {
+                        pthread_cond_wait(&s->changed, &s->lock);
+                        continue;
+                }
+                (void) write_full_segment(s);
+        }
+        pthread_mutex_unlock(&s->lock);
+        return NULL;
+}
+
+int cs_stage_new(cs_stage_pool *pool, int fd, const void *head, size_t head_size, cs_stage **ret)
+{
+        cs_stage *s;
+
+        if (head_size > CS_STAGE_SEGMENT)
+                return -EINVAL;
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->ring = ring_take(pool);
+        if (!s->ring) {
+                free(s);
+                return -ENOMEM;
+        }
+        s->fd = fd;
+        s->pool = pool;
+        s->pid = getpid();
+        pthread_mutex_init(&s->lock, NULL);
+        pthread_cond_init(&s->changed, NULL);
+        memcpy(s->ring, head, head_size);
+        s->filled = head_size;
+        /* Without a flusher, appends write full segments themselves. */
+        s->flusher_started = pthread_create(&s->flusher, NULL, flusher_main, s) == 0;
+        *ret = s;
+        return 0;
+}
+
+cs_stage *cs_stage_free(cs_stage *s)
+{
+        if (!s)
+                return NULL;
+        if (s->flusher_started && s->pid == getpid()) {
+                pthread_mutex_lock(&s->lock);
+                s->stop = true;
+                pthread_cond_broadcast(&s->changed);
+                pthread_mutex_unlock(&s->lock);
+                pthread_join(s->flusher, NULL);
+        }
+        ring_give_back(s->pool, TAKE_PTR(s->ring));
+        pthread_cond_destroy(&s->changed);
+        pthread_mutex_destroy(&s->lock);
+        return mfree(s);
+}
+
+/* A stage used in a forked child (lock held): the parent's flusher, and
+ * any write it had under way, stayed in the parent.  The child writes by
+ * itself what it needs, again. */
+static void adopt_after_fork(cs_stage *s)
+{
+        if (s->pid == getpid())
+                return;
+        s->pid = getpid();
+        s->flusher_started = false;
+        s->io_busy = false;
+        s->pad_end = 0;
+}
+
+uint64_t cs_stage_end(cs_stage *s)
+{
+        uint64_t end;
+
+        pthread_mutex_lock(&s->lock);
+        end = s->filled;
+        pthread_mutex_unlock(&s->lock);
+        return end;
+}
+
+int cs_stage_append(cs_stage *s, uint64_t offset, const void *data, size_t size)
+{
+        const uint8_t *p = data;
+        int r = 0;
+
+        pthread_mutex_lock(&s->lock);
+        adopt_after_fork(s);
+        if (offset != s->filled) {
+                r = -EINVAL;
+                goto out;
+        }
+        while (size > 0) {
+                /* The free part of the ring: up to the oldest unwritten
+                 * segment's slot, and no further than the slot's end. */
+                uint64_t limit = s->written + RING_SIZE;
+                size_t room = (size_t) MIN(limit - s->filled, CS_STAGE_SEGMENT - s->filled % CS_STAGE_SEGMENT);
+
+                /* A partial write is reading the pad: no bytes may change
+                 * under a direct write (checksumming file systems, block
+                 * integrity). */
+                if (s->filled < s->pad_end) {
+                        pthread_cond_wait(&s->changed, &s->lock);
+                        continue;
+                }
+                if (s->error < 0 || (room == 0 && !s->flusher_started)) {
+                        /* After a failed write (a full disk that may have
+                         * been freed since), or without a flusher: write
+                         * here, and fail with the error if it persists. */
+                        if (s->io_busy) {
+                                pthread_cond_wait(&s->changed, &s->lock);
+                                continue;
+                        }
+                        s->error = 0;
+                        r = write_full_segment(s);
+                        if (r < 0)
+                                goto out;
+                        continue;
+                }
+                if (room == 0) {
+                        pthread_cond_wait(&s->changed, &s->lock);
+                        continue;
+                }
+                room = MIN(room, size);
+                memcpy(ring_at(s, s->filled), p, room);
+                s->filled += room;
+                p += room;
+                size -= room;
+                if (s->filled % CS_STAGE_SEGMENT == 0)
+                        pthread_cond_broadcast(&s->changed); /* a segment is full */
+        }
+        r = 0;
+out:
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+int cs_stage_flush(cs_stage *s)
+{
+        uint64_t end;
+        int r = 0;
+
+        pthread_mutex_lock(&s->lock);
+        adopt_after_fork(s);
+        end = s->filled;
+        for (;;) {
+                if (s->io_busy) {
+                        pthread_cond_wait(&s->changed, &s->lock);
+                        continue;
+                }
+                if (s->written >= end)
+                        break;
+                r = write_full_segment(s);
+                if (r < 0)
+                        break;
+                if (r > 0)
+                        continue;
+
+                /* The partial last segment, to a 4 KiB boundary (note 3).
+                 * Appends wait meanwhile only if they would write into
+                 * the pad. */
+                uint64_t upto = s->filled, to = (upto + CS_STAGE_ALIGN - 1) / CS_STAGE_ALIGN * CS_STAGE_ALIGN;
+                memset(ring_at(s, upto), 0, (size_t) (to - upto));
+                s->io_busy = true;
+                s->pad_end = to;
+                r = write_range(s, s->written, to);
+                s->io_busy = false;
+                s->pad_end = 0;
+                s->error = r < 0 ? r : 0;
+                if (r >= 0)
+                        s->on_file = MAX(s->on_file, upto);
+                pthread_cond_broadcast(&s->changed);
+                break;
+        }
+        pthread_mutex_unlock(&s->lock);
+        return r < 0 ? r : 0;
+}
+
+size_t cs_stage_read(cs_stage *s, uint64_t offset, void *buf, size_t size)
+{
+        uint8_t *out = buf;
+        uint64_t in_file;
+        size_t from_file;
+
+        pthread_mutex_lock(&s->lock);
+        in_file = MAX(s->written, s->on_file);
+        if (offset + size <= in_file || offset + size > s->filled) {
+                /* In the file, or not appended (the caller's location is
+                 * wrong: the file read will say so). */
+                pthread_mutex_unlock(&s->lock);
+                return size;
+        }
+        from_file = offset < in_file ? (size_t) (in_file - offset) : 0;
+        for (size_t done = from_file; done < size;) {
+                uint64_t at = offset + done;
+                size_t n = MIN(size - done, (size_t) (CS_STAGE_SEGMENT - at % CS_STAGE_SEGMENT));
+                memcpy(out + done, ring_at(s, at), n);
+                done += n;
+        }
+        pthread_mutex_unlock(&s->lock);
+        return from_file;
+}
