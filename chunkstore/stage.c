@@ -28,8 +28,9 @@
  *     the store's rule stands, no fork with puts in progress
  *     (chunkstore.h).
  *  3. cs_stage_flush() makes everything appended so far reach the file: the
- *     full segments, then the partial last one up to the next 4 KiB
- *     boundary, the pad zeroed; appends that would write into the pad wait
+ *     full segments, then the partial last one, from the 4 KiB block where
+ *     the previous such write ended up to the next 4 KiB boundary, the pad
+ *     zeroed; appends that would write into the pad wait
  *     for that write, since no bytes may change under a direct write
  *     (checksumming file systems).  The ring keeps that segment and writes it
  *     again, whole, once it fills.  Writes run one at a time (`io_busy`)
@@ -357,10 +358,15 @@ int cs_stage_flush(cs_stage *s)
                  * Appends wait meanwhile only if they would write into
                  * the pad. */
                 uint64_t upto = s->filled, to = (upto + CS_STAGE_ALIGN - 1) / CS_STAGE_ALIGN * CS_STAGE_ALIGN;
+                /* From the block holding the end of the last such write:
+                 * what lies before it is in the file already, and small
+                 * frequent commits would otherwise rewrite up to 1 MiB
+                 * each. */
+                uint64_t from = MAX(s->written, s->on_file / CS_STAGE_ALIGN * CS_STAGE_ALIGN);
                 memset(ring_at(s, upto), 0, (size_t) (to - upto));
                 s->io_busy = true;
                 s->pad_end = to;
-                r = write_range(s, s->written, to);
+                r = write_range(s, from, to);
                 s->io_busy = false;
                 s->pad_end = 0;
                 s->error = r < 0 ? r : 0;
