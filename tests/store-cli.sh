@@ -85,3 +85,24 @@ expect_grep "and says so" "truncated" "$workdir/out"
 rm "$pack"
 expect_error "verify finds a missing pack" "failed verification" "$CLONECTL" --store "$store" verify
 expect_grep "and says so" "is missing" "$workdir/out"
+
+# A clone whose base point was forgotten says so in clone list, and still
+# holds the point's files.
+fstore="$workdir/forget-store"
+mkdir "$workdir/fsrc"
+echo first >"$workdir/fsrc/f"
+"$CLONECTL" --store "$fstore" init >/dev/null || fail "init failed"
+"$CLONECTL" --store "$fstore" snapshot fg --from "$workdir/fsrc" --label one >/dev/null || fail "snapshot failed"
+echo second >"$workdir/fsrc/f"
+"$CLONECTL" --store "$fstore" snapshot fg --from "$workdir/fsrc" --label two >/dev/null || fail "snapshot failed"
+expect_ok "clone create from the first point" "$CLONECTL" --store "$fstore" clone create dev --from fg@one
+expect_ok "clone list" "$CLONECTL" --store "$fstore" clone list
+grep -q "forgotten" "$workdir/out" && fail "a live base point is listed as forgotten"
+pass "a live base point is listed as it is"
+expect_ok "forget the base point" "$CLONECTL" --store "$fstore" forget fg@one
+expect_ok "clone list" "$CLONECTL" --store "$fstore" clone list
+expect_grep "clone list marks the forgotten base" "fg@[0-9TZ]+ [(]forgotten[)]" "$workdir/out"
+expect_ok "clone list --json" "$CLONECTL" --store "$fstore" clone list --json
+expect_grep "and --json says it" '"base_forgotten":true' "$workdir/out"
+expect_ok "the clone still exports" "$CLONECTL" --store "$fstore" clone export dev "$workdir/fout"
+expect_eq "with the forgotten point's file" "$(cat "$workdir/fout/f")" first

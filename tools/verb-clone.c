@@ -261,6 +261,17 @@ static int clone_create(cs_store *store, const char *name)
         return 0;
 }
 
+/* Whether a clone's base point is still on its timeline: forget may have
+ * removed it (the clone keeps its tree), and then TIMELINE@POINT no longer
+ * names anything a user can clone or restore. */
+static bool base_forgotten(cs_store *store, const cs_clone_info *c)
+{
+        cs_point_info p;
+
+        return cs_point_find(store, c->base_timeline, c->base_point, &p) < 0 ||
+               strcmp(p.name, c->base_point) != 0;
+}
+
 static int clone_list(cs_store *store)
 {
         _cleanup_free_ cs_clone_info *list = NULL;
@@ -273,8 +284,10 @@ static int clone_list(cs_store *store)
         if (arg_json) {
                 printf("[");
                 for (size_t i = 0; i < n; i++)
-                        printf("%s{\"name\":\"%s\",\"base\":\"%s@%s\",\"created\":%" PRId64 ",\"local_bytes\":%" PRIu64 "}",
-                               i ? "," : "", list[i].name, list[i].base_timeline, list[i].base_point, list[i].created,
+                        printf("%s{\"name\":\"%s\",\"base\":\"%s@%s\",\"base_forgotten\":%s,\"created\":%" PRId64
+                               ",\"local_bytes\":%" PRIu64 "}",
+                               i ? "," : "", list[i].name, list[i].base_timeline, list[i].base_point,
+                               base_forgotten(store, &list[i]) ? "true" : "false", list[i].created,
                                list[i].local_bytes);
                 printf("]\n");
                 return 0;
@@ -285,12 +298,13 @@ static int clone_list(cs_store *store)
         }
         printf("%-24s %-40s %-20s %12s\n", "CLONE", "FROM", "CREATED", "LOCAL");
         for (size_t i = 0; i < n; i++) {
-                char from[200], when[32] = "-", size[FORMAT_BYTES_MAX];
+                char from[CS_TIMELINE_NAME_MAX + CS_POINT_NAME_MAX + 16], when[32] = "-", size[FORMAT_BYTES_MAX];
                 time_t t = (time_t) list[i].created;
                 struct tm tm;
                 if (gmtime_r(&t, &tm))
                         strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%SZ", &tm);
-                snprintf(from, sizeof(from), "%s@%s", list[i].base_timeline, list[i].base_point);
+                snprintf(from, sizeof(from), "%s@%s%s", list[i].base_timeline, list[i].base_point,
+                         base_forgotten(store, &list[i]) ? " (forgotten)" : "");
                 printf("%-24s %-40s %-20s %12s\n", list[i].name, from, when, format_bytes(size, list[i].local_bytes));
         }
         return 0;
