@@ -273,7 +273,6 @@ struct cs_store {
         pthread_mutex_t write_lock;
         cs_pack_writer pack;
         cs_stage_pool *stage_pool;
-        cs_stage *retiring_stage; /* a pack being sealed still holds staged bytes */
         cs_pending *pending;
         cs_pending *committing; /* the batch a commit is syncing, or NULL */
         bool commit_running;    /* a commit is under way (it may wait unlocked) */

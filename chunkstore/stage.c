@@ -346,7 +346,9 @@ int cs_stage_flush(cs_stage *s)
                         pthread_cond_wait(&s->changed, &s->lock);
                         continue;
                 }
-                if (s->written >= end)
+                /* Also when an earlier flush wrote it all (a seal flushes
+                 * under the store's lock, then again without it). */
+                if (MAX(s->written, s->on_file) >= end)
                         break;
                 r = write_full_segment(s);
                 if (r < 0)

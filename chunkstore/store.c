@@ -482,8 +482,9 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         }
         if (seal && store->pack.stage) {
                 /* A staged pack's bytes must reach its file before it stops
-                 * taking puts (the ring goes with it).  If they cannot (a
-                 * full disk), it stays open and a later commit tries again. */
+                 * taking puts: then reads of it need no stage but its own,
+                 * which is the open pack's.  If they cannot (a full disk),
+                 * it stays open and a later commit tries again. */
                 r = cs_pack_flush(&store->pack);
                 if (r < 0) {
                         if (next.fd >= 0) {
@@ -502,7 +503,6 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                  * records. */
                 store->pack = next;
                 store->retiring_id = pack.id;
-                store->retiring_stage = pack.stage;
                 store->retiring_inflight = pack.inflight;
                 while (store->retiring_inflight > 0)
                         pthread_cond_wait(&store->commit_done, &store->write_lock);
@@ -534,7 +534,6 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         if (r >= 0)
                 r = write_batch(db, batch, logical, seal ? &pack : NULL);
         pthread_mutex_lock(&store->write_lock);
-        store->retiring_stage = NULL; /* closed or taken back below */
 
         if (r >= 0) {
                 /* Its chunks leave the pending table: lookups must now see
@@ -879,10 +878,8 @@ int cs_store_read_location(cs_store *store, const cs_location *loc, const cs_chu
         if (store->pending) {
                 /* This handle's puts may not have reached the file yet. */
                 pthread_mutex_lock(&store->write_lock);
-                if (store->pack.stage && loc->pack == store->pack.id)
+                if (loc->pack == store->pack.id)
                         from_file = cs_pack_read_staged(&store->pack, loc->offset, record, size);
-                else if (store->retiring_stage && loc->pack == store->retiring_id)
-                        from_file = cs_stage_read(store->retiring_stage, loc->offset, record, size);
                 pthread_mutex_unlock(&store->write_lock);
         }
         if (from_file > 0) {
