@@ -169,6 +169,7 @@ enum {
 #define CS_STAGE_SEGMENT (1024u * 1024u) /* one direct write */
 #define CS_STAGE_SEGMENTS 8u
 #define CS_STAGE_ALIGN 4096u /* of direct writes' offsets and sizes */
+#define CS_STAGE_FILLS 64u   /* reservations being filled at once, at most */
 
 /* Rings of a store handle's stages, reused from pack to pack. */
 typedef struct cs_stage_pool cs_stage_pool;
@@ -181,12 +182,15 @@ typedef struct cs_stage cs_stage;
 int cs_stage_new(cs_stage_pool *pool, int fd, const void *head, size_t head_size, cs_stage **ret);
 /* Stops the flusher; what was not flushed is dropped. */
 cs_stage *cs_stage_free(cs_stage *s);
-/* Copies size bytes in at offset, which must be the end of what was
- * appended; waits for room.  Callers serialize appends. */
-int cs_stage_append(cs_stage *s, uint64_t offset, const void *data, size_t size);
-/* The end of what was appended, including what a failed append copied. */
-uint64_t cs_stage_end(cs_stage *s);
-/* Writes everything appended so far to the file (not fdatasync). */
+/* Reserves the file's [offset, offset + size) for a record; offset must
+ * be the end of what was reserved.  Callers serialize reservations. */
+int cs_stage_reserve(cs_stage *s, uint64_t offset, size_t size, uint64_t *ret_ticket);
+/* Copies a reservation's bytes into the ring, waiting for room; any
+ * thread, no lock of the caller's needed.  On failure the reservation's
+ * bytes are garbage. */
+int cs_stage_fill(cs_stage *s, uint64_t ticket, const void *data);
+/* Writes everything reserved so far to the file (not fdatasync), once
+ * its fills are done. */
 int cs_stage_flush(cs_stage *s);
 /* Copies the part of the file's [offset, offset + size) that is still only
  * in the ring into buf; returns how many leading bytes must be read from
@@ -208,7 +212,25 @@ void cs_pack_path(uint64_t id, char buf[static 64]);
  * With a pool and a file system that does direct I/O, appends go through
  * a stage; else each is a pwrite. */
 int cs_pack_create(int dir_fd, sqlite3 *db, cs_stage_pool *pool, cs_pack_writer *ret_writer);
-/* Appends a record at the end (staged, or written), serialized by the caller. */
+/* A record's place at the end of an open pack: reserved under the
+ * caller's lock, written without it (store.c, design note 2). */
+typedef struct cs_pack_slot {
+        int fd;
+        cs_stage *stage; /* or NULL: a pwrite */
+        uint64_t offset;
+        size_t size;
+        uint64_t ticket; /* the stage's reservation */
+} cs_pack_slot;
+/* Reserves size bytes at the end of the pack, serialized by the caller.
+ * The writer's fd and stage must stay open until the slot is filled. */
+int cs_pack_reserve(cs_pack_writer *w, size_t size, cs_pack_slot *ret_slot);
+/* Writes a record into its slot (staged, or written; then, every
+ * CS_PACK_WRITEBACK_WINDOW bytes, starts writeback so that the commit's
+ * fdatasync finds little left to write).  On failure the slot's bytes
+ * are garbage that no row points at. */
+#define CS_PACK_WRITEBACK_WINDOW (8u * 1024 * 1024)
+int cs_pack_fill(const cs_pack_slot *slot, const void *record);
+/* Both, under the caller's lock. */
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset);
 /* Writes what the stage holds to the file (nothing without a stage).  On
  * failure the bytes stay staged, and a later flush tries again. */
@@ -216,15 +238,6 @@ int cs_pack_flush(cs_pack_writer *w);
 /* Reads [offset, offset + size) of an open pack's file that is still
  * staged into buf; returns how many leading bytes must come from the file. */
 size_t cs_pack_read_staged(cs_pack_writer *w, uint64_t offset, void *buf, size_t size);
-/* Writes a record at an offset reserved by the caller. */
-int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset);
-/* Called after a record at [offset, offset + size) was written: when it
- * completes a window of CS_PACK_WRITEBACK_WINDOW bytes, starts writing
- * that window back (sync_file_range, not waiting), so that the commit's
- * fdatasync, which a putting thread runs and waits for, finds little left
- * to write. */
-#define CS_PACK_WRITEBACK_WINDOW (8u * 1024 * 1024)
-void cs_pack_start_writeback(int fd, uint64_t offset, size_t size);
 /* fdatasync()s the pack, after cs_pack_flush().  sealing: its size is
  * final, and the file is cut to it (a flushed stage pads to 4 KiB). */
 int cs_pack_sync(cs_pack_writer *w, bool sealing);

@@ -144,7 +144,7 @@ fail:
         return r;
 }
 
-int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset)
+static int write_at(int fd, const void *record, size_t size, uint64_t offset)
 {
         const uint8_t *p = record;
         size_t done = 0;
@@ -163,7 +163,9 @@ int cs_pack_write_at(int fd, const void *record, size_t size, uint64_t offset)
         return 0;
 }
 
-void cs_pack_start_writeback(int fd, uint64_t offset, size_t size)
+/* When [offset, offset + size) completes a window, starts writing it back
+ * (sync_file_range, not waiting). */
+static void start_writeback(int fd, uint64_t offset, size_t size)
 {
         uint64_t window = (offset + size) / CS_PACK_WRITEBACK_WINDOW;
 
@@ -174,20 +176,42 @@ void cs_pack_start_writeback(int fd, uint64_t offset, size_t size)
                                SYNC_FILE_RANGE_WRITE);
 }
 
+int cs_pack_reserve(cs_pack_writer *w, size_t size, cs_pack_slot *ret_slot)
+{
+        cs_pack_slot slot = { .fd = w->fd, .stage = w->stage, .offset = w->size, .size = size };
+
+        if (w->stage) {
+                int r = cs_stage_reserve(w->stage, w->size, size, &slot.ticket);
+                if (r < 0)
+                        return r;
+        }
+        w->size += size;
+        *ret_slot = slot;
+        return 0;
+}
+
+int cs_pack_fill(const cs_pack_slot *slot, const void *record)
+{
+        int r;
+
+        if (slot->stage)
+                return cs_stage_fill(slot->stage, slot->ticket, record);
+        r = write_at(slot->fd, record, slot->size, slot->offset);
+        if (r >= 0)
+                start_writeback(slot->fd, slot->offset, slot->size);
+        return r;
+}
+
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset)
 {
-        int r = w->stage ? cs_stage_append(w->stage, w->size, record, size)
-                         : cs_pack_write_at(w->fd, record, size, w->size);
+        cs_pack_slot slot;
+        int r;
 
-        if (r < 0) {
-                /* Half a record may be staged: appends go on past it. */
-                if (w->stage)
-                        w->size = cs_stage_end(w->stage);
+        r = cs_pack_reserve(w, size, &slot);
+        if (r < 0)
                 return r;
-        }
-        *ret_offset = w->size;
-        w->size += size;
-        return 0;
+        *ret_offset = slot.offset;
+        return cs_pack_fill(&slot, record);
 }
 
 int cs_pack_flush(cs_pack_writer *w)

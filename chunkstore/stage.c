@@ -16,45 +16,61 @@
  *
  *  1. A stage is a ring of CS_STAGE_SEGMENTS slots of CS_STAGE_SEGMENT
  *     bytes.  Segment k is the image of the file's bytes [k * SEGMENT,
- *     (k + 1) * SEGMENT) and sits in slot k % SEGMENTS.  Appends copy
- *     records in at `filled`, in file order, so the ring has no holes.
- *  2. The stage's flusher thread writes each full segment, in order, with
- *     one pwrite; `written` then moves past it and its slot is free for
- *     segment k + SEGMENTS.  An append that finds no free slot waits: the
- *     disk is then what limits puts.  A stage used from a forked child,
- *     which has no flusher, writes full segments in the appending thread,
- *     and forgets a write the parent had under way (adopt_after_fork).
- *     Forking while the flusher holds `lock` would still hang the child:
- *     the store's rule stands, no fork with puts in progress
+ *     (k + 1) * SEGMENT) and sits in slot k % SEGMENTS.
+ *  2. A record's place is reserved first, in file order, under the
+ *     caller's lock (the store's write_lock), which then lets go: the
+ *     copy into the ring (cs_stage_fill) runs without it, so that two
+ *     putters do not wait for each other's copies.  Fills finish in any
+ *     order; `filled` is the end of the complete prefix, up to which the
+ *     oldest unfinished reservation has copied.  A reservation is one of
+ *     CS_STAGE_FILLS entries in a table of its own (`fills`), not in the
+ *     caller's memory: a fill that ends before older ones returns while
+ *     its entry is still needed.
+ *  3. The stage's flusher thread writes each full segment below `filled`,
+ *     in order, with one pwrite; `written` then moves past it and its slot
+ *     is free for segment k + SEGMENTS.  A fill that finds no free slot
+ *     waits: the disk is then what limits puts.  The oldest unfinished
+ *     fill always has room (everything before it is complete, so the
+ *     flusher can free slots), so fills cannot wait on each other in a
+ *     circle.  A stage used from a forked child, which has no flusher,
+ *     writes full segments in the filling thread, and forgets a write the
+ *     parent had under way (adopt_after_fork).  Forking while the flusher
+ *     holds `lock`, or while a fill is under way, would still hang the
+ *     child: the store's rule stands, no fork with puts in progress
  *     (chunkstore.h).
- *  3. cs_stage_flush() makes everything appended so far reach the file: the
- *     full segments, then the partial last one, from the 4 KiB block where
- *     the previous such write ended up to the next 4 KiB boundary, the pad
- *     zeroed; appends that would write into the pad wait
- *     for that write, since no bytes may change under a direct write
- *     (checksumming file systems).  The ring keeps that segment and writes it
- *     again, whole, once it fills.  Writes run one at a time (`io_busy`)
- *     and a later write of a range carries every byte an earlier one did,
- *     so no write can undo another.  What a later write repeats of an
- *     earlier one is the same bytes, so a write torn by a crash cannot
- *     change what a commit made durable.  Bytes past `filled` in the file are
- *     garbage that no catalog row points at (pack.c, design note 3); a
- *     sealed pack is truncated to its size.
- *  4. Bytes not yet in the file are read from the ring (cs_stage_read),
+ *  4. cs_stage_flush() makes everything reserved before it was called
+ *     reach the file: it waits for those fills, writes the full segments,
+ *     then the partial last one, from the 4 KiB block where the previous
+ *     such write ended up to the next 4 KiB boundary.  Fills that would
+ *     copy into that range wait for the write (`pad_end`), and the flush
+ *     waits for copies under way (`copying`), since no bytes may change
+ *     under a direct write (checksumming file systems).  The unreserved
+ *     rest of the range is zeroed; reserved bytes past `filled` go as they
+ *     are.  The ring keeps that segment and writes it again, whole, once
+ *     it fills.  Writes run one at a time (`io_busy`) and a later write of
+ *     a range carries every byte an earlier one did below `filled`, so no
+ *     write can undo another.  What a later write repeats of an earlier
+ *     one below `filled` is the same bytes, so a write torn by a crash
+ *     cannot change what a commit made durable.  Bytes past `filled` in
+ *     the file are garbage that no catalog row points at (pack.c, design
+ *     note 3); a sealed pack is truncated to its size.
+ *  5. Bytes not yet in the file are read from the ring (cs_stage_read),
  *     so a put can be read back as soon as it returns.  Bytes a flush
  *     wrote are read from the file, like everything committed: a check of
  *     what is on disk (verify --data) must see the disk.
- *  5. A failed write leaves its bytes in the ring and the error in
- *     `error`.  The next append tries the write again and fails with the
+ *  6. A failed write leaves its bytes in the ring and the error in
+ *     `error`.  The next fill tries the write again and fails with the
  *     error if it persists; so does the next cs_stage_flush().  A disk
- *     that filled up and was then freed loses nothing.  An append that
- *     fails half way leaves its bytes in the ring: the caller moves its end
- *     past them (cs_stage_end), garbage no row points at.
- *  6. Locking: `lock` guards the fields below it.  Callers serialize
- *     appends (the store's write_lock); reads and flushes may come from
- *     any thread.  The ring's memory is not guarded while io_busy lets a
- *     write read it, which is safe because appends only add bytes past
- *     what that write will keep (note 3).
+ *     that filled up and was then freed loses nothing.  A fill that fails
+ *     gives up the rest of its reservation (`abandoned`): those bytes are
+ *     garbage no row points at, and `filled` moves past them as the ring
+ *     has room.
+ *  7. Locking: `lock` guards the fields below it.  The caller serializes
+ *     reservations; fills, reads and flushes may come from any thread.
+ *     The ring's memory is not guarded: a fill copies only into its own
+ *     reservation, which no write reads until the fill is done or a
+ *     partial write has made it wait (note 4); a write reads it with
+ *     io_busy, and reads take `lock`.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -76,6 +92,13 @@ struct cs_stage_pool {
         unsigned n_free;
 };
 
+/* A reservation (note 2). */
+typedef struct fill_entry {
+        uint64_t offset, end; /* the file's bytes [offset, end) */
+        uint64_t copied;      /* copied from offset up to here */
+        bool abandoned;       /* the fill failed: the rest is garbage (note 6) */
+} fill_entry;
+
 struct cs_stage {
         int fd;
         cs_stage_pool *pool;
@@ -85,14 +108,19 @@ struct cs_stage {
         pid_t pid; /* the process that has the flusher */
 
         pthread_mutex_t lock;
-        pthread_cond_t changed; /* filled, written, io_busy, error or stop changed */
-        uint64_t filled;        /* the ring holds the file's bytes [written, filled) */
+        pthread_cond_t changed; /* what a waiter waits for changed */
+        unsigned waiters;       /* threads other than the flusher waiting on changed */
+        uint64_t reserved;      /* the end of what was reserved */
+        uint64_t filled;        /* bytes below are in the ring or the file (note 2) */
         uint64_t written;       /* segments below are on disk; a multiple of SEGMENT */
         uint64_t on_file;       /* bytes below are in the file (>= written after a flush) */
-        bool io_busy;           /* a write is under way (note 3) */
-        uint64_t pad_end;       /* a partial write reads the ring up to here (note 3) */
+        fill_entry fills[CS_STAGE_FILLS]; /* reservations [oldest, next) by ticket % FILLS */
+        uint64_t oldest, next;
+        unsigned copying;       /* fills copying into the ring without lock (note 4) */
+        bool io_busy;           /* a write is under way (note 4) */
+        uint64_t pad_end;       /* a partial write reads the ring up to here (note 4) */
         bool stop;
-        int error; /* the last write's, until one succeeds (note 5) */
+        int error; /* the last write's, until one succeeds (note 6) */
 };
 
 cs_stage_pool *cs_stage_pool_new(void)
@@ -176,6 +204,32 @@ static int write_range(cs_stage *s, uint64_t from, uint64_t to)
         return r;
 }
 
+static void wait_changed(cs_stage *s)
+{
+        s->waiters++;
+        pthread_cond_wait(&s->changed, &s->lock);
+        s->waiters--;
+}
+
+/* Moves `filled` over the complete prefix (note 2), and over what failed
+ * fills gave up as far as the ring has room for it; wakes the flusher
+ * when a segment filled up, and whoever else waits.  Lock held. */
+static void advance_filled(cs_stage *s)
+{
+        uint64_t before = s->filled;
+
+        while (s->oldest < s->next) {
+                const fill_entry *e = &s->fills[s->oldest % CS_STAGE_FILLS];
+
+                s->filled = MAX(s->filled, e->abandoned ? MIN(e->end, s->written + RING_SIZE) : e->copied);
+                if (s->filled < e->end)
+                        break;
+                s->oldest++;
+        }
+        if (s->filled / CS_STAGE_SEGMENT != before / CS_STAGE_SEGMENT || s->waiters > 0)
+                pthread_cond_broadcast(&s->changed);
+}
+
 /* Writes the oldest segment if it is full (lock held, io_busy free).
  * 1 if it wrote one, 0 if none was full. */
 static int write_full_segment(cs_stage *s)
@@ -187,9 +241,11 @@ static int write_full_segment(cs_stage *s)
         s->io_busy = true;
         r = write_range(s, s->written, s->written + CS_STAGE_SEGMENT);
         s->io_busy = false;
-        if (r >= 0)
-                s->written += CS_STAGE_SEGMENT;
         s->error = r < 0 ? r : 0;
+        if (r >= 0) {
+                s->written += CS_STAGE_SEGMENT;
+                advance_filled(s); /* a given-up fill may have waited for room */
+        }
         pthread_cond_broadcast(&s->changed);
         return r < 0 ? r : 1;
 }
@@ -230,7 +286,7 @@ int cs_stage_new(cs_stage_pool *pool, int fd, const void *head, size_t head_size
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->changed, NULL);
         memcpy(s->ring, head, head_size);
-        s->filled = head_size;
+        s->filled = s->reserved = head_size;
         /* Without a flusher, appends write full segments themselves. */
         s->flusher_started = pthread_create(&s->flusher, NULL, flusher_main, s) == 0;
         *ret = s;
@@ -265,40 +321,54 @@ static void adopt_after_fork(cs_stage *s)
         s->flusher_started = false;
         s->io_busy = false;
         s->pad_end = 0;
+        s->copying = 0;
+        s->waiters = 0;
 }
 
-uint64_t cs_stage_end(cs_stage *s)
+int cs_stage_reserve(cs_stage *s, uint64_t offset, size_t size, uint64_t *ret_ticket)
 {
-        uint64_t end;
-
-        pthread_mutex_lock(&s->lock);
-        end = s->filled;
-        pthread_mutex_unlock(&s->lock);
-        return end;
-}
-
-int cs_stage_append(cs_stage *s, uint64_t offset, const void *data, size_t size)
-{
-        const uint8_t *p = data;
         int r = 0;
 
         pthread_mutex_lock(&s->lock);
         adopt_after_fork(s);
-        if (offset != s->filled) {
+        if (offset != s->reserved) {
                 r = -EINVAL;
                 goto out;
         }
-        while (size > 0) {
+        while (s->next - s->oldest == CS_STAGE_FILLS)
+                wait_changed(s);
+        s->fills[s->next % CS_STAGE_FILLS] = (fill_entry) {
+                .offset = offset,
+                .end = offset + size,
+                .copied = offset,
+        };
+        *ret_ticket = s->next++;
+        s->reserved = offset + size;
+out:
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+int cs_stage_fill(cs_stage *s, uint64_t ticket, const void *data)
+{
+        const uint8_t *p = data;
+        fill_entry *e;
+        int r = 0;
+
+        pthread_mutex_lock(&s->lock);
+        adopt_after_fork(s);
+        e = &s->fills[ticket % CS_STAGE_FILLS];
+        while (e->copied < e->end) {
                 /* The free part of the ring: up to the oldest unwritten
                  * segment's slot, and no further than the slot's end. */
-                uint64_t limit = s->written + RING_SIZE;
-                size_t room = (size_t) MIN(limit - s->filled, CS_STAGE_SEGMENT - s->filled % CS_STAGE_SEGMENT);
+                uint64_t at = e->copied, limit = s->written + RING_SIZE;
+                size_t room = at < limit ? (size_t) MIN(MIN(limit - at, e->end - at),
+                                                        CS_STAGE_SEGMENT - at % CS_STAGE_SEGMENT)
+                                         : 0;
 
-                /* A partial write is reading the pad: no bytes may change
-                 * under a direct write (checksumming file systems, block
-                 * integrity). */
-                if (s->filled < s->pad_end) {
-                        pthread_cond_wait(&s->changed, &s->lock);
+                /* A partial write is reading this part of the ring. */
+                if (at < s->pad_end) {
+                        wait_changed(s);
                         continue;
                 }
                 if (s->error < 0 || (room == 0 && !s->flusher_started)) {
@@ -306,68 +376,76 @@ int cs_stage_append(cs_stage *s, uint64_t offset, const void *data, size_t size)
                          * been freed since), or without a flusher: write
                          * here, and fail with the error if it persists. */
                         if (s->io_busy) {
-                                pthread_cond_wait(&s->changed, &s->lock);
+                                wait_changed(s);
                                 continue;
                         }
                         s->error = 0;
                         r = write_full_segment(s);
-                        if (r < 0)
-                                goto out;
+                        if (r < 0) {
+                                e->abandoned = true;
+                                advance_filled(s);
+                                break;
+                        }
+                        if (r == 0 && room == 0) /* older fills are under way */
+                                wait_changed(s);
                         continue;
                 }
                 if (room == 0) {
-                        pthread_cond_wait(&s->changed, &s->lock);
+                        wait_changed(s);
                         continue;
                 }
-                room = MIN(room, size);
-                memcpy(ring_at(s, s->filled), p, room);
-                s->filled += room;
-                p += room;
-                size -= room;
-                if (s->filled % CS_STAGE_SEGMENT == 0)
-                        pthread_cond_broadcast(&s->changed); /* a segment is full */
+                s->copying++;
+                pthread_mutex_unlock(&s->lock);
+                memcpy(ring_at(s, at), p + (at - e->offset), room);
+                pthread_mutex_lock(&s->lock);
+                s->copying--;
+                e->copied += room;
+                advance_filled(s);
         }
-        r = 0;
-out:
         pthread_mutex_unlock(&s->lock);
-        return r;
+        return r < 0 ? r : 0;
 }
 
 int cs_stage_flush(cs_stage *s)
 {
-        uint64_t end;
+        uint64_t target;
         int r = 0;
 
         pthread_mutex_lock(&s->lock);
         adopt_after_fork(s);
-        end = s->filled;
+        target = s->reserved;
         for (;;) {
                 if (s->io_busy) {
-                        pthread_cond_wait(&s->changed, &s->lock);
+                        wait_changed(s);
                         continue;
                 }
                 /* Also when an earlier flush wrote it all (a seal flushes
                  * under the store's lock, then again without it). */
-                if (MAX(s->written, s->on_file) >= end)
+                if (MAX(s->written, s->on_file) >= target)
                         break;
                 r = write_full_segment(s);
                 if (r < 0)
                         break;
                 if (r > 0)
                         continue;
+                if (s->filled < target) { /* fills reserved before the call */
+                        wait_changed(s);
+                        continue;
+                }
 
-                /* The partial last segment, to a 4 KiB boundary (note 3).
-                 * Appends wait meanwhile only if they would write into
-                 * the pad. */
-                uint64_t upto = s->filled, to = (upto + CS_STAGE_ALIGN - 1) / CS_STAGE_ALIGN * CS_STAGE_ALIGN;
-                /* From the block holding the end of the last such write:
+                /* The partial last segment, to a 4 KiB boundary (note 4),
+                 * from the block holding the end of the last such write:
                  * what lies before it is in the file already, and small
                  * frequent commits would otherwise rewrite up to 1 MiB
                  * each. */
+                uint64_t upto = s->filled, to = (upto + CS_STAGE_ALIGN - 1) / CS_STAGE_ALIGN * CS_STAGE_ALIGN;
                 uint64_t from = MAX(s->written, s->on_file / CS_STAGE_ALIGN * CS_STAGE_ALIGN);
-                memset(ring_at(s, upto), 0, (size_t) (to - upto));
                 s->io_busy = true;
                 s->pad_end = to;
+                while (s->copying > 0)
+                        wait_changed(s);
+                if (s->reserved < to)
+                        memset(ring_at(s, s->reserved), 0, (size_t) (to - s->reserved));
                 r = write_range(s, from, to);
                 s->io_busy = false;
                 s->pad_end = 0;
@@ -389,8 +467,8 @@ size_t cs_stage_read(cs_stage *s, uint64_t offset, void *buf, size_t size)
 
         pthread_mutex_lock(&s->lock);
         in_file = MAX(s->written, s->on_file);
-        if (offset + size <= in_file || offset + size > s->filled) {
-                /* In the file, or not appended (the caller's location is
+        if (offset + size <= in_file || offset + size > s->reserved) {
+                /* In the file, or not reserved (the caller's location is
                  * wrong: the file read will say so). */
                 pthread_mutex_unlock(&s->lock);
                 return size;

@@ -783,8 +783,9 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         h.stored_size = (uint32_t) (record_size - CS_RECORD_HEADER_SIZE);
 
         /* Design note 2: the pack space is reserved under write_lock, the
-         * bytes are written without it (the page-cache copy is a good part
-         * of a put), and the chunk becomes visible once they are there. */
+         * bytes are written (or copied into the stage) without it, so that
+         * putters do not wait for each other's copies, and the chunk
+         * becomes visible once they are there. */
         pthread_mutex_lock(&store->write_lock);
         store->pending_logical_bytes += size;
         if (find_uncommitted(store, &h.id)) { /* stored while we compressed */
@@ -796,28 +797,24 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
                 pthread_mutex_unlock(&store->write_lock);
                 return r;
         }
-        if (store->pack.stage) {
-                /* A staged pack takes the record under the lock: a copy
-                 * into memory the flusher writes out (stage.c). */
-                r = cs_store_append_locked(store, &h, record, record_size);
-                pthread_mutex_unlock(&store->write_lock);
-                return r < 0 ? r : 1;
-        }
         cs_location loc = {
                 .kind = kind,
                 .pack = store->pack.id,
-                .offset = store->pack.size,
                 .size = h.size,
                 .stored_size = h.stored_size,
         };
-        int fd = store->pack.fd;
-        store->pack.size += record_size;
+        cs_pack_slot slot;
+        r = cs_pack_reserve(&store->pack, record_size, &slot);
+        if (r < 0) {
+                pthread_mutex_unlock(&store->write_lock);
+                return r;
+        }
+        loc.offset = slot.offset;
         store->pack.inflight++;
         pthread_mutex_unlock(&store->write_lock);
 
-        r = cs_pack_write_at(fd, record, record_size, loc.offset);
-        if (r >= 0) /* still in flight: no commit closes fd meanwhile */
-                cs_pack_start_writeback(fd, loc.offset, record_size);
+        /* Still in flight: no commit closes the pack meanwhile. */
+        r = cs_pack_fill(&slot, record);
 
         pthread_mutex_lock(&store->write_lock);
         if (store->pack.id == loc.pack)

@@ -478,6 +478,106 @@ static void test_staged_packs(void)
         free(tree);
 }
 
+/* Records copied into a stage out of order (stage.c, design note 2):
+ * four threads put 3 MiB chunks, which wait for ring room behind each
+ * other, and small ones in between, while a fifth commits all along,
+ * flushing partial segments under their copies. */
+#define FILL_THREADS 4
+#define FILL_ROUNDS 6
+#define FILL_BIG (3u * 1024 * 1024)
+
+typedef struct fill_worker {
+        cs_store *store;
+        unsigned seed;
+        int failures;
+        cs_chunk_id big[FILL_ROUNDS], small[FILL_ROUNDS];
+} fill_worker;
+
+static void fill_data(uint8_t *buf, size_t size, unsigned seed, int round, bool big)
+{
+        tap_fill(buf, size, big ? DATA_RANDOM : DATA_TEXT, seed * 1000u + (unsigned) round * 2u + big);
+}
+
+static void *put_fills(void *p)
+{
+        fill_worker *wk = p;
+        uint8_t *big = malloc(FILL_BIG), *small = malloc(65536);
+
+        for (int i = 0; i < FILL_ROUNDS; i++) {
+                fill_data(big, FILL_BIG, wk->seed, i, true);
+                fill_data(small, 65536, wk->seed, i, false);
+                if (cs_store_put(wk->store, CS_KIND_TREE, big, FILL_BIG, &wk->big[i]) != 1 ||
+                    cs_store_put(wk->store, CS_KIND_DATA, small, 65536, &wk->small[i]) != 1 ||
+                    !reads_back(wk->store, &wk->big[i], big, FILL_BIG))
+                        wk->failures++;
+        }
+        free(big);
+        free(small);
+        return NULL;
+}
+
+typedef struct committer {
+        cs_store *store;
+        bool stop; /* atomic */
+        int commits, failures;
+} committer;
+
+static void *commit_along(void *p)
+{
+        committer *c = p;
+
+        while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
+                c->failures += cs_store_commit(c->store) < 0;
+                c->commits++;
+                usleep(500);
+        }
+        return NULL;
+}
+
+static void test_concurrent_fills(void)
+{
+        fill_worker workers[FILL_THREADS] = {};
+        pthread_t threads[FILL_THREADS], commit_thread;
+        uint8_t *data = malloc(FILL_BIG);
+        committer c = {};
+        char path[512];
+        cs_store *w = NULL;
+        int bad = 0, r;
+
+        tap_path(path, sizeof(path), "store-fills");
+        cs_store_init(path, &(cs_init_params) { .block_size = 65536 });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        c.store = w;
+        pthread_create(&commit_thread, NULL, commit_along, &c);
+        for (unsigned t = 0; t < FILL_THREADS; t++) {
+                workers[t] = (fill_worker) { .store = w, .seed = 40 + t };
+                pthread_create(&threads[t], NULL, put_fills, &workers[t]);
+        }
+        for (unsigned t = 0; t < FILL_THREADS; t++) {
+                pthread_join(threads[t], NULL);
+                bad += workers[t].failures;
+        }
+        __atomic_store_n(&c.stop, true, __ATOMIC_RELEASE);
+        pthread_join(commit_thread, NULL);
+        is_int(bad, 0, "four threads put 3 MiB and 64 KiB chunks and read them back");
+        ok(c.commits > 0 && c.failures == 0, "while %d commits ran along, none failing", c.commits);
+        is_int(cs_store_commit(w), 0, "a last commit");
+        cs_store_unref(w);
+
+        r = cs_store_open(path, 0, &w);
+        for (unsigned t = 0; r == 0 && t < FILL_THREADS; t++)
+                for (int i = 0; i < FILL_ROUNDS; i++) {
+                        fill_data(data, FILL_BIG, workers[t].seed, i, true);
+                        bad += !reads_back(w, &workers[t].big[i], data, FILL_BIG);
+                        fill_data(data, 65536, workers[t].seed, i, false);
+                        bad += !reads_back(w, &workers[t].small[i], data, 65536);
+                }
+        is_int(r == 0 ? bad : -1, 0, "every chunk reads back after reopening");
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, NULL), 0, "the store verifies");
+        cs_store_unref(w);
+        free(data);
+}
+
 /* Where direct I/O works, puts and commits leave the pack's bytes out of
  * the page cache (what reads fetch later is cached as usual). */
 static void test_direct_writes(void)
@@ -558,6 +658,7 @@ int main(void)
         test_threads();
         test_background_commits();
         test_staged_packs();
+        test_concurrent_fills();
         test_direct_writes();
         test_failed_write();
         return tap_done();
