@@ -189,9 +189,9 @@ int cs_stage_reserve(cs_stage *s, uint64_t offset, size_t size, uint64_t *ret_ti
  * thread, no lock of the caller's needed.  On failure the reservation's
  * bytes are garbage. */
 int cs_stage_fill(cs_stage *s, uint64_t ticket, const void *data);
-/* Writes everything reserved so far to the file (not fdatasync), once
+/* Writes what was reserved below upto to the file (not fdatasync), once
  * its fills are done. */
-int cs_stage_flush(cs_stage *s);
+int cs_stage_flush(cs_stage *s, uint64_t upto);
 /* Copies the part of the file's [offset, offset + size) that is still only
  * in the ring into buf; returns how many leading bytes must be read from
  * the file (size if all). */
@@ -232,9 +232,10 @@ int cs_pack_reserve(cs_pack_writer *w, size_t size, cs_pack_slot *ret_slot);
 int cs_pack_fill(const cs_pack_slot *slot, const void *record);
 /* Both, under the caller's lock. */
 int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t *ret_offset);
-/* Writes what the stage holds to the file (nothing without a stage).  On
- * failure the bytes stay staged, and a later flush tries again. */
-int cs_pack_flush(cs_pack_writer *w);
+/* Writes what the stage holds below upto to the file (nothing without a
+ * stage).  On failure the bytes stay staged, and a later flush tries
+ * again. */
+int cs_pack_flush(cs_pack_writer *w, uint64_t upto);
 /* Reads [offset, offset + size) of an open pack's file that is still
  * staged into buf; returns how many leading bytes must come from the file. */
 size_t cs_pack_read_staged(cs_pack_writer *w, uint64_t offset, void *buf, size_t size);

@@ -214,9 +214,9 @@ int cs_pack_append(cs_pack_writer *w, const void *record, size_t size, uint64_t 
         return cs_pack_fill(&slot, record);
 }
 
-int cs_pack_flush(cs_pack_writer *w)
+int cs_pack_flush(cs_pack_writer *w, uint64_t upto)
 {
-        return w->stage ? cs_stage_flush(w->stage) : 0;
+        return w->stage ? cs_stage_flush(w->stage, upto) : 0;
 }
 
 size_t cs_pack_read_staged(cs_pack_writer *w, uint64_t offset, void *buf, size_t size)

@@ -33,35 +33,38 @@
  *     fill always has room (everything before it is complete, so the
  *     flusher can free slots), so fills cannot wait on each other in a
  *     circle.  A stage used from a forked child, which has no flusher,
- *     writes full segments in the filling thread, and forgets a write the
- *     parent had under way (adopt_after_fork).  Forking while the flusher
- *     holds `lock`, or while a fill is under way, would still hang the
- *     child: the store's rule stands, no fork with puts in progress
- *     (chunkstore.h).
- *  4. cs_stage_flush() makes everything reserved before it was called
- *     reach the file: it waits for those fills, writes the full segments,
- *     then the partial last one, from the 4 KiB block where the previous
- *     such write ended up to the next 4 KiB boundary.  Fills that would
- *     copy into that range wait for the write (`pad_end`), and the flush
- *     waits for copies under way (`copying`), since no bytes may change
- *     under a direct write (checksumming file systems).  The unreserved
- *     rest of the range is zeroed; reserved bytes past `filled` go as they
- *     are.  The ring keeps that segment and writes it again, whole, once
- *     it fills.  Writes run one at a time (`io_busy`) and a later write of
- *     a range carries every byte an earlier one did below `filled`, so no
- *     write can undo another.  What a later write repeats of an earlier
- *     one below `filled` is the same bytes, so a write torn by a crash
- *     cannot change what a commit made durable.  Bytes past `filled` in
- *     the file are garbage that no catalog row points at (pack.c, design
- *     note 3); a sealed pack is truncated to its size.
+ *     writes full segments in the filling thread; it forgets a write the
+ *     parent had under way, the parent's waiters, and the fills the
+ *     parent's threads had under way, whose bytes become garbage
+ *     (adopt_after_fork).  Forking while the flusher holds `lock` would
+ *     still hang the child: the store's rule stands, no fork with puts in
+ *     progress (chunkstore.h).
+ *  4. cs_stage_flush() makes what was reserved below a given end (a
+ *     commit's batch, or everything) reach the file: it waits for those
+ *     fills, writes the full segments, then the partial last one, from
+ *     the 4 KiB block where the previous such write ended up to the next
+ *     4 KiB boundary.  Fills that would copy into that range wait for the
+ *     write (`pad_end`), and the write waits for copies under way into it
+ *     (`copying_to`), since no bytes may change under a direct write
+ *     (checksumming file systems).  The unreserved rest of the range is
+ *     zeroed; reserved bytes past `filled` go as they are.  The ring keeps
+ *     that segment and writes it again, whole, once it fills.  Writes run
+ *     one at a time (`io_busy`) and a later write of a range carries every
+ *     byte an earlier one did below `filled`, so no write can undo
+ *     another.  What a later write repeats of an earlier one below
+ *     `filled` is the same bytes, so a write torn by a crash cannot change
+ *     what a commit made durable.  Bytes past `filled` in the file are
+ *     garbage that no catalog row points at (pack.c, design note 3); a
+ *     sealed pack is truncated to its size.
  *  5. Bytes not yet in the file are read from the ring (cs_stage_read),
  *     so a put can be read back as soon as it returns.  Bytes a flush
  *     wrote are read from the file, like everything committed: a check of
  *     what is on disk (verify --data) must see the disk.
  *  6. A failed write leaves its bytes in the ring and the error in
- *     `error`.  The next fill tries the write again and fails with the
- *     error if it persists; so does the next cs_stage_flush().  A disk
- *     that filled up and was then freed loses nothing.  A fill that fails
+ *     `error`.  The next fill, reservation or flush tries the write again
+ *     and fails with the error if it persists; a reservation then
+ *     reserves nothing.  A disk that filled up and was then freed loses
+ *     nothing.  A fill that fails
  *     gives up the rest of its reservation (`abandoned`): those bytes are
  *     garbage no row points at, and `filled` moves past them as the ring
  *     has room.
@@ -96,6 +99,7 @@ struct cs_stage_pool {
 typedef struct fill_entry {
         uint64_t offset, end; /* the file's bytes [offset, end) */
         uint64_t copied;      /* copied from offset up to here */
+        uint64_t copying_to;  /* a copy without lock runs from copied to here, or 0 */
         bool abandoned;       /* the fill failed: the rest is garbage (note 6) */
 } fill_entry;
 
@@ -116,7 +120,6 @@ struct cs_stage {
         uint64_t on_file;       /* bytes below are in the file (>= written after a flush) */
         fill_entry fills[CS_STAGE_FILLS]; /* reservations [oldest, next) by ticket % FILLS */
         uint64_t oldest, next;
-        unsigned copying;       /* fills copying into the ring without lock (note 4) */
         bool io_busy;           /* a write is under way (note 4) */
         uint64_t pad_end;       /* a partial write reads the ring up to here (note 4) */
         bool stop;
@@ -321,8 +324,27 @@ static void adopt_after_fork(cs_stage *s)
         s->flusher_started = false;
         s->io_busy = false;
         s->pad_end = 0;
-        s->copying = 0;
         s->waiters = 0;
+        /* The parent's waiters are not ours: a broadcast would wait for
+         * them. */
+        pthread_cond_init(&s->changed, NULL);
+        /* Fills the parent had under way never finish here. */
+        for (uint64_t t = s->oldest; t < s->next; t++) {
+                fill_entry *e = &s->fills[t % CS_STAGE_FILLS];
+                e->copying_to = 0;
+                e->abandoned = e->abandoned || e->copied < e->end;
+        }
+        advance_filled(s);
+}
+
+/* After a failed write (a full disk that may have been freed since) the
+ * flusher waits for the error to clear: the next fill, reservation or
+ * flush writes again itself (lock held, io_busy free).  The error if it
+ * persists. */
+static int retry_write(cs_stage *s)
+{
+        s->error = 0;
+        return write_full_segment(s);
 }
 
 int cs_stage_reserve(cs_stage *s, uint64_t offset, size_t size, uint64_t *ret_ticket)
@@ -335,8 +357,20 @@ int cs_stage_reserve(cs_stage *s, uint64_t offset, size_t size, uint64_t *ret_ti
                 r = -EINVAL;
                 goto out;
         }
-        while (s->next - s->oldest == CS_STAGE_FILLS)
+        for (;;) {
+                /* Fail rather than reserve more: fills that gave up keep
+                 * their entries until the ring moves past them, and a
+                 * table full of them would wait for ever. */
+                if (s->error < 0 && !s->io_busy) {
+                        r = retry_write(s);
+                        if (r < 0)
+                                goto out;
+                        r = 0;
+                }
+                if (s->next - s->oldest < CS_STAGE_FILLS)
+                        break;
                 wait_changed(s);
+        }
         s->fills[s->next % CS_STAGE_FILLS] = (fill_entry) {
                 .offset = offset,
                 .end = offset + size,
@@ -379,8 +413,7 @@ int cs_stage_fill(cs_stage *s, uint64_t ticket, const void *data)
                                 wait_changed(s);
                                 continue;
                         }
-                        s->error = 0;
-                        r = write_full_segment(s);
+                        r = retry_write(s);
                         if (r < 0) {
                                 e->abandoned = true;
                                 advance_filled(s);
@@ -394,11 +427,11 @@ int cs_stage_fill(cs_stage *s, uint64_t ticket, const void *data)
                         wait_changed(s);
                         continue;
                 }
-                s->copying++;
+                e->copying_to = at + room;
                 pthread_mutex_unlock(&s->lock);
                 memcpy(ring_at(s, at), p + (at - e->offset), room);
                 pthread_mutex_lock(&s->lock);
-                s->copying--;
+                e->copying_to = 0;
                 e->copied += room;
                 advance_filled(s);
         }
@@ -406,14 +439,25 @@ int cs_stage_fill(cs_stage *s, uint64_t ticket, const void *data)
         return r < 0 ? r : 0;
 }
 
-int cs_stage_flush(cs_stage *s)
+/* Whether a copy under way writes into the ring below `to`. */
+static bool copying_below(const cs_stage *s, uint64_t to)
+{
+        for (uint64_t t = s->oldest; t < s->next; t++) {
+                const fill_entry *e = &s->fills[t % CS_STAGE_FILLS];
+                if (e->copying_to > 0 && e->copied < to)
+                        return true;
+        }
+        return false;
+}
+
+int cs_stage_flush(cs_stage *s, uint64_t upto)
 {
         uint64_t target;
         int r = 0;
 
         pthread_mutex_lock(&s->lock);
         adopt_after_fork(s);
-        target = s->reserved;
+        target = MIN(upto, s->reserved);
         for (;;) {
                 if (s->io_busy) {
                         wait_changed(s);
@@ -428,7 +472,7 @@ int cs_stage_flush(cs_stage *s)
                         break;
                 if (r > 0)
                         continue;
-                if (s->filled < target) { /* fills reserved before the call */
+                if (s->filled < target) { /* fills reserved below target */
                         wait_changed(s);
                         continue;
                 }
@@ -438,11 +482,11 @@ int cs_stage_flush(cs_stage *s)
                  * what lies before it is in the file already, and small
                  * frequent commits would otherwise rewrite up to 1 MiB
                  * each. */
-                uint64_t upto = s->filled, to = (upto + CS_STAGE_ALIGN - 1) / CS_STAGE_ALIGN * CS_STAGE_ALIGN;
+                uint64_t complete = s->filled, to = (complete + CS_STAGE_ALIGN - 1) / CS_STAGE_ALIGN * CS_STAGE_ALIGN;
                 uint64_t from = MAX(s->written, s->on_file / CS_STAGE_ALIGN * CS_STAGE_ALIGN);
                 s->io_busy = true;
                 s->pad_end = to;
-                while (s->copying > 0)
+                while (copying_below(s, to))
                         wait_changed(s);
                 if (s->reserved < to)
                         memset(ring_at(s, s->reserved), 0, (size_t) (to - s->reserved));
@@ -451,7 +495,7 @@ int cs_stage_flush(cs_stage *s)
                 s->pad_end = 0;
                 s->error = r < 0 ? r : 0;
                 if (r >= 0)
-                        s->on_file = MAX(s->on_file, upto);
+                        s->on_file = MAX(s->on_file, complete);
                 pthread_cond_broadcast(&s->changed);
                 break;
         }

@@ -485,7 +485,7 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                  * taking puts: then reads of it need no stage but its own,
                  * which is the open pack's.  If they cannot (a full disk),
                  * it stays open and a later commit tries again. */
-                r = cs_pack_flush(&store->pack);
+                r = cs_pack_flush(&store->pack, UINT64_MAX);
                 if (r < 0) {
                         if (next.fd >= 0) {
                                 (void) cs_pack_abandon(&next, db);
@@ -514,16 +514,18 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         store->pending = TAKE_PTR(store->spare);
         logical = store->pending_logical_bytes;
         store->pending_logical_bytes = 0;
-        batch_end = seal ? pack.size : store->pack.size;
+        /* Not the pack's size: puts still copying into it are not in
+         * this batch, and the flush need not wait for them. */
+        batch_end = seal ? pack.size : batch_end_in(batch, pack.id);
         store->committing = batch;
 
         /* Durability order: the bytes first, then the rows that point at them. */
         pthread_mutex_unlock(&store->write_lock);
         /* A failed flush keeps its bytes staged, and the batch can be put
          * back; a failed fdatasync may have dropped them. */
-        r = batch->n > 0 || seal ? cs_pack_flush(&pack) : 0;
+        r = batch->n > 0 || seal ? cs_pack_flush(&pack, batch_end) : 0;
         if (r >= 0 && current.fd >= 0)
-                r = cs_pack_flush(&current);
+                r = cs_pack_flush(&current, batch_end_in(batch, current.id));
         sync_failed = false;
         if (r >= 0) {
                 r = batch->n > 0 || seal ? cs_pack_sync(&pack, seal) : 0;

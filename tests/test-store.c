@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cs-internal.h"
@@ -578,6 +579,60 @@ static void test_concurrent_fills(void)
         free(data);
 }
 
+/* A forked child goes on with its parent's handle, here from two threads
+ * (stage.c, design note 3): it has no flusher, so fills that find the
+ * ring full write segments themselves, behind each other's copies. */
+static void *put_in_child(void *p)
+{
+        fill_worker *wk = p;
+        uint8_t *data = malloc(65536);
+
+        for (int i = 0; i < 32; i++) {
+                fill_data(data, 65536, wk->seed, i, true);
+                if (cs_store_put(wk->store, CS_KIND_DATA, data, 65536, &wk->small[0]) != 1)
+                        wk->failures++;
+        }
+        free(data);
+        return NULL;
+}
+
+static void test_forked_child(void)
+{
+        uint8_t *data = malloc(65536);
+        char path[512];
+        cs_store *w = NULL;
+        cs_chunk_id id;
+        int status = -1;
+        pid_t pid;
+
+        tap_path(path, sizeof(path), "store-fork");
+        cs_store_init(path, &(cs_init_params) { .block_size = 65536 });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        tap_fill(data, 65536, DATA_RANDOM, 60);
+        cs_store_put(w, CS_KIND_DATA, data, 65536, &id);
+        cs_store_commit(w);
+        fflush(stdout);
+        pid = fork();
+        if (pid == 0) {
+                fill_worker workers[2] = { { .store = w, .seed = 61 }, { .store = w, .seed = 62 } };
+                pthread_t threads[2];
+
+                alarm(60);
+                for (int t = 0; t < 2; t++)
+                        pthread_create(&threads[t], NULL, put_in_child, &workers[t]);
+                for (int t = 0; t < 2; t++)
+                        pthread_join(threads[t], NULL);
+                _exit(workers[0].failures + workers[1].failures == 0 && cs_store_commit(w) == 0 ? 0 : 1);
+        }
+        if (pid > 0)
+                waitpid(pid, &status, 0);
+        ok(pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+           "a forked child puts 4 MiB from two threads and commits (status %d)", status);
+        ok(reads_back(w, &id, data, 65536), "the parent's chunk still reads back in the parent");
+        cs_store_unref(w);
+        free(data);
+}
+
 /* Where direct I/O works, puts and commits leave the pack's bytes out of
  * the page cache (what reads fetch later is cached as usual). */
 static void test_direct_writes(void)
@@ -635,6 +690,15 @@ static void test_failed_write(void)
         setrlimit(RLIMIT_FSIZE, &small);
         is_int(cs_store_put(w, CS_KIND_TREE, tree, big, &tree_id), -EFBIG,
                "a 12 MiB put past a 3 MiB file size limit fails with EFBIG");
+        /* More than a stage has reservations: each fails by itself, none
+         * waits for a free one (stage.c, design note 6). */
+        int failed = 0;
+        for (int i = 0; i < 100; i++) {
+                tap_fill(data, 4096, DATA_TEXT, 1000 + (uint64_t) i);
+                failed += cs_store_put(w, CS_KIND_DATA, data, 4096, &id) == -EFBIG;
+        }
+        is_int(failed, 100, "100 more puts fail with EFBIG too, and return");
+        tap_fill(data, bs, DATA_TEXT, 32);
         setrlimit(RLIMIT_FSIZE, &old);
         is_int(cs_store_put(w, CS_KIND_DATA, data, bs, &id), 1, "with the limit lifted, the next put works");
         is_int(cs_store_commit(w), 0, "and so does a commit");
@@ -659,6 +723,7 @@ int main(void)
         test_background_commits();
         test_staged_packs();
         test_concurrent_fills();
+        test_forked_child();
         test_direct_writes();
         test_failed_write();
         return tap_done();
