@@ -351,7 +351,8 @@ const char *cs_store_path(const cs_store *store)
 
 /* --- Committing --------------------------------------------------------- */
 
-static int insert_pending(const cs_pending *p, sqlite3 *db)
+/* Inserts the rows of p's puts, or only those in pack only_pack if not 0. */
+static int insert_pending(const cs_pending *p, sqlite3 *db, uint64_t only_pack)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *insert = NULL;
         int r;
@@ -364,6 +365,8 @@ static int insert_pending(const cs_pending *p, sqlite3 *db)
                 return r;
         for (size_t i = 0; i < p->n; i++) {
                 const pending_entry *e = &p->entries[i];
+                if (only_pack != 0 && e->loc.pack != only_pack)
+                        continue;
                 sqlite3_bind_blob(insert, 1, e->id.bytes, CS_CHUNK_ID_SIZE, SQLITE_STATIC);
                 sqlite3_bind_int(insert, 2, e->loc.kind);
                 sqlite3_bind_int64(insert, 3, (int64_t) e->loc.pack);
@@ -384,7 +387,9 @@ static int write_batch(sqlite3 *db, const cs_pending *batch, uint64_t logical, c
 
         if (r < 0)
                 return r;
-        r = insert_pending(batch, db);
+        /* A sealing commit's batch may hold puts that went into the next
+         * pack: they wait for a later commit (cs_store_commit_locked). */
+        r = insert_pending(batch, db, seal_pack ? seal_pack->id : 0);
         if (r >= 0 && logical > 0) {
                 char sql[128];
                 snprintf(sql, sizeof(sql), "UPDATE meta SET value = value + %llu WHERE key = 'logical_bytes'",
@@ -414,13 +419,15 @@ static uint64_t batch_end_in(const cs_pending *batch, uint64_t id)
         return end;
 }
 
-/* Returns a failed batch to the pending puts, so a later commit retries it. */
-static int restore_batch(cs_store *store, cs_pending *batch, uint64_t logical)
+/* Returns a batch's puts to the pending ones, so that a later commit
+ * takes them: all of a failed batch, or those a sealing commit left
+ * out (except_pack: the pack it sealed; else 0). */
+static int restore_batch(cs_store *store, cs_pending *batch, uint64_t logical, uint64_t except_pack)
 {
         int r = 0;
 
         for (size_t i = 0; i < batch->n && r >= 0; i++)
-                if (!pending_find(store->pending, &batch->entries[i].id))
+                if (batch->entries[i].loc.pack != except_pack && !pending_find(store->pending, &batch->entries[i].id))
                         r = pending_add(store->pending, &batch->entries[i].id, &batch->entries[i].loc);
         store->pending_logical_bytes += logical;
         return r;
@@ -452,7 +459,7 @@ int cs_store_commit_locked(cs_store *store, bool seal)
 {
         sqlite3 *db = cs_store_writer_locked(store);
         cs_pending *batch;
-        cs_pack_writer pack, current = { .fd = -1 }, next = { .fd = -1 };
+        cs_pack_writer pack, next = { .fd = -1 };
         uint64_t logical, batch_end;
         bool sync_failed;
         /* Sealed for its size, not on request (gc, compaction). */
@@ -500,13 +507,15 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         if (seal) {
                 /* New puts go to the next pack; the ones writing into this
                  * one finish first, so the batch below holds all of its
-                 * records. */
+                 * records.  Puts into the next pack that finish meanwhile
+                 * join the batch too, but not its rows: they stay pending
+                 * (restore_batch below), and this commit neither flushes
+                 * nor syncs that pack. */
                 store->pack = next;
                 store->retiring_id = pack.id;
                 store->retiring_inflight = pack.inflight;
                 while (store->retiring_inflight > 0)
                         pthread_cond_wait(&store->commit_done, &store->write_lock);
-                current = store->pack; /* records that finished meanwhile may be there */
         }
 
         /* Take the batch out. */
@@ -524,13 +533,9 @@ int cs_store_commit_locked(cs_store *store, bool seal)
         /* A failed flush keeps its bytes staged, and the batch can be put
          * back; a failed fdatasync may have dropped them. */
         r = batch->n > 0 || seal ? cs_pack_flush(&pack, batch_end) : 0;
-        if (r >= 0 && current.fd >= 0)
-                r = cs_pack_flush(&current, batch_end_in(batch, current.id));
         sync_failed = false;
         if (r >= 0) {
                 r = batch->n > 0 || seal ? cs_pack_sync(&pack, seal) : 0;
-                if (r >= 0 && current.fd >= 0)
-                        r = cs_pack_sync(&current, false);
                 sync_failed = r < 0;
         }
         if (r >= 0)
@@ -541,21 +546,19 @@ int cs_store_commit_locked(cs_store *store, bool seal)
                 /* Its chunks leave the pending table: lookups must now see
                  * this commit in the catalog. */
                 __atomic_add_fetch(&store->commits, 1, __ATOMIC_RELEASE);
-                if (seal)
+                if (seal) {
+                        /* The next pack's puts, for a later commit. */
+                        int k = restore_batch(store, batch, 0, pack.id);
                         cs_pack_writer_close(&pack);
-                else if (store->pack.id == pack.id)
+                        if (k < 0)
+                                store->lost_error = r = k;
+                } else if (store->pack.id == pack.id)
                         store->pack.committed = MAX(store->pack.committed, batch_end);
-                /* A sealing commit's batch also holds the records that went
-                 * into the next pack while it waited for the old one's
-                 * writers: their rows are committed now, so abandoning that
-                 * pack (cs_store_unref) must not cut them off. */
-                if (store->pack.fd >= 0)
-                        store->pack.committed = MAX(store->pack.committed, batch_end_in(batch, store->pack.id));
                 pending_clear(batch);
                 store->spare = batch;
                 store->commit_error = 0;
         } else if (!sync_failed && (!seal || store->pack.fd < 0)) {
-                int k = restore_batch(store, batch, logical);
+                int k = restore_batch(store, batch, logical, 0);
                 pending_free(batch);
                 if (seal) {
                         /* Not sealed after all: keep appending to it.  Its
