@@ -2695,8 +2695,9 @@ int cs_clone_listxattr(cs_clone *c, uint64_t ino, char *buf, size_t size)
 
 /* setfacl: the mode's permission bits become the ACL's owner, group
  * class and other entries (as posix_acl_update_mode() does), and an ACL
- * the mode says all of is not kept.  i->attr is updated, not stored. */
-static int set_access_acl(cs_clone *c, inode *i, const void *value, size_t size)
+ * the mode says all of is not kept; kill_sgid clears S_ISGID.  i->attr
+ * is updated, not stored. */
+static int set_access_acl(cs_clone *c, inode *i, const void *value, size_t size, bool kill_sgid)
 {
         _cleanup_free_ uint8_t *acl = NULL;
         acl_perms p;
@@ -2706,6 +2707,8 @@ static int set_access_acl(cs_clone *c, inode *i, const void *value, size_t size)
         if (r < 0)
                 return r == -EBADMSG ? -EINVAL : r;
         i->attr.mode = (i->attr.mode & ~0777u) | acl_mode_bits(&p);
+        if (kill_sgid)
+                i->attr.mode &= ~(uint32_t) S_ISGID;
         if (p.extended || p.mask)
                 return put_xattr(c, i->attr.ino, ACL_ACCESS_XATTR, acl, size);
         r = delete_xattr(c, i->attr.ino, ACL_ACCESS_XATTR);
@@ -2741,7 +2744,7 @@ int cs_clone_setxattr(cs_clone *c, uint64_t ino, const char *name, const void *v
                 return end(c, r);
         if (strcmp(name, ACL_ACCESS_XATTR) == 0)
                 /* The kernel leaves the mode to us: it mirrors the ACL. */
-                r = set_access_acl(c, &i, value, size);
+                r = set_access_acl(c, &i, value, size, flags & CS_XATTR_KILL_SGID);
         else
                 r = put_xattr(c, ino, name, value, size);
         if (r >= 0) {

@@ -518,11 +518,45 @@ void cfs_clone_op_listxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_
         free(buf);
 }
 
+/* Whether the caller is privileged or in group gid.  When the kernel
+ * cannot say (no /proc), yes: the file keeps its mode, as before. */
+static bool caller_in_group(fuse_req_t req, gid_t gid)
+{
+        const struct fuse_ctx *caller = fuse_req_ctx(req);
+        _cleanup_free_ gid_t *groups = NULL;
+        int n;
+
+        if (caller->uid == 0 || caller->gid == gid)
+                return true;
+        n = fuse_req_getgroups(req, 0, NULL);
+        if (n <= 0)
+                return n < 0;
+        groups = calloc((size_t) n, sizeof(*groups));
+        if (!groups)
+                return true;
+        n = MIN(n, fuse_req_getgroups(req, n, groups));
+        if (n < 0)
+                return true;
+        for (int i = 0; i < n; i++)
+                if (groups[i] == gid)
+                        return true;
+        return false;
+}
+
 void cfs_clone_op_setxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const char *name, const char *value,
                            size_t size, int flags)
 {
         int cs_flags = (flags & XATTR_CREATE ? CS_XATTR_CREATE : 0) | (flags & XATTR_REPLACE ? CS_XATTR_REPLACE : 0);
-        int r = cs_clone_setxattr(n->clone->clone, n->cino, name, value, size, cs_flags);
+        cs_clone_attr attr;
+        int r;
+
+        /* setfacl by someone outside the file's group drops its
+         * set-group-ID bit, as chmod would; the kernel leaves it to us. */
+        if (strcmp(name, "system.posix_acl_access") == 0 &&
+            cs_clone_getattr(n->clone->clone, n->cino, &attr) >= 0 && (attr.mode & S_ISGID) &&
+            !caller_in_group(req, attr.gid))
+                cs_flags |= CS_XATTR_KILL_SGID;
+        r = cs_clone_setxattr(n->clone->clone, n->cino, name, value, size, cs_flags);
         fuse_reply_err(req, -MIN(r, 0));
 }
 

@@ -76,6 +76,31 @@ getfattr -m - -d "$mnt/f" 2>/dev/null | grep -q posix_acl_access &&
 pass "an ACL equal to the mode is not kept"
 step "setfacl -m g:nogroup:rx" setfacl -m g:nogroup:rx {}
 
+# setfacl -m ACL on g as USER, in the clone and natively; then mode and
+# ACL must be the same in both.
+setfacl_as() {
+        local desc=$1 user=$2 acl=$3 where out=()
+        for where in "$mnt" "$native"; do
+                runuser -u "$user" -- setfacl -m "$acl" "$where/g" || fail "$desc failed in $where"
+                out+=("$(stat -c %A "$where/g"; getfacl -cp "$where/g" 2>&1)")
+        done
+        [ "${out[0]}" = "${out[1]}" ] || fail "$desc: the clone has
+${out[0]}
+natively
+${out[1]}"
+        pass "$desc: $(stat -c %A "$mnt/g"), as natively"
+}
+# A set-group-ID file of nobody's in group root, which nobody is not in.
+for where in "$mnt" "$native"; do
+        { echo x >"$where/g" && chown nobody:root "$where/g" && chmod 2775 "$where/g"; } ||
+                fail "cannot make $where/g"
+done
+setfacl_as "setfacl by root keeps S_ISGID" root u:daemon:r
+expect_eq "S_ISGID after root's setfacl" "$(stat -c %A "$mnt/g" | cut -c7)" s
+chmod 2775 "$mnt/g" "$native/g"
+setfacl_as "setfacl by the owner outside the file's group clears S_ISGID" nobody u:daemon:rw
+expect_eq "S_ISGID after nobody's setfacl" "$(stat -c %A "$mnt/g" | cut -c7)" x
+
 # The ACL and mode survive a snapshot.
 step "chmod 600 again" chmod 600 {}
 step "setfacl -m u:nobody:r again" setfacl -m u:nobody:r {}
