@@ -551,7 +551,9 @@ void cfs_clone_op_setxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const 
         int r;
 
         /* setfacl by someone outside the file's group drops its
-         * set-group-ID bit, as chmod would; the kernel leaves it to us. */
+         * set-group-ID bit (posix_acl_update_mode()).  The kernel would
+         * say so with FUSE_SETXATTR_ACL_KILL_SGID, which needs
+         * FUSE_SETXATTR_EXT, which libfuse 3.14 does not negotiate. */
         if (strcmp(name, "system.posix_acl_access") == 0 &&
             cs_clone_getattr(n->clone->clone, n->cino, &attr) >= 0 && (attr.mode & S_ISGID) &&
             !caller_in_group(req, attr.gid))
