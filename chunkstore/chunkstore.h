@@ -546,7 +546,7 @@ enum {
         CS_XATTR_CREATE = 1 << 0,
         CS_XATTR_REPLACE = 1 << 1,
         /* Setting the access ACL clears S_ISGID: the caller is neither in
-         * the file's group nor privileged (the kernel's
+         * the file's group nor holds CAP_FSETID (the kernel's
          * posix_acl_update_mode(), which FUSE leaves to the daemon). */
         CS_XATTR_KILL_SGID = 1 << 2,
 };

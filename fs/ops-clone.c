@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -518,15 +519,33 @@ void cfs_clone_op_listxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_
         free(buf);
 }
 
-/* Whether the caller is privileged or in group gid.  When the kernel
- * cannot say (no /proc), yes: the file keeps its mode, as before. */
-static bool caller_in_group(fuse_req_t req, gid_t gid)
+/* Whether process pid has CAP_FSETID in its effective set; without
+ * /proc, whether it is root. */
+static bool has_fsetid(pid_t pid, uid_t uid)
+{
+        _cleanup_fclose_ FILE *f = NULL;
+        unsigned long long caps;
+        char path[64], line[256];
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        f = pid > 0 ? fopen(path, "re") : NULL;
+        while (f && fgets(line, sizeof(line), f))
+                if (sscanf(line, "CapEff: %llx", &caps) == 1)
+                        return caps & (1ull << CAP_FSETID);
+        return uid == 0;
+}
+
+/* Whether the caller may keep a file's set-group-ID bit when it sets its
+ * ACL: it has CAP_FSETID or is in group gid (the kernel's
+ * in_group_or_capable()).  When its groups cannot be read (no /proc),
+ * yes: the file keeps its mode, as before. */
+static bool caller_in_group_or_capable(fuse_req_t req, gid_t gid)
 {
         const struct fuse_ctx *caller = fuse_req_ctx(req);
         _cleanup_free_ gid_t *groups = NULL;
-        int n;
+        int n, got;
 
-        if (caller->uid == 0 || caller->gid == gid)
+        if (caller->gid == gid || has_fsetid(caller->pid, caller->uid))
                 return true;
         n = fuse_req_getgroups(req, 0, NULL);
         if (n <= 0)
@@ -534,10 +553,10 @@ static bool caller_in_group(fuse_req_t req, gid_t gid)
         groups = calloc((size_t) n, sizeof(*groups));
         if (!groups)
                 return true;
-        n = MIN(n, fuse_req_getgroups(req, n, groups));
-        if (n < 0)
+        got = fuse_req_getgroups(req, n, groups);
+        if (got < 0)
                 return true;
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < MIN(n, got); i++)
                 if (groups[i] == gid)
                         return true;
         return false;
@@ -556,7 +575,7 @@ void cfs_clone_op_setxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, const 
          * FUSE_SETXATTR_EXT, which libfuse 3.14 does not negotiate. */
         if (strcmp(name, "system.posix_acl_access") == 0 &&
             cs_clone_getattr(n->clone->clone, n->cino, &attr) >= 0 && (attr.mode & S_ISGID) &&
-            !caller_in_group(req, attr.gid))
+            !caller_in_group_or_capable(req, attr.gid))
                 cs_flags |= CS_XATTR_KILL_SGID;
         r = cs_clone_setxattr(n->clone->clone, n->cino, name, value, size, cs_flags);
         fuse_reply_err(req, -MIN(r, 0));

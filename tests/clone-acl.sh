@@ -76,12 +76,13 @@ getfattr -m - -d "$mnt/f" 2>/dev/null | grep -q posix_acl_access &&
 pass "an ACL equal to the mode is not kept"
 step "setfacl -m g:nogroup:rx" setfacl -m g:nogroup:rx {}
 
-# setfacl -m ACL on g as USER, in the clone and natively; then mode and
-# ACL must be the same in both.
-setfacl_as() {
-        local desc=$1 user=$2 acl=$3 where out=()
+# setfacl -m ACL on g, run by COMMAND... (which ends in "--" or the
+# like), in the clone and natively; then mode and ACL must be the same.
+setfacl_by() {
+        local desc=$1 acl=$2 where out=()
+        shift 2
         for where in "$mnt" "$native"; do
-                runuser -u "$user" -- setfacl -m "$acl" "$where/g" || fail "$desc failed in $where"
+                "$@" setfacl -m "$acl" "$where/g" || fail "$desc failed in $where"
                 out+=("$(stat -c %A "$where/g"; getfacl -cp "$where/g" 2>&1)")
         done
         [ "${out[0]}" = "${out[1]}" ] || fail "$desc: the clone has
@@ -90,16 +91,32 @@ natively
 ${out[1]}"
         pass "$desc: $(stat -c %A "$mnt/g"), as natively"
 }
+# set_group ON_GROUP: g becomes set-group-ID again, in group ON_GROUP.
+set_group() {
+        chgrp "$1" "$mnt/g" "$native/g" && chmod 2775 "$mnt/g" "$native/g" || fail "cannot reset g"
+}
+# S_ISGID of g in the clone: s or x.
+sgid() {
+        stat -c %A "$mnt/g" | cut -c7
+}
 # A set-group-ID file of nobody's in group root, which nobody is not in.
 for where in "$mnt" "$native"; do
         { echo x >"$where/g" && chown nobody:root "$where/g" && chmod 2775 "$where/g"; } ||
                 fail "cannot make $where/g"
 done
-setfacl_as "setfacl by root keeps S_ISGID" root u:daemon:r
-expect_eq "S_ISGID after root's setfacl" "$(stat -c %A "$mnt/g" | cut -c7)" s
-chmod 2775 "$mnt/g" "$native/g"
-setfacl_as "setfacl by the owner outside the file's group clears S_ISGID" nobody u:daemon:rw
-expect_eq "S_ISGID after nobody's setfacl" "$(stat -c %A "$mnt/g" | cut -c7)" x
+setfacl_by "setfacl by root keeps S_ISGID" u:daemon:r env --
+expect_eq "S_ISGID after root's setfacl" "$(sgid)" s
+set_group root
+setfacl_by "setfacl by the owner outside the file's group clears S_ISGID" u:daemon:rw runuser -u nobody --
+expect_eq "S_ISGID after nobody's setfacl" "$(sgid)" x
+set_group root
+setfacl_by "setfacl by the owner with the file's group as a supplementary one keeps S_ISGID" u:bin:r \
+        setpriv --reuid=nobody --regid=nogroup --groups=0 --
+expect_eq "S_ISGID after setfacl by a member of the group" "$(sgid)" s
+set_group daemon
+setfacl_by "setfacl by root without CAP_FSETID, outside the group, clears S_ISGID" u:bin:rw \
+        setpriv --bounding-set=-fsetid --
+expect_eq "S_ISGID after setfacl without CAP_FSETID" "$(sgid)" x
 
 # The ACL and mode survive a snapshot.
 step "chmod 600 again" chmod 600 {}
