@@ -439,26 +439,25 @@ static void *job_run(void *userdata)
                         return NULL;
                 }
         }
-        for (size_t i = 0, end = 0;; i++) {
-                if (i == end) {
-                        i = atomic_fetch_add(j->next, JOB_BATCH_BLOCKS);
-                        if (i >= j->n_blocks)
-                                break;
-                        end = MIN(i + JOB_BATCH_BLOCKS, j->n_blocks);
-                }
-                if (j->kind == JOB_PUT) {
-                        r = cs_store_put(j->store, CS_KIND_DATA, j->data + i * j->block_size,
-                                         j->block_size, &j->ids[i]);
-                        if (r > 0)
-                                j->new_chunks++;
-                } else {
-                        r = cs_store_get(j->store, &j->ids[i], buf, j->block_size);
-                        if (r >= 0 && (size_t) r != j->block_size)
-                                r = -EBADMSG;
-                }
-                if (r < 0) {
-                        j->result = r;
-                        return NULL;
+        for (;;) {
+                size_t first = atomic_fetch_add(j->next, JOB_BATCH_BLOCKS);
+                if (first >= j->n_blocks)
+                        break;
+                for (size_t i = first; i < MIN(first + JOB_BATCH_BLOCKS, j->n_blocks); i++) {
+                        if (j->kind == JOB_PUT) {
+                                r = cs_store_put(j->store, CS_KIND_DATA, j->data + i * j->block_size,
+                                                 j->block_size, &j->ids[i]);
+                                if (r > 0)
+                                        j->new_chunks++;
+                        } else {
+                                r = cs_store_get(j->store, &j->ids[i], buf, j->block_size);
+                                if (r >= 0 && (size_t) r != j->block_size)
+                                        r = -EBADMSG;
+                        }
+                        if (r < 0) {
+                                j->result = r;
+                                return NULL;
+                        }
                 }
         }
         return NULL;

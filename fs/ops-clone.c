@@ -519,46 +519,40 @@ void cfs_clone_op_listxattr(fuse_req_t req, cfs_context *ctx, cfs_node *n, size_
         free(buf);
 }
 
-/* Whether process pid has CAP_FSETID in its effective set; without
- * /proc, whether it is root. */
-static bool has_fsetid(pid_t pid, uid_t uid)
-{
-        _cleanup_fclose_ FILE *f = NULL;
-        unsigned long long caps;
-        char path[64], line[256];
-
-        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
-        f = pid > 0 ? fopen(path, "re") : NULL;
-        while (f && fgets(line, sizeof(line), f))
-                if (sscanf(line, "CapEff: %llx", &caps) == 1)
-                        return caps & (1ull << CAP_FSETID);
-        return uid == 0;
-}
-
 /* Whether the caller may keep a file's set-group-ID bit when it sets its
- * ACL: it has CAP_FSETID or is in group gid (the kernel's
- * in_group_or_capable()).  When its groups cannot be read (no /proc),
- * yes: the file keeps its mode, as before. */
+ * ACL: its fsgid or one of its groups is gid, or it has CAP_FSETID (the
+ * kernel's in_group_or_capable()).  One read of /proc/PID/status gives
+ * both its groups (what fuse_req_getgroups() reads) and its capabilities.
+ * When that cannot be read, yes: the file keeps its mode, as before. */
 static bool caller_in_group_or_capable(fuse_req_t req, gid_t gid)
 {
         const struct fuse_ctx *caller = fuse_req_ctx(req);
-        _cleanup_free_ gid_t *groups = NULL;
-        int n, got;
+        _cleanup_fclose_ FILE *f = NULL;
+        _cleanup_free_ char *line = NULL;
+        size_t line_size = 0;
+        char path[64];
 
-        if (caller->gid == gid || has_fsetid(caller->pid, caller->uid))
+        if (caller->gid == gid)
                 return true;
-        n = fuse_req_getgroups(req, 0, NULL);
-        if (n <= 0)
-                return n < 0;
-        groups = calloc((size_t) n, sizeof(*groups));
-        if (!groups)
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) caller->pid);
+        f = caller->pid > 0 ? fopen(path, "re") : NULL;
+        if (!f)
                 return true;
-        got = fuse_req_getgroups(req, n, groups);
-        if (got < 0)
-                return true;
-        for (int i = 0; i < MIN(n, got); i++)
-                if (groups[i] == gid)
-                        return true;
+        while (getline(&line, &line_size, f) > 0) {
+                unsigned long long caps;
+
+                if (sscanf(line, "CapEff: %llx", &caps) == 1)
+                        return caps & (1ull << CAP_FSETID);
+                if (strncmp(line, "Groups:", 7) != 0)
+                        continue;
+                for (char *p = line + 7, *end;; p = end) {
+                        unsigned long g = strtoul(p, &end, 10);
+                        if (end == p)
+                                break;
+                        if (g == gid)
+                                return true;
+                }
+        }
         return false;
 }
 
