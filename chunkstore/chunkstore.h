@@ -30,9 +30,12 @@
 extern "C" {
 #endif
 
-/* The on-disk format this library reads and writes.  A store with a larger
- * number is refused with -EPROTONOSUPPORT. */
-#define CS_FORMAT_VERSION 1
+/* The on-disk format this library writes into new stores; it reads and
+ * writes every earlier one too, in that store's own format.  A store with
+ * a larger number is refused with -EPROTONOSUPPORT.  2: a segmented
+ * file's entry carries its count of blocks that are not holes
+ * (docs/ARCHITECTURE.md, "Point trees"). */
+#define CS_FORMAT_VERSION 2
 
 #define CS_BLOCK_SIZE_MIN (4u * 1024u)
 #define CS_BLOCK_SIZE_MAX (1024u * 1024u)
@@ -286,12 +289,21 @@ typedef struct cs_xattr {
 } cs_xattr;
 
 /* A file's content: either its block ids (segmented == false) or the ids
- * of segment objects holding them (segmented == true). */
+ * of segment objects holding them (segmented == true).  A segmented file
+ * also counts its blocks that are not holes, so that st_blocks needs no
+ * segment read (cs_content_data_bytes; inline ids are counted where they
+ * are); one from a format 1 store does not know the count. */
 typedef struct cs_content {
         bool segmented;
         size_t n;
         const cs_chunk_id *ids;
+        bool data_blocks_known;
+        uint64_t data_blocks;
 } cs_content;
+
+/* Bytes of a file of size bytes that are not in holes, as st_blocks
+ * counts them: whole blocks, at most size; size when not known. */
+uint64_t cs_content_data_bytes(const cs_content *content, uint64_t size, uint32_t block_size);
 
 /* One directory entry.  Strings are not NUL-terminated: names and symlink
  * targets may hold any byte but '/' and NUL (names) or NUL (targets). */

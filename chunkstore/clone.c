@@ -250,18 +250,32 @@ static void sqlite3_resetp(sqlite3_stmt **stmt)
         }
 }
 
-/* --- Base content encoding: segmented flag, then ids -------------------- */
+/* --- Base content encoding ---------------------------------------------
+ *
+ * u8 flags (bit 0: segmented; bit 1: le64 data blocks follows), [le64 data
+ * blocks], then the ids.  Bit 1 is written in stores of format 2 on, as
+ * in a point's entry (tree.c, design note 2). */
 
-static int content_blob(const cs_content *content, uint8_t **ret, size_t *ret_size)
+enum {
+        BLOB_SEGMENTED = 1 << 0,
+        BLOB_DATA_BLOCKS = 1 << 1,
+};
+
+static int content_blob(const cs_store *store, const cs_content *content, uint8_t **ret, size_t *ret_size)
 {
-        size_t size = 1 + content->n * CS_CHUNK_ID_SIZE;
+        bool data_blocks = store->config.format >= 2 && content->segmented && content->data_blocks_known;
+        size_t header = 1 + (data_blocks ? 8 : 0), size = header + content->n * CS_CHUNK_ID_SIZE;
         uint8_t *b = malloc(size);
 
         if (!b)
                 return -ENOMEM;
-        b[0] = content->segmented;
+        b[0] = (content->segmented ? BLOB_SEGMENTED : 0) | (data_blocks ? BLOB_DATA_BLOCKS : 0);
+        if (data_blocks) {
+                uint64_t v = htole64(content->data_blocks);
+                memcpy(b + 1, &v, 8);
+        }
         if (content->n)
-                memcpy(b + 1, content->ids, content->n * CS_CHUNK_ID_SIZE);
+                memcpy(b + header, content->ids, content->n * CS_CHUNK_ID_SIZE);
         *ret = b;
         *ret_size = size;
         return 0;
@@ -270,13 +284,22 @@ static int content_blob(const cs_content *content, uint8_t **ret, size_t *ret_si
 static int content_from_blob(const void *blob, size_t size, cs_content *ret)
 {
         const uint8_t *b = blob;
+        size_t header;
+        uint64_t v = 0;
 
-        if (size < 1 || (size - 1) % CS_CHUNK_ID_SIZE)
+        if (size < 1 || (b[0] & ~(BLOB_SEGMENTED | BLOB_DATA_BLOCKS)))
                 return -EBADMSG;
+        header = 1 + (b[0] & BLOB_DATA_BLOCKS ? 8 : 0);
+        if (size < header || (size - header) % CS_CHUNK_ID_SIZE)
+                return -EBADMSG;
+        if (b[0] & BLOB_DATA_BLOCKS)
+                memcpy(&v, b + 1, 8);
         *ret = (cs_content) {
-                .segmented = b[0] != 0,
-                .n = (size - 1) / CS_CHUNK_ID_SIZE,
-                .ids = (const cs_chunk_id *) (b + 1),
+                .segmented = b[0] & BLOB_SEGMENTED,
+                .n = (size - header) / CS_CHUNK_ID_SIZE,
+                .ids = (const cs_chunk_id *) (b + header),
+                .data_blocks_known = !(b[0] & BLOB_SEGMENTED) || (b[0] & BLOB_DATA_BLOCKS),
+                .data_blocks = le64toh(v),
         };
         return 0;
 }
@@ -897,6 +920,33 @@ static int load_inode(cs_clone *c, uint64_t ino, inode *ret)
         return 0;
 }
 
+/* The attributes stat() shows, st_blocks included: a regular file's
+ * bytes that are not holes, as far as they are known without reading its
+ * data.  The base counts its blocks that are not holes (all of them when
+ * a format 1 store's point does not say), the delta file what the file
+ * system allocated; their sum, at most the size, counts an overwritten
+ * base block twice, so it errs upward: du may overstate a clone's file,
+ * but a file with data never looks empty to tar --sparse or cp. */
+static void inode_stat(cs_clone *c, const inode *i, cs_clone_attr *ret)
+{
+        uint64_t bytes = 0;
+        cs_content content;
+        struct stat st;
+        char name[32];
+
+        *ret = i->attr;
+        if (!S_ISREG(i->attr.mode))
+                return;
+        if (i->base && i->base_size > 0 && content_from_blob(i->base, i->base_len, &content) >= 0)
+                bytes += cs_content_data_bytes(&content, i->base_size, c->block_size);
+        else if (i->base)
+                bytes += i->base_size;
+        snprintf(name, sizeof(name), "%" PRIx64, i->attr.ino);
+        if (fstatat(c->data_fd, name, &st, 0) == 0)
+                bytes += (uint64_t) st.st_blocks * 512;
+        ret->blocks = DIV_ROUND_UP(MIN(bytes, i->attr.size), 512);
+}
+
 /* Takes the clone's mutex and loads an inode; on failure, lets go. */
 static int lock_inode(cs_clone *c, uint64_t ino, inode *ret)
 {
@@ -1089,7 +1139,7 @@ static int materialize(cs_clone *c, inode *dir)
                         }
                 }
                 if (S_ISREG(e->mode))
-                        r = content_blob(&e->content, &blob, &blob_len);
+                        r = content_blob(c->store, &e->content, &blob, &blob_len);
                 if (r >= 0)
                         r = insert_inode(c, &a, S_ISREG(e->mode) ? blob : S_ISDIR(e->mode) ? e->subdir.bytes : NULL,
                                          S_ISREG(e->mode) ? blob_len : S_ISDIR(e->mode) ? CS_CHUNK_ID_SIZE : 0,
@@ -1243,7 +1293,7 @@ int cs_clone_getattr(cs_clone *c, uint64_t ino, cs_clone_attr *ret)
         pthread_mutex_unlock(&c->lock);
         if (r < 0)
                 return r;
-        *ret = i.attr;
+        inode_stat(c, &i, ret);
         inode_clear(&i);
         return 0;
 }
@@ -1269,7 +1319,7 @@ int cs_clone_lookup(cs_clone *c, uint64_t parent, const char *name, cs_clone_att
         if (r >= 0) {
                 r = load_inode(c, ino, &child);
                 if (r >= 0) {
-                        *ret = child.attr;
+                        inode_stat(c, &child, ret);
                         inode_clear(&child);
                 }
         }
@@ -1573,7 +1623,7 @@ int cs_clone_create_node(cs_clone *c, uint64_t parent, const char *name, uint32_
         if (r >= 0)
                 r = load_inode(c, ino, &made);
         if (r >= 0) {
-                *ret = made.attr;
+                inode_stat(c, &made, ret);
                 inode_clear(&made);
         }
         inode_clear(&dir);
@@ -1614,7 +1664,7 @@ int cs_clone_link(cs_clone *c, uint64_t ino, uint64_t parent, const char *name, 
         if (r >= 0)
                 r = touch_dir(c, &dir, 0);
         if (r >= 0)
-                *ret = target.attr;
+                inode_stat(c, &target, ret);
         inode_clear(&target);
         inode_clear(&dir);
         return end(c, r);
@@ -2378,7 +2428,7 @@ int cs_clone_setattr(cs_clone *c, uint64_t ino, const cs_clone_attr *attr, unsig
         if (r >= 0)
                 r = update_attr(c, &i.attr);
         if (r >= 0)
-                *ret = i.attr;
+                inode_stat(c, &i, ret);
         inode_clear(&i);
         return end(c, r);
 }

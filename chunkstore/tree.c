@@ -18,12 +18,16 @@
  *  2. An entry: le16 name length, name, le32 mode, uid, gid, nlink,
  *     le64 size, le64 mtime sec, le32 mtime nsec, le64 ctime sec,
  *     le32 ctime nsec, le64 source dev, source ino, rdev, link group,
- *     u8 flags (bit 0: content is segmented), le32 first child, le32 child
- *     count, le32 target length, target, le16 xattr count, then per xattr:
- *     le16 name length, name, le32 value length, value.
+ *     u8 flags (bit 0: content is segmented; bit 1: le64 data blocks
+ *     follows), [le64 data blocks], le32 first child, le32 child count,
+ *     le32 target length, target, le16 xattr count, then per xattr: le16
+ *     name length, name, le32 value length, value.
  *     A regular file's children are its block ids (at most
  *     CS_INLINE_BLOCKS_MAX) or its segment ids; a directory's single child
- *     is its directory object.
+ *     is its directory object.  Data blocks, the file's blocks that are
+ *     not holes, is written for segmented files by stores of format 2 on
+ *     (format 1 readers would take it for the next field): st_blocks then
+ *     needs no segment read.  Inline content counts its own zero ids.
  *  3. A page is closed once its entries pass PAGE_BODY_MAX bytes (so it may
  *     exceed it by one entry), so changing one file in a directory of a
  *     million rewrites one page and the small index, not the whole
@@ -146,10 +150,40 @@ static uint8_t rd_u8(reader *r)
 
 enum {
         ENTRY_SEGMENTED = 1 << 0,
+        ENTRY_DATA_BLOCKS = 1 << 1, /* format 2 */
 };
 
-static void encode_entry(buf *b, const cs_entry *e, uint32_t first_child, uint32_t n_children)
+static uint64_t count_data_blocks(const cs_chunk_id *ids, size_t n)
 {
+        uint64_t data = 0;
+
+        for (size_t i = 0; i < n; i++)
+                data += !cs_chunk_id_is_zero(&ids[i]);
+        return data;
+}
+
+uint64_t cs_content_data_bytes(const cs_content *content, uint64_t size, uint32_t block_size)
+{
+        uint64_t data_blocks = content->segmented ? content->data_blocks
+                                                  : count_data_blocks(content->ids, content->n);
+
+        if (content->segmented && !content->data_blocks_known)
+                return size;
+        return MIN(data_blocks * block_size, size);
+}
+
+/* Whether a store writes an entry's data blocks (design note 2). */
+static bool store_writes_data_blocks(const cs_store *store)
+{
+        return store->config.format >= 2;
+}
+
+static void encode_entry(buf *b, const cs_entry *e, uint32_t first_child, uint32_t n_children,
+                         bool with_data_blocks)
+{
+        bool segmented = S_ISREG(e->mode) && e->content.segmented;
+        bool data_blocks = with_data_blocks && segmented && e->content.data_blocks_known;
+
         buf_u16(b, (uint16_t) e->name_len);
         buf_put(b, e->name, e->name_len);
         buf_u32(b, e->mode);
@@ -165,7 +199,9 @@ static void encode_entry(buf *b, const cs_entry *e, uint32_t first_child, uint32
         buf_u64(b, e->source_ino);
         buf_u64(b, e->rdev);
         buf_u64(b, e->link_group);
-        buf_u8(b, S_ISREG(e->mode) && e->content.segmented ? ENTRY_SEGMENTED : 0);
+        buf_u8(b, (segmented ? ENTRY_SEGMENTED : 0) | (data_blocks ? ENTRY_DATA_BLOCKS : 0));
+        if (data_blocks)
+                buf_u64(b, e->content.data_blocks);
         buf_u32(b, first_child);
         buf_u32(b, n_children);
         if (S_ISLNK(e->mode)) {
@@ -240,6 +276,7 @@ static void free_allocations(allocation_list *l)
 static int decode_entry(reader *r, const decoded_object *o, allocation_list *keep, cs_entry *e)
 {
         uint32_t first_child, n_children, target_len;
+        uint64_t data_blocks = 0;
         uint16_t n_xattrs;
         uint8_t flags;
 
@@ -260,6 +297,8 @@ static int decode_entry(reader *r, const decoded_object *o, allocation_list *kee
         e->rdev = rd_u64(r);
         e->link_group = rd_u64(r);
         flags = rd_u8(r);
+        if (flags & ENTRY_DATA_BLOCKS)
+                data_blocks = rd_u64(r);
         first_child = rd_u32(r);
         n_children = rd_u32(r);
         target_len = rd_u32(r);
@@ -300,6 +339,13 @@ static int decode_entry(reader *r, const decoded_object *o, allocation_list *kee
                         .n = n_children,
                         .ids = o->children + first_child,
                 };
+                if (!e->content.segmented)
+                        e->content.data_blocks = count_data_blocks(e->content.ids, n_children);
+                else if (flags & ENTRY_DATA_BLOCKS)
+                        e->content.data_blocks = data_blocks;
+                e->content.data_blocks_known = !e->content.segmented || (flags & ENTRY_DATA_BLOCKS);
+                if (e->content.data_blocks > (uint64_t) n_children * CS_SEGMENT_BLOCKS)
+                        return -EBADMSG;
         } else if (S_ISDIR(e->mode)) {
                 if (n_children != 1)
                         return -EBADMSG;
@@ -382,7 +428,13 @@ int cs_content_build(cs_store *store, const cs_chunk_id *blocks, size_t n_blocks
 
         *ret_storage = NULL;
         if (n_blocks <= CS_INLINE_BLOCKS_MAX) {
-                *ret = (cs_content) { .segmented = false, .n = n_blocks, .ids = blocks };
+                *ret = (cs_content) {
+                        .segmented = false,
+                        .n = n_blocks,
+                        .ids = blocks,
+                        .data_blocks_known = true,
+                        .data_blocks = count_data_blocks(blocks, n_blocks),
+                };
                 return 0;
         }
 
@@ -399,7 +451,13 @@ int cs_content_build(cs_store *store, const cs_chunk_id *blocks, size_t n_blocks
         free(body.data);
         if (r < 0)
                 return r;
-        *ret = (cs_content) { .segmented = true, .n = n_segments, .ids = segments };
+        *ret = (cs_content) {
+                .segmented = true,
+                .n = n_segments,
+                .ids = segments,
+                .data_blocks_known = true,
+                .data_blocks = count_data_blocks(blocks, n_blocks),
+        };
         *ret_storage = TAKE_PTR(segments);
         return 0;
 }
@@ -587,6 +645,7 @@ static int compare_entries(const void *x, const void *y)
 }
 
 typedef struct page_builder {
+        bool data_blocks; /* the store writes them (design note 2) */
         buf body;
         cs_chunk_id *children;
         size_t n_children, capacity;
@@ -608,7 +667,7 @@ static int page_add(page_builder *p, const cs_entry *e)
         }
         if (n)
                 memcpy(p->children + p->n_children, children, n * sizeof(*children));
-        encode_entry(&p->body, e, (uint32_t) p->n_children, (uint32_t) n);
+        encode_entry(&p->body, e, (uint32_t) p->n_children, (uint32_t) n, p->data_blocks);
         p->n_children += n;
         p->n_entries++;
         return p->body.failed ? -ENOMEM : 0;
@@ -616,7 +675,7 @@ static int page_add(page_builder *p, const cs_entry *e)
 
 int cs_dir_builder_finish(cs_dir_builder *b, cs_chunk_id *ret_dir)
 {
-        page_builder page = {};
+        page_builder page = { .data_blocks = b && store_writes_data_blocks(b->store) };
         buf index = {}, page_body = {};
         cs_chunk_id *pages = NULL;
         size_t n_pages = 0, first = 0;
@@ -690,7 +749,7 @@ int cs_point_build(cs_store *store, const cs_entry *root, cs_chunk_id *ret_point
         e.name = "";
         e.name_len = 0;
         buf_put(&body, MAGIC_POINT, 4);
-        encode_entry(&body, &e, 0, 1);
+        encode_entry(&body, &e, 0, 1, false); /* a directory: no content */
         r = put_object(store, &root->subdir, 1, &body, ret_point);
         free(body.data);
         return r;

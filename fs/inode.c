@@ -731,18 +731,13 @@ int cfs_node_dir(cfs_context *ctx, cfs_node *n, const cs_dir **ret)
 
 /* --- Attributes -------------------------------------------------------- */
 
+/* st_blocks: holes do not count, so that du, and cp's and tar's test for
+ * a sparse file (st_blocks below st_size), see what the source had. */
 static uint64_t allocated_blocks(cfs_context *ctx, const cs_entry *e)
 {
-        uint64_t data = 0;
-
         if (!S_ISREG(e->mode))
                 return DIV_ROUND_UP(e->size, 512);
-        if (e->content.segmented)
-                return DIV_ROUND_UP(e->size, 512);
-        for (size_t i = 0; i < e->content.n; i++)
-                if (!cs_chunk_id_is_zero(&e->content.ids[i]))
-                        data += ctx->block_size;
-        return DIV_ROUND_UP(MIN(data, e->size), 512);
+        return DIV_ROUND_UP(cs_content_data_bytes(&e->content, e->size, ctx->block_size), 512);
 }
 
 void cfs_node_stat(cfs_context *ctx, const cfs_node *n, struct stat *st)

@@ -34,6 +34,21 @@ rsync -naHAXc --numeric-ids --itemize-changes "$src/" "$c/" >"$workdir/rsync" 2>
 [ ! -s "$workdir/rsync" ] || { cat -A "$workdir/rsync" >&2; fail "a new clone differs from its point"; }
 pass "a new clone equals its point (rsync -naHAXc)"
 
+# st_blocks counts what is not a hole, in the base and in the delta file,
+# so du and cp --sparse=auto see a clone's sparse file as sparse.
+expect_eq "a base file's st_blocks is its point's" "$(stat -c %b "$c/sparse")" "$(stat -c %b "$p/sparse")"
+truncate -s 64M "$c/new-sparse"
+printf 'data' | dd of="$c/new-sparse" bs=1 seek=$((30 << 20)) conv=notrunc status=none
+blocks=$(stat -c %b "$c/new-sparse")
+[ "$blocks" -ge 1 ] && [ "$blocks" -le 128 ] || fail "a sparse file made in a clone has st_blocks $blocks"
+pass "a sparse file made in a clone has st_blocks $blocks"
+cp --sparse=auto "$c/new-sparse" "$workdir/sparse-copy" || fail "cp of the clone's sparse file failed"
+cmp "$c/new-sparse" "$workdir/sparse-copy" || fail "the copy of the clone's sparse file differs"
+expect_eq "cp --sparse=auto out of a clone keeps the file sparse" \
+        "$(( $(du -k "$workdir/sparse-copy" | cut -f1) <= 64 ))" 1
+rm -f "$c/new-sparse" "$workdir/sparse-copy"
+expect_eq "a dense file counts all its blocks" "$(stat -c %b "$c/table")" $(( (64 << 20) / 512 ))
+
 # Copy-on-write per page: an aligned 8 KiB into 64 MiB stores those 8 KiB.
 printf '%8192s' x | dd of="$c/table" bs=8192 seek=100 conv=notrunc status=none
 expect_ok "clone list --json" "$CLONECTL" clone list --json

@@ -59,6 +59,14 @@ print(data, hole, os.lseek(fd, (40 << 20) + 100, os.SEEK_HOLE))
 PY
 )
 expect_eq "SEEK_DATA and SEEK_HOLE see the holes" "$holes" "$((20 << 20)) $(((20 << 20) + 16384)) $(((40 << 20) + 16384))"
+# st_blocks counts only blocks that are not holes (two 16 KiB blocks of
+# 64 MiB), so du, and cp's and tar's test for a sparse file, see one.
+expect_eq "st_blocks of a sparse file counts its two data blocks" "$(stat -c %b "$point/sparse")" 64
+cp --sparse=auto "$point/sparse" "$workdir/sparse-copy" || fail "cp of the sparse file failed"
+cmp "$src/sparse" "$workdir/sparse-copy" || fail "the sparse file's copy differs"
+expect_eq "cp --sparse=auto out of a point keeps the file sparse (KiB allocated)" \
+        "$(( $(du -k "$workdir/sparse-copy" | cut -f1) <= 64 ))" 1
+rm -f "$workdir/sparse-copy"
 
 # Nothing can be written.
 expect_error "writing a file" "Read-only file system" sh -c "echo x >'$point/small'"

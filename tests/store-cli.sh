@@ -49,8 +49,12 @@ expect_error "no command" "no command given" "$CLONECTL"
 expect_error "an extra argument" "wrong number of arguments" "$CLONECTL" --store "$store" stats extra
 
 cp -a "$store" "$workdir/newer"
-sed -i 's/^format = 1$/format = 7/' "$workdir/newer/config"
+sed -i "s/^format = [0-9]*$/format = 7/" "$workdir/newer/config"
 expect_error "a store of a newer format" "newer format" "$CLONECTL" --store "$workdir/newer" stats
+cp -a "$store" "$workdir/older"
+sed -i "s/^format = [0-9]*$/format = 1/" "$workdir/older/config"
+expect_ok "a store of format 1 still works" "$CLONECTL" --store "$workdir/older" stats
+expect_eq "and stays format 1" "$(grep '^format' "$workdir/older/config")" "format = 1"
 
 # Data in, then damage it and watch verify find it.
 "$CS_WRITER" put "$store" 1 40 10 >"$workdir/ids" || fail "cs-writer put failed"

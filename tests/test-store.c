@@ -28,7 +28,7 @@ static int write_file(const char *path, const char *text)
 
 static void test_init_and_open(void)
 {
-        char path[512], other[512], cfg[600];
+        char path[512], other[512], cfg[600], text[256];
         cs_store *s = NULL;
         struct stat st;
 
@@ -57,8 +57,11 @@ static void test_init_and_open(void)
         tap_path(other, sizeof(other), "newer");
         cs_store_init(other, NULL);
         snprintf(cfg, sizeof(cfg), "%s/config", other);
-        write_file(cfg, "format = 2\nblock_size = 65536\ncompression = lz4\nfuture = yes\n"
-                        "secret = 0000000000000000000000000000000000000000000000000000000000000000\n");
+        snprintf(text, sizeof(text),
+                 "format = %d\nblock_size = 65536\ncompression = lz4\nfuture = yes\n"
+                 "secret = 0000000000000000000000000000000000000000000000000000000000000000\n",
+                 CS_FORMAT_VERSION + 1);
+        write_file(cfg, text);
         is_int(cs_store_open(other, 0, &s), -EPROTONOSUPPORT, "a store of a newer format is refused");
         write_file(cfg, "format = 1\nblock_size = 65536\n");
         is_int(cs_store_open(other, 0, &s), -EBADMSG, "a truncated config is refused");

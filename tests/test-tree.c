@@ -4,7 +4,10 @@
  * inline and segmented file content, points, and malformed objects.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cs-internal.h"
 #include "tap.h"
@@ -121,7 +124,9 @@ static void test_content(void)
                         fake_id(&blocks[i], i); /* every seventh is a hole */
         ok(cs_content_build(s, blocks, 10, &c, &storage) == 0 && !c.segmented && c.n == 10 && !storage,
            "a small file's block list is inline");
+        ok(c.data_blocks_known && c.data_blocks == 8, "it counts its blocks that are not holes");
         ok(cs_content_build(s, blocks, n, &c, &storage) == 0 && c.segmented && c.n == 4, "a large one is segmented");
+        ok(c.data_blocks_known && c.data_blocks == n - DIV_ROUND_UP(n, 7), "and counts its blocks that are not holes");
         ok(cs_content_blocks(s, &c, 0, n, back) == 0 && memcmp(back, blocks, n * sizeof(*blocks)) == 0,
            "its block ids read back");
         ok(cs_content_blocks(s, &c, CS_SEGMENT_BLOCKS - 5, 10, back) == 0 &&
@@ -131,6 +136,76 @@ static void test_content(void)
         free(storage);
         free(blocks);
         free(back);
+        cs_store_unref(s);
+}
+
+/* A segmented file of size bytes with a data block every `every` blocks,
+ * in a directory of its own: the entry as loaded back. */
+static int sparse_entry_round_trip(cs_store *s, uint64_t size, size_t every, cs_dir **ret_dir,
+                                   const cs_entry **ret)
+{
+        size_t n = (size_t) cs_store_blocks_of(s, size);
+        cs_chunk_id *blocks = calloc(n, sizeof(*blocks)), *storage = NULL, dir_id;
+        cs_dir_builder *b = NULL;
+        cs_entry e = { .name = "sparse", .name_len = 6, .mode = S_IFREG | 0600, .nlink = 1, .size = size };
+        int r;
+
+        for (size_t i = 0; i < n; i += every)
+                fake_id(&blocks[i], i + 1);
+        r = cs_content_build(s, blocks, n, &e.content, &storage);
+        if (r >= 0)
+                r = cs_dir_builder_new(s, &b);
+        if (r >= 0)
+                r = cs_dir_builder_add(b, &e);
+        if (r >= 0)
+                r = cs_dir_builder_finish(b, &dir_id);
+        if (r >= 0)
+                r = cs_dir_load(s, &dir_id, ret_dir);
+        if (r >= 0)
+                *ret = cs_dir_entry(*ret_dir, 0);
+        cs_dir_builder_free(b);
+        free(storage);
+        free(blocks);
+        return r;
+}
+
+static void test_data_blocks(void)
+{
+        cs_store *s = tap_store("tree-data-blocks");
+        const uint64_t size = 2 * CS_SEGMENT_BLOCKS * 4096ull + 100;
+        const uint64_t data_blocks = DIV_ROUND_UP(cs_store_blocks_of(s, size), 1000);
+        const cs_entry *e = NULL;
+        cs_dir *d = NULL;
+        char path[512];
+        cs_config config;
+        int dir_fd;
+
+        ok(sparse_entry_round_trip(s, size, 1000, &d, &e) == 0 && e->content.segmented,
+           "a sparse segmented file goes into a directory and back");
+        ok(e && e->content.data_blocks_known && e->content.data_blocks == data_blocks,
+           "its entry says how many of its blocks are not holes (%" PRIu64 ")", data_blocks);
+        ok(e && cs_content_data_bytes(&e->content, e->size, 4096) == data_blocks * 4096,
+           "so its data bytes are those blocks'");
+        cs_dir_free(d);
+        cs_store_unref(s);
+
+        /* A format 1 store: a reader of that format would take the count
+         * for the next field, so it is not written, and not known. */
+        tap_path(path, sizeof(path), "tree-data-blocks");
+        dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        ok(dir_fd >= 0 && cs_config_read(dir_fd, &config) == 0 && config.format == CS_FORMAT_VERSION,
+           "a new store has format %d", CS_FORMAT_VERSION);
+        config.format = 1;
+        ok(cs_config_write(dir_fd, &config) == 0, "make it format 1");
+        close(dir_fd);
+        s = NULL;
+        ok(cs_store_open(path, CS_OPEN_WRITE, &s) == 0, "a format 1 store opens");
+        ok(sparse_entry_round_trip(s, size, 1000, &d, &e) == 0 && e->content.segmented &&
+                   !e->content.data_blocks_known,
+           "its entries do not carry the count");
+        ok(e && cs_content_data_bytes(&e->content, e->size, 4096) == size,
+           "so every byte counts as data, as before");
+        cs_dir_free(d);
         cs_store_unref(s);
 }
 
@@ -174,6 +249,7 @@ int main(void)
 {
         test_big_directory();
         test_content();
+        test_data_blocks();
         test_point_and_damage();
         return tap_done();
 }

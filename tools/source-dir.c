@@ -286,8 +286,7 @@ typedef struct link_info {
         ino_t ino;
         uint64_t group;
         bool known;
-        bool segmented;
-        size_t n;
+        cs_content content; /* its ids are ids */
         cs_chunk_id *ids;
 } link_info;
 
@@ -726,8 +725,8 @@ static int remember_link(walker *w, const node *n)
         if (!l->ids)
                 return -ENOMEM;
         memcpy(l->ids, n->e.content.ids, n->e.content.n * sizeof(cs_chunk_id));
-        l->n = n->e.content.n;
-        l->segmented = n->e.content.segmented;
+        l->content = n->e.content;
+        l->content.ids = l->ids;
         l->known = true;
         return 0;
 }
@@ -784,11 +783,7 @@ static int walk_dir(walker *w, int dir_fd, const cs_dir *prev, cs_chunk_id *ret_
                         if (nd->task)
                                 r = complete_file(w, dir_fd, nd);
                         else if (node_link(w, nd) && node_link(w, nd)->known && !nd->e.content.ids)
-                                nd->e.content = (cs_content) {
-                                        .segmented = node_link(w, nd)->segmented,
-                                        .n = node_link(w, nd)->n,
-                                        .ids = node_link(w, nd)->ids,
-                                };
+                                nd->e.content = node_link(w, nd)->content;
                         if (r < 0 || nd->omit)
                                 continue;
                         r = remember_link(w, nd);
