@@ -270,6 +270,10 @@ void cs_pack_cache_drop(cs_pack_cache *c, uint64_t id);
 
 typedef struct cs_pending cs_pending;
 
+/* New chunks that putters of one handle may compress at once without a
+ * second copy of the same one (store.c, design note 7). */
+#define CS_CLAIMS_MAX 64u
+
 struct cs_store {
         char *path;
         int dir_fd;
@@ -303,6 +307,10 @@ struct cs_store {
         int lost_error;   /* a failed commit dropped acknowledged puts */
         pthread_cond_t commit_wake;
         uint64_t pending_logical_bytes;
+        /* Ids that a putter found new and is storing (design note 7). */
+        cs_chunk_id claims[CS_CLAIMS_MAX];
+        unsigned n_claims, claim_waiters;
+        pthread_cond_t claim_done;
         /* Batches committed, written under write_lock and read atomically
          * too: a held lookup snapshot older than one is stale. */
         uint64_t commits;

@@ -35,6 +35,16 @@
  *     batch that reaches twice the limits while one is being committed,
  *     or any batch after a background commit failed, is committed by the
  *     putter itself, which then sees the error.
+ *  7. A putter that finds a chunk new claims its id (under write_lock,
+ *     in the same section that looked in the pending puts) until the
+ *     chunk is pending or the put failed.  Another putter of the same id
+ *     meanwhile waits for the claim, then finds the chunk pending: two
+ *     threads snapshotting identical files at once would otherwise both
+ *     compress every block and both write it, and the second copy is
+ *     garbage that only compacting its pack gets back.  Claims live only
+ *     while puts run, so a fork (never with puts in progress) inherits
+ *     none.  With CS_CLAIMS_MAX claims taken, a put goes unclaimed and
+ *     only the old check after compressing stops a second copy.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -260,6 +270,7 @@ int cs_store_open(const char *path, unsigned flags, cs_store **ret_store)
         pthread_mutex_init(&store->write_lock, NULL);
         pthread_cond_init(&store->commit_done, NULL);
         pthread_cond_init(&store->commit_wake, NULL);
+        pthread_cond_init(&store->claim_done, NULL);
 
         store->path = strdup(path);
         if (!store->path)
@@ -327,6 +338,7 @@ cs_store *cs_store_unref(cs_store *store)
         cs_stage_pool_free(store->stage_pool); /* after the pack gave its ring back */
         pthread_cond_destroy(&store->commit_done);
         pthread_cond_destroy(&store->commit_wake);
+        pthread_cond_destroy(&store->claim_done);
         safe_close(store->lock_fd);
         safe_close(store->dir_fd);
         pthread_mutex_destroy(&store->write_lock);
@@ -718,19 +730,64 @@ static pending_entry *find_uncommitted(cs_store *store, const cs_chunk_id *id)
         return e;
 }
 
-/* 1 if this handle or the catalog already holds the chunk. */
-static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
+/* --- Claims on new chunks (design note 7), under write_lock ------------- */
+
+static bool claimed(const cs_store *store, const cs_chunk_id *id)
+{
+        for (unsigned i = 0; i < store->n_claims; i++)
+                if (cs_chunk_id_equal(&store->claims[i], id))
+                        return true;
+        return false;
+}
+
+/* Claims id; false if every claim is taken. */
+static bool claim(cs_store *store, const cs_chunk_id *id)
+{
+        if (store->n_claims == CS_CLAIMS_MAX)
+                return false;
+        store->claims[store->n_claims++] = *id;
+        return true;
+}
+
+static void claim_release(cs_store *store, const cs_chunk_id *id, bool held)
+{
+        if (!held)
+                return;
+        for (unsigned i = 0; i < store->n_claims; i++)
+                if (cs_chunk_id_equal(&store->claims[i], id)) {
+                        store->claims[i] = store->claims[--store->n_claims];
+                        break;
+                }
+        if (store->claim_waiters > 0)
+                pthread_cond_broadcast(&store->claim_done);
+}
+
+/* 1 if this handle or the catalog already holds the chunk; 0 if it is
+ * new, then with *ret_claim telling whether this put holds its claim,
+ * which the caller releases. */
+static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size, bool *ret_claim)
 {
         uint64_t generation;
         cs_location loc;
+        bool held;
         int r;
 
         pthread_mutex_lock(&store->write_lock);
-        if (find_uncommitted(store, id)) {
-                store->pending_logical_bytes += size;
-                pthread_mutex_unlock(&store->write_lock);
-                return 1;
+        for (;;) {
+                if (find_uncommitted(store, id)) {
+                        store->pending_logical_bytes += size;
+                        pthread_mutex_unlock(&store->write_lock);
+                        return 1;
+                }
+                if (!claimed(store, id))
+                        break;
+                /* Another putter is storing it: its put ends pending or
+                 * failed, and either way the claim goes. */
+                store->claim_waiters++;
+                pthread_cond_wait(&store->claim_done, &store->write_lock);
+                store->claim_waiters--;
         }
+        held = claim(store, id);
         /* Read with the pending table: a commit that empties it bumps it. */
         generation = store->commits;
         pthread_mutex_unlock(&store->write_lock);
@@ -744,12 +801,16 @@ static int known_chunk(cs_store *store, const cs_chunk_id *id, size_t size)
                 if (__atomic_load_n(&store->commits, __ATOMIC_ACQUIRE) != generation)
                         r = cs_index_lookup(store->index, id, &loc);
         }
-        if (r <= 0)
-                return r;
+        if (r == 0) {
+                *ret_claim = held;
+                return 0;
+        }
         pthread_mutex_lock(&store->write_lock);
-        store->pending_logical_bytes += size;
+        if (r > 0)
+                store->pending_logical_bytes += size;
+        claim_release(store, id, held);
         pthread_mutex_unlock(&store->write_lock);
-        return 1;
+        return r < 0 ? r : 1;
 }
 
 int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t size,
@@ -758,6 +819,7 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         _cleanup_free_ uint8_t *record = NULL;
         cs_record_header h = { .kind = kind, .size = (uint32_t) size };
         size_t record_size;
+        bool held = false;
         int r;
 
         if (!store || !ret_id || (!data && size) || (unsigned) kind >= _CS_KIND_MAX || size == 0 ||
@@ -776,14 +838,15 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
 
         cs_hasher_hash(&store->hasher, kind, data, size, &h.id);
         *ret_id = h.id;
-        r = known_chunk(store, &h.id, size);
+        r = known_chunk(store, &h.id, size, &held);
         if (r != 0)
                 return r < 0 ? r : 0;
 
         r = cs_record_build(kind, &h.id, data, size, store->config.lz4hc_level, &record,
                             &record_size);
+        pthread_mutex_lock(&store->write_lock);
         if (r < 0)
-                return r;
+                goto out;
         h.codec = record_size - CS_RECORD_HEADER_SIZE < size ? CS_CODEC_LZ4 : CS_CODEC_RAW;
         h.stored_size = (uint32_t) (record_size - CS_RECORD_HEADER_SIZE);
 
@@ -791,17 +854,12 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
          * bytes are written (or copied into the stage) without it, so that
          * putters do not wait for each other's copies, and the chunk
          * becomes visible once they are there. */
-        pthread_mutex_lock(&store->write_lock);
         store->pending_logical_bytes += size;
-        if (find_uncommitted(store, &h.id)) { /* stored while we compressed */
-                pthread_mutex_unlock(&store->write_lock);
-                return 0;
-        }
+        if (find_uncommitted(store, &h.id)) /* stored while we compressed, unclaimed */
+                goto out;
         r = ensure_pack(store);
-        if (r < 0) {
-                pthread_mutex_unlock(&store->write_lock);
-                return r;
-        }
+        if (r < 0)
+                goto out;
         cs_location loc = {
                 .kind = kind,
                 .pack = store->pack.id,
@@ -810,10 +868,8 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         };
         cs_pack_slot slot;
         r = cs_pack_reserve(&store->pack, record_size, &slot);
-        if (r < 0) {
-                pthread_mutex_unlock(&store->write_lock);
-                return r;
-        }
+        if (r < 0)
+                goto out;
         loc.offset = slot.offset;
         store->pack.inflight++;
         pthread_mutex_unlock(&store->write_lock);
@@ -832,6 +888,10 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
         else if (r >= 0) {
                 r = pending_add(store->pending, &h.id, &loc);
                 if (r >= 0) {
+                        /* Pending now: a putter waiting for it need not
+                         * wait for a commit this put may run. */
+                        claim_release(store, &h.id, held);
+                        held = false;
                         store->added.chunks++;
                         store->added.bytes += h.size;
                         store->added.stored_bytes += record_size;
@@ -839,6 +899,8 @@ int cs_store_put(cs_store *store, cs_chunk_kind kind, const void *data, size_t s
                         r = k < 0 ? k : 1;
                 }
         }
+out:
+        claim_release(store, &h.id, held);
         pthread_mutex_unlock(&store->write_lock);
         return r;
 }

@@ -283,6 +283,66 @@ static void test_threads(void)
         free(out);
 }
 
+/* Four threads put the same chunks in the same order, as two snapshot
+ * workers reading identical files do: each is written once (design note
+ * 7 of store.c), so the pack holds no second copy for compaction. */
+#define SAME_CHUNKS 300
+
+typedef struct same_worker {
+        cs_store *store;
+        pthread_barrier_t *start;
+        int failures;
+} same_worker;
+
+static void *put_same(void *p)
+{
+        same_worker *wk = p;
+        uint8_t *data = malloc(16384);
+
+        pthread_barrier_wait(wk->start);
+        for (int i = 0; i < SAME_CHUNKS; i++) {
+                cs_chunk_id id;
+                tap_fill(data, 16384, DATA_RANDOM, (uint64_t) i);
+                if (cs_store_put(wk->store, CS_KIND_DATA, data, 16384, &id) < 0)
+                        wk->failures++;
+        }
+        free(data);
+        return NULL;
+}
+
+static void test_same_chunks_at_once(void)
+{
+        char path[512];
+        cs_store *w = NULL;
+        same_worker workers[4];
+        pthread_t threads[4];
+        pthread_barrier_t start;
+        int bad = 0;
+        cs_stats st;
+
+        tap_path(path, sizeof(path), "store-same");
+        cs_store_init(path, &(cs_init_params) { .block_size = 16384 });
+        cs_store_open(path, CS_OPEN_WRITE, &w);
+        pthread_barrier_init(&start, NULL, 4);
+        for (int t = 0; t < 4; t++) {
+                workers[t] = (same_worker) { .store = w, .start = &start };
+                pthread_create(&threads[t], NULL, put_same, &workers[t]);
+        }
+        for (int t = 0; t < 4; t++) {
+                pthread_join(threads[t], NULL);
+                bad += workers[t].failures;
+        }
+        pthread_barrier_destroy(&start);
+        is_int(bad, 0, "four threads put the same chunks at once without errors");
+        is_int(cs_store_commit(w), 0, "commit");
+        cs_store_stats(w, &st);
+        is_int(st.chunks, SAME_CHUNKS, "each chunk is in the catalog once");
+        is_int(w->pack.size, CS_PACK_HEADER_SIZE + st.chunks * CS_RECORD_HEADER_SIZE + st.stored_bytes,
+               "and in the pack once: no second copy was written");
+        is_int(cs_store_verify(w, CS_VERIFY_DATA, NULL, NULL, NULL), 0, "the store verifies");
+        cs_store_unref(w);
+}
+
 /* Enough incompressible data from two threads to fill several batches
  * and a pack: the committer takes them in the background while the
  * threads go on putting and reading back what they put. */
@@ -723,6 +783,7 @@ int main(void)
         test_round_trips();
         test_damage();
         test_threads();
+        test_same_chunks_at_once();
         test_background_commits();
         test_staged_packs();
         test_concurrent_fills();
