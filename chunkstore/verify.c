@@ -253,7 +253,7 @@ static void judge_packs(verifier *v, const pack_facts *packs, size_t n)
                         uint64_t orphan = p->file_size - CS_PACK_HEADER_SIZE - p->used;
                         v->report.orphan_bytes += orphan;
                         report_problem(v, CS_PROBLEM_NOTICE,
-                                       "pack %s: %" PRIu64 " bytes hold no live chunk (compaction reclaims them)",
+                                       "pack %s: %" PRIu64 " bytes hold no live chunk (gc compacts a pack once less than half of it is live)",
                                        path, orphan);
                 }
         }
