@@ -34,6 +34,7 @@ dev-1   keep-last=3
 CONF
 expect_ok "a dry run succeeds" "$RETENTION" --dry-run "$workdir/retention.conf"
 expect_grep "a dry run shows what it would remove" "would remove 3 of 5 points" "$workdir/out"
+expect_grep "it echoes each command as it runs it" "^== clonectl forget app --keep-last 2 --dry-run$" "$workdir/out"
 expect_eq "a dry run removes nothing" "$(counts)" "5 3 3 2"
 
 expect_ok "the policy applies" "$RETENTION" "$workdir/retention.conf"

@@ -77,6 +77,34 @@ expect_grep "diff shows the modified file with its changed bytes" "^M table  \(1
 expect_ok "diff --json" "$CLONECTL" diff --json db@first db@latest
 expect_eq "diff --json counts" "$(json_get "$workdir/out" added):$(json_get "$workdir/out" removed):$(json_get "$workdir/out" modified)" "1:1:2"
 
+# diff: link groups are numbered per point, so untouched hard links are
+# not "modified"; metadata changes are named; names are shown as they are
+# when valid UTF-8, else escaped (text) or surrogate-escaped (JSON).
+mkdir -p "$workdir/dsrc"
+echo f >"$workdir/dsrc/f" && ln "$workdir/dsrc/f" "$workdir/dsrc/g"
+echo m >"$workdir/dsrc/m"
+expect_ok "snapshot a tree with a hard link" "$CLONECTL" snapshot dt --from "$workdir/dsrc" --label A
+echo a >"$workdir/dsrc/a1" && ln "$workdir/dsrc/a1" "$workdir/dsrc/a2"
+chmod 600 "$workdir/dsrc/m"
+echo u >"$workdir/dsrc/$(printf 'caf\xc3\xa9')"
+echo x >"$workdir/dsrc/$(printf 'bad\xff')"
+expect_ok "snapshot with a new hard link pair, a chmod and odd names" "$CLONECTL" snapshot dt --from "$workdir/dsrc" --label B
+expect_ok "diff across the new hard links" "$CLONECTL" diff dt@A dt@B
+grep -Eq "^M (f|g) " "$workdir/out" && { cat "$workdir/out" >&2; fail "diff calls untouched hard links modified"; }
+pass "untouched hard links are not modified"
+expect_grep "a chmod is named" "^M m  \(mode\)$" "$workdir/out"
+expect_grep "a valid UTF-8 name shows as it is" "^\+ café$" "$workdir/out"
+expect_grep "a byte that is not UTF-8 is escaped" '^\+ bad\\xff$' "$workdir/out"
+expect_ok "diff --json across them" "$CLONECTL" diff --json dt@A dt@B
+python3 - "$workdir/out" <<'PY' || fail "diff --json does not give the names back"
+import json, os, sys
+d = json.load(open(sys.argv[1]))
+paths = {os.fsencode(c["path"]) for c in d["changes"]}
+assert "caf\u00e9".encode() in paths and b"bad\xff" in paths, paths
+assert [c["what"] for c in d["changes"] if c["path"] == "m"] == ["mode"], d["changes"]
+PY
+pass "diff --json: os.fsencode() gives both names back; a chmod is named"
+
 # restore by label and by latest
 expect_ok "restore by label" "$CLONECTL" restore db@first "$workdir/r-first"
 cmp "$workdir/r-first/sub/one" <(echo one) || fail "restored label content differs"

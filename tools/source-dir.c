@@ -34,6 +34,7 @@
 
 #include "fsmeta.h"
 #include "source-dir.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/size.h"
 
@@ -328,14 +329,25 @@ static void node_clear(node *n)
 
 const char *escape_name(char *buf, size_t size, const char *name, size_t len)
 {
+        const unsigned char *p = (const unsigned char *) name;
         size_t o = 0;
 
-        for (size_t i = 0; i < len && o + 5 < size; i++) {
-                unsigned char c = (unsigned char) name[i];
-                if (c >= 0x20 && c < 0x7f && c != '\\')
-                        buf[o++] = (char) c;
+        for (size_t i = 0; i < len && o + 5 < size;) {
+                size_t n = utf8_sequence(p + i, len - i);
+                /* Printable ASCII and valid UTF-8 as they are, but not
+                 * the C1 controls (U+0080..U+009F), which terminals obey. */
+                bool c1 = n == 2 && p[i] == 0xc2 && p[i + 1] < 0xa0;
+                if (n > 1 && !c1) {
+                        memcpy(buf + o, p + i, n);
+                        o += n;
+                        i += n;
+                        continue;
+                }
+                if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
+                        buf[o++] = (char) p[i];
                 else
-                        o += (size_t) snprintf(buf + o, size - o, "\\x%02x", c);
+                        o += (size_t) snprintf(buf + o, size - o, "\\x%02x", p[i]);
+                i++;
         }
         buf[o] = 0;
         return buf;

@@ -51,8 +51,10 @@ int ingest_directory(cs_store *store, const char *path, const cs_chunk_id *prev_
                      const ingest_options *o, ingest_result *ret);
 void ingest_result_free(ingest_result *r);
 
-/* Writes name into buf (size bytes) with bytes that are not printable
- * ASCII as \xNN, so a message stays one line whatever a file is called. */
+/* Writes name into buf (size bytes) with bytes that are neither printable
+ * ASCII nor part of valid UTF-8 (C1 controls excluded) as \xNN, so a
+ * message stays one line, and harmless to a terminal, whatever a file is
+ * called. */
 const char *escape_name(char *buf, size_t size, const char *name, size_t len);
 
 #endif

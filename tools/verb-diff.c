@@ -84,8 +84,11 @@ static void report(differ *d, char change, const cs_entry *e, uint64_t bytes, co
                 static const char *const names[] = { ['+'] = "added", ['-'] = "removed", ['M'] = "modified" };
                 printf("%s{\"path\":", d->printed++ ? "," : "");
                 json_write_string(stdout, d->path, d->path_len);
-                printf(",\"change\":\"%s\",\"type\":\"%s\",\"bytes\":%" PRIu64 "}", names[(int) change],
+                printf(",\"change\":\"%s\",\"type\":\"%s\",\"bytes\":%" PRIu64, names[(int) change],
                        type_name(e->mode), bytes);
+                if (change == 'M' && what)
+                        printf(",\"what\":\"%s\"", what);
+                putchar('}');
         } else {
                 char escaped[8192], size[FORMAT_BYTES_MAX];
                 escape_name(escaped, sizeof(escaped), d->path, d->path_len);
@@ -158,18 +161,40 @@ static int changed_bytes(differ *d, const cs_entry *a, const cs_entry *b, uint64
         return 0;
 }
 
-static bool same_metadata(const cs_entry *a, const cs_entry *b)
+/* What differs in two entries' metadata, as "mode, mtime", or "" if
+ * nothing.  Link groups are numbered per point, so they are compared
+ * only as linked or not; a link added or removed shows in the count.  A
+ * directory's count is its subdirectories', which show by themselves. */
+static const char *metadata_changes(const cs_entry *a, const cs_entry *b, char *buf, size_t size)
 {
-        if (a->mode != b->mode || a->uid != b->uid || a->gid != b->gid || a->mtime_sec != b->mtime_sec ||
-            a->mtime_nsec != b->mtime_nsec || a->rdev != b->rdev)
-                return false;
-        return cs_entry_same_xattrs(a, b);
+        bool links = !S_ISDIR(a->mode) &&
+                     (a->nlink != b->nlink || (a->link_group != 0) != (b->link_group != 0));
+        const struct {
+                bool differs;
+                const char *name;
+        } fields[] = {
+                { (a->mode & 07777) != (b->mode & 07777), "mode" },
+                { a->uid != b->uid || a->gid != b->gid, "owner" },
+                { a->mtime_sec != b->mtime_sec || a->mtime_nsec != b->mtime_nsec, "mtime" },
+                { a->rdev != b->rdev, "device" },
+                { links, "links" },
+                { !cs_entry_same_xattrs(a, b), "xattrs" },
+        };
+        size_t used = 0;
+
+        buf[0] = 0;
+        for (size_t i = 0; i < ELEMENTSOF(fields); i++)
+                if (fields[i].differs && used < size)
+                        used += (size_t) snprintf(buf + used, size - used, "%s%s", used ? ", " : "",
+                                                  fields[i].name);
+        return buf;
 }
 
 static int diff_dirs(differ *d, const cs_chunk_id *a_id, const cs_chunk_id *b_id);
 
 static int diff_entries(differ *d, const cs_entry *a, const cs_entry *b)
 {
+        char what[64];
         uint64_t bytes;
         size_t saved;
         int r;
@@ -179,8 +204,8 @@ static int diff_entries(differ *d, const cs_entry *a, const cs_entry *b)
                 return r < 0 ? r : report_tree(d, '+', b);
         }
         if (S_ISDIR(a->mode)) {
-                if (!same_metadata(a, b)) {
-                        report(d, 'M', b, 0, "metadata");
+                if (*metadata_changes(a, b, what, sizeof(what))) {
+                        report(d, 'M', b, 0, what);
                         d->modified++;
                 }
                 if (cs_chunk_id_equal(&a->subdir, &b->subdir))
@@ -205,8 +230,8 @@ static int diff_entries(differ *d, const cs_entry *a, const cs_entry *b)
                 d->modified++;
                 return 0;
         }
-        if (!same_metadata(a, b) || a->link_group != b->link_group) {
-                report(d, 'M', b, 0, "metadata");
+        if (*metadata_changes(a, b, what, sizeof(what))) {
+                report(d, 'M', b, 0, what);
                 d->modified++;
         }
         return 0;

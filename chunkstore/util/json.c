@@ -6,8 +6,7 @@
 
 #include "json.h"
 
-/* Length of the valid UTF-8 sequence at s, or 0 if there is none. */
-static size_t utf8_sequence(const unsigned char *s, size_t len)
+size_t utf8_sequence(const unsigned char *s, size_t len)
 {
         size_t n;
         uint32_t cp;
@@ -50,7 +49,10 @@ void json_write_string(FILE *f, const char *s, size_t len)
                 unsigned char c = p[i];
 
                 if (n == 0) {
-                        fprintf(f, "\\u%04x", c);
+                        /* Python's surrogateescape: never a character, so
+                         * never confused with one, and os.fsencode() turns
+                         * it back into the byte. */
+                        fprintf(f, "\\udc%02x", c);
                         i++;
                 } else if (n > 1) {
                         fwrite(p + i, 1, n, f);

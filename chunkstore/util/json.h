@@ -1,15 +1,20 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Writing JSON strings.  File names may hold any bytes, so bytes that are
- * not valid UTF-8 are written as \u00XX escapes of their Latin-1 reading
- * rather than dropped: the output is always valid JSON, and distinct names
- * stay distinct.
+ * Writing JSON strings.  File names may hold any bytes, so a byte that is
+ * not part of valid UTF-8 is written as \uDCXX, a lone low surrogate, as
+ * Python's surrogateescape does, rather than dropped: the output is JSON
+ * that parsers accept, distinct names stay distinct, no byte reads as a
+ * real character, and Python's os.fsencode() gives the name back.
  */
 #ifndef CFS_JSON_H
 #define CFS_JSON_H
 
 #include <stddef.h>
 #include <stdio.h>
+
+/* Length of the valid UTF-8 sequence at s (len > 0 bytes), or 0 if
+ * there is none: overlong forms and surrogates are not valid. */
+size_t utf8_sequence(const unsigned char *s, size_t len);
 
 /* Writes s (len bytes) as a quoted JSON string. */
 void json_write_string(FILE *f, const char *s, size_t len);
