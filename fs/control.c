@@ -8,6 +8,11 @@
  * Protocol: one request line, one reply line.
  *   "fold\n"  ->  "ok <32 hex digits>\n" (the folded tree, committed to
  *                 the store, not yet a point) or "error <errno>\n"
+ *   "fold added\n"  ->  "ok <32 hex digits> <bytes>\n": the same, and the
+ *                 stored bytes the fold's puts added to the store, which
+ *                 the caller records with the point; a mount from before
+ *                 this request answers "error 22", and the caller falls
+ *                 back to "fold"
  *   "reset TIMELINE POINT FORCE ROOT\n"  ->  "ok\n" or "error <errno>\n":
  *                 rewind or refresh to the tree ROOT (32 hex digits),
  *                 which is that point's or derived from it (a PostgreSQL
@@ -22,6 +27,7 @@
  * daemon's own uid are served (SO_PEERCRED).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,11 +213,19 @@ static void serve(cfs_clone *cl, int conn)
                 r = cs_store_open(cl->ctx->store_path, CS_OPEN_WRITE | CS_OPEN_NOWAIT, &writer);
         if (r < 0)
                 ;
-        else if (strcmp(request, "fold\n") == 0) {
+        else if (strcmp(request, "fold\n") == 0 || strcmp(request, "fold added\n") == 0) {
                 r = cs_clone_fold_open(cl->clone, writer, &tree);
                 if (r >= 0) {
                         char hex[CS_CHUNK_ID_STRING_MAX];
-                        snprintf(reply, sizeof(reply), "ok %s\n", cs_chunk_id_format(&tree, hex));
+                        cs_put_counters added;
+                        /* writer is this request's own handle, so its
+                         * counters are what the fold put and nothing else. */
+                        cs_store_put_counters(writer, &added);
+                        if (request[4] == ' ')
+                                snprintf(reply, sizeof(reply), "ok %s %" PRIu64 "\n", cs_chunk_id_format(&tree, hex),
+                                         added.stored_bytes);
+                        else
+                                snprintf(reply, sizeof(reply), "ok %s\n", cs_chunk_id_format(&tree, hex));
                 }
         } else if (strncmp(request, "reset ", 6) == 0)
                 r = serve_reset(cl, writer, request + 6);

@@ -8,6 +8,11 @@
 require_fuse
 require_root
 
+# last_point KEY: KEY of the newest point in "points --json" on stdin.
+last_point() {
+        python3 -c 'import json,sys; print(json.load(sys.stdin)[-1][sys.argv[1]])' "$1"
+}
+
 src="$workdir/src"
 mnt="$workdir/mnt"
 one="$workdir/one"
@@ -60,6 +65,18 @@ expect_ok "refresh the mounted clone" "$CLONECTL" clone refresh a
 expect_eq "refresh brings the newest point" "$(cat "$c/f")" newer
 expect_eq "the other clone is untouched" "$(cat "$mnt/clones/b/f")" base
 
+# A snapshot of a mounted clone is folded by the mount, and its point
+# still says what it added to the store: the mount's puts, not clonectl's.
+head -c 500000 /dev/urandom >"$c/random"
+expect_ok "snapshot new data in the mounted clone" "$CLONECTL" clone snapshot a
+added=$("$CLONECTL" points a --json | last_point added_bytes)
+[ "$added" -ge 500000 ] || fail "the mounted snapshot added $added bytes to the store, expected 500000 or more"
+pass "a snapshot taken through the mount counts the bytes it added"
+expect_ok "snapshot it again, unchanged" "$CLONECTL" clone snapshot a
+added=$("$CLONECTL" points a --json | last_point added_bytes)
+[ "$added" -lt 100000 ] || fail "an unchanged mounted clone's snapshot added $added bytes"
+pass "an unchanged mounted clone's snapshot adds almost nothing"
+
 expect_ok "destroy the mounted clone" "$CLONECTL" clone destroy a
 [ -e "$c" ] && fail "clones/a is still there after destroy"
 pass "a destroyed clone is gone from the mount at once"
@@ -81,3 +98,4 @@ expect_eq "the root's file reads as the point at once" "$(cat "$one/f")" base
 pass "a name made in the root clone is gone at once"
 expect_error "destroy of a clone mounted as the root" "in use" "$CLONECTL" clone destroy b
 unmount_clonefs "$one"
+

@@ -114,13 +114,39 @@ static int ask_mount(cs_store *store, const char *name, const char *request, cha
         return -EIO;
 }
 
-static int fold_through_mount(cs_store *store, const char *name, cs_chunk_id *ret)
+/* A clone folded into a tree, and the stored bytes the fold's puts added
+ * to the store (for the point's added_bytes). */
+typedef struct folded {
+        cs_chunk_id tree;
+        uint64_t added_bytes;
+} folded;
+
+/* The mount folds with its own store handle, so only it knows what the
+ * fold added: "fold added" asks it to say.  A mount from before that
+ * request refuses it (EINVAL); then plain "fold", and 0 bytes added. */
+static int fold_through_mount(cs_store *store, const char *name, folded *ret)
 {
-        char reply[96];
-        int r = ask_mount(store, name, "fold\n", reply, sizeof(reply));
+        char reply[96], *end;
+        int r = ask_mount(store, name, "fold added\n", reply, sizeof(reply));
+
+        if (r == -EINVAL) {
+                r = ask_mount(store, name, "fold\n", reply, sizeof(reply));
+                if (r < 0)
+                        return r;
+                ret->added_bytes = 0;
+                return cs_chunk_id_parse(reply, &ret->tree) < 0 ? -EBADMSG : 0;
+        }
         if (r < 0)
                 return r;
-        return cs_chunk_id_parse(reply, ret) < 0 ? -EBADMSG : 0;
+        if (strlen(reply) < 2 * CS_CHUNK_ID_SIZE + 2 || reply[2 * CS_CHUNK_ID_SIZE] != ' ' ||
+            reply[2 * CS_CHUNK_ID_SIZE + 1] < '0' || reply[2 * CS_CHUNK_ID_SIZE + 1] > '9')
+                return -EBADMSG;
+        errno = 0;
+        ret->added_bytes = strtoull(reply + 2 * CS_CHUNK_ID_SIZE + 1, &end, 10);
+        if (errno != 0 || *end != 0)
+                return -EBADMSG;
+        reply[2 * CS_CHUNK_ID_SIZE] = 0;
+        return cs_chunk_id_parse(reply, &ret->tree) < 0 ? -EBADMSG : 0;
 }
 
 /* One try at an operation on a clone: itself if the clone is free, else
@@ -145,15 +171,24 @@ static int with_clone(cs_store *store, const char *name, clone_attempt attempt, 
 
 static int fold_attempt(cs_store *store, const char *name, void *userdata)
 {
-        int r = cs_clone_fold(store, name, userdata);
+        folded *f = userdata;
+        cs_put_counters before, after;
+        int r;
+
+        cs_store_put_counters(store, &before);
+        r = cs_clone_fold(store, name, &f->tree);
         if (r == -EBUSY)
-                r = fold_through_mount(store, name, userdata);
-        return r;
+                return fold_through_mount(store, name, f);
+        if (r < 0)
+                return r;
+        cs_store_put_counters(store, &after);
+        f->added_bytes = after.stored_bytes - before.stored_bytes;
+        return 0;
 }
 
 /* Folds a clone into a tree: directly, or through the mount that has it
  * open, which pauses the clone's writers for the moment of the fold. */
-static int fold_clone(cs_store *store, const char *name, cs_chunk_id *ret)
+static int fold_clone(cs_store *store, const char *name, folded *ret)
 {
         return with_clone(store, name, fold_attempt, ret);
 }
@@ -186,14 +221,13 @@ static int destroy_attempt(cs_store *store, const char *name, void *userdata)
 static int snapshot_clone(cs_store *store, const char *name, const char *label, cs_point_info *ret)
 {
         cs_point_info p = {};
-        cs_put_counters before, after;
+        folded f;
         int r;
 
-        cs_store_put_counters(store, &before);
-        r = fold_clone(store, name, &p.root);
+        r = fold_clone(store, name, &f);
         if (r < 0)
                 return busy(r, name, "snapshot");
-        cs_store_put_counters(store, &after);
+        p.root = f.tree;
         {
                 _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
                 cs_entry root;
@@ -207,7 +241,7 @@ static int snapshot_clone(cs_store *store, const char *name, const char *label, 
         if (label)
                 snprintf(p.label, sizeof(p.label), "%s", label);
         p.created = (int64_t) time(NULL);
-        p.added_bytes = after.stored_bytes - before.stored_bytes;
+        p.added_bytes = f.added_bytes;
         r = cs_point_add(store, &p);
         if (r == -EEXIST)
                 return log_error_errno(r, "label '%s' is already taken in timeline '%s'", label, name);
@@ -372,19 +406,19 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
 static int clone_export(cs_store *store, const char *name, const char *dir)
 {
         restore_result res = {};
-        cs_chunk_id tree;
+        folded f;
         uint64_t pin = 0;
         int r;
 
-        r = fold_clone(store, name, &tree);
+        r = fold_clone(store, name, &f);
         if (r < 0)
                 return busy(r, name, "export");
         r = cs_store_commit(store);
         if (r >= 0)
-                r = cs_store_pin(store, &tree, &pin); /* no point names it: keep gc off it */
+                r = cs_store_pin(store, &f.tree, &pin); /* no point names it: keep gc off it */
         if (r < 0)
                 return log_error_errno(r, "cannot export clone '%s': %m", name);
-        r = restore_point(store, &tree, dir, &res);
+        r = restore_point(store, &f.tree, dir, &res);
         (void) cs_store_unpin(store, pin);
         for (size_t i = 0; i < res.n_errors; i++)
                 log_error("%s", res.errors[i]);
