@@ -494,8 +494,15 @@ int cs_clone_list(cs_store *store, cs_clone_info **ret, size_t *ret_n);
 int cs_clone_find(cs_store *store, const char *name, cs_clone_info *ret);
 /* -EBUSY if the clone is open (mounted) and wait is false. */
 int cs_clone_destroy(cs_store *store, const char *name, bool wait);
-/* Replaces the clone's contents with the point's (rewind, refresh); its
- * base becomes that point.  -EBUSY if it is open and wait is false. */
+/* Adds info as a point of timeline info->timeline, a clone's, as
+ * cs_point_add does, and records with it in the same transaction the
+ * clone's base now (base_timeline, base_point): what the point's content
+ * derives from.  -ENOENT if there is no such clone. */
+int cs_clone_point_add(cs_store *store, cs_point_info *info);
+/* Replaces the clone's contents with the point's (rewind, refresh).  Its
+ * base becomes that point, or, for one of the clone's own snapshots, the
+ * base recorded with it (cs_clone_point_add); base_root becomes to->root
+ * either way.  -EBUSY if it is open and wait is false. */
 int cs_clone_reset(cs_store *store, const char *name, const cs_point_info *to, bool wait);
 /* Folds the clone into a point tree (put into the store, not yet a
  * point): unchanged subtrees and files are the base's own chunks, so this

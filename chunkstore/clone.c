@@ -14,7 +14,8 @@
  *     database's 8 KiB page write costs 8 KiB, not a block.  A file
  *     created in the clone is wholly local (inodes.local_all = 1) and
  *     needs no rows.  The catalog's clones table names the clone and its
- *     base point; the base root is a gc root.
+ *     base point; the base root is a gc root.  clone_points keeps the base
+ *     of each of its snapshots, which a rewind to one restores.
  *  2. state.db: inodes (attributes; for base-backed files the base content
  *     and base_size, the bytes of base content still visible after
  *     truncation; for directories whether their listing is materialized),
@@ -310,6 +311,49 @@ static int ensure_clones_table(sqlite3 *db)
 {
         return cs_index_exec(db, "CREATE TABLE IF NOT EXISTS clones(name TEXT PRIMARY KEY, base_timeline TEXT NOT NULL,"
                                  " base_point TEXT NOT NULL, base_root BLOB NOT NULL, created INTEGER NOT NULL)");
+}
+
+/* The base each snapshot of a clone was taken on (clones.base_timeline
+ * and base_point then), by the snapshot's timeline and point name, so
+ * that a rewind to the snapshot can make it the clone's base again.
+ * Keyed by names, not points.id, which SQLite may reuse after a forget;
+ * a forgotten point's row stays, unused (a new point of the same name
+ * replaces it).  Created by the first snapshot that records one, as the
+ * clones table is: an older clonectl does not know it and ignores it. */
+static int ensure_clone_points_table(sqlite3 *db)
+{
+        return cs_index_exec(db, "CREATE TABLE IF NOT EXISTS clone_points(timeline TEXT NOT NULL, point TEXT NOT NULL,"
+                                 " base_timeline TEXT NOT NULL, base_point TEXT NOT NULL,"
+                                 " PRIMARY KEY(timeline, point)) WITHOUT ROWID");
+}
+
+/* In cs_point_add's transaction: the clone's base now, for the new point. */
+static int record_point_base(sqlite3 *db, const cs_point_info *info, void *userdata)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int r;
+
+        (void) userdata;
+        r = ensure_clone_points_table(db);
+        if (r >= 0)
+                r = cs_index_prepare(db, "INSERT OR REPLACE INTO clone_points(timeline, point, base_timeline, base_point)"
+                                         " SELECT name, ?2, base_timeline, base_point FROM clones WHERE name = ?1",
+                                     &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(stmt, 1, info->timeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 2, info->name, -1, SQLITE_STATIC);
+        r = cs_index_step(stmt);
+        if (r >= 0 && sqlite3_changes(db) == 0)
+                r = -ENOENT; /* no such clone: it was destroyed meanwhile */
+        return r;
+}
+
+int cs_clone_point_add(cs_store *store, cs_point_info *info)
+{
+        if (!store || !info || !cs_clone_name_is_valid(info->timeline))
+                return -EINVAL;
+        return cs_point_add_with(store, info, record_point_base, NULL);
 }
 
 static void now(struct timespec *t)
@@ -2932,11 +2976,23 @@ static int reset_held(cs_clone *c, cs_store *store, const cs_point_info *to)
         pthread_mutex_lock(&store->write_lock);
         cat = cs_store_writer_locked(store);
         /* base_root is what gc must keep; base_timeline and base_point say
-         * where the clone came from, which a rewind to one of its own
-         * snapshots does not change (refresh goes back there). */
-        if (strcmp(to->timeline, name) == 0)
-                r = cs_index_prepare(cat, "UPDATE clones SET base_root = ?3 WHERE name = ?4", &stmt);
-        else
+         * what the clone's content derives from, and refresh goes to the
+         * newest point of base_timeline.  One of the clone's own snapshots
+         * derives from the base recorded with it (clone_points); one
+         * recorded before there were such records leaves them as they are. */
+        if (strcmp(to->timeline, name) == 0) {
+                r = ensure_clone_points_table(cat);
+                if (r >= 0)
+                        r = cs_index_prepare(
+                                cat,
+                                "UPDATE clones SET base_root = ?3,"
+                                " base_timeline = coalesce((SELECT base_timeline FROM clone_points"
+                                "   WHERE timeline = ?1 AND point = ?2), base_timeline),"
+                                " base_point = coalesce((SELECT base_point FROM clone_points"
+                                "   WHERE timeline = ?1 AND point = ?2), base_point)"
+                                " WHERE name = ?4",
+                                &stmt);
+        } else
                 r = cs_index_prepare(cat, "UPDATE clones SET base_timeline = ?1, base_point = ?2, base_root = ?3"
                                           " WHERE name = ?4",
                                      &stmt);

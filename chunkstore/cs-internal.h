@@ -342,6 +342,12 @@ sqlite3 *cs_store_writer_locked(cs_store *store);
  * is let go), then unlocks. */
 void cs_store_writer_unlock(cs_store *store, sqlite3_stmt **stmt);
 
+/* timeline.c: cs_point_add, and also, in the same transaction, whatever
+ * `also` writes about the new point (info->id and name are set) on the
+ * catalog's writer connection db.  also's error rolls the point back. */
+typedef int (*cs_point_add_also)(sqlite3 *db, const cs_point_info *info, void *userdata);
+int cs_point_add_with(cs_store *store, cs_point_info *info, cs_point_add_also also, void *userdata);
+
 /* timeline.c: pins.  Start time of a process (field 22 of /proc/PID/stat);
  * -ESRCH if it does not exist. */
 int cs_process_start_time(pid_t pid, uint64_t *ret);

@@ -329,6 +329,11 @@ static int insert_point(sqlite3 *db, cs_point_info *info)
 
 int cs_point_add(cs_store *store, cs_point_info *info)
 {
+        return cs_point_add_with(store, info, NULL, NULL);
+}
+
+int cs_point_add_with(cs_store *store, cs_point_info *info, cs_point_add_also also, void *userdata)
+{
         sqlite3 *db;
         int r;
 
@@ -353,6 +358,8 @@ int cs_point_add(cs_store *store, cs_point_info *info)
         if (r < 0)
                 goto out;
         r = insert_point(db, info);
+        if (r >= 0 && also)
+                r = also(db, info, userdata);
         if (r < 0)
                 cs_index_rollback(db);
         else

@@ -13,6 +13,12 @@ last_point() {
         python3 -c 'import json,sys; print(json.load(sys.stdin)[-1][sys.argv[1]])' "$1"
 }
 
+# clone_base NAME: what "clone list" shows as the clone's FROM.
+clone_base() {
+        "$CLONECTL" clone list --json |
+                python3 -c 'import json,sys; print([c["base"] for c in json.load(sys.stdin) if c["name"] == sys.argv[1]][0])' "$1"
+}
+
 src="$workdir/src"
 mnt="$workdir/mnt"
 one="$workdir/one"
@@ -99,3 +105,26 @@ pass "a name made in the root clone is gone at once"
 expect_error "destroy of a clone mounted as the root" "in use" "$CLONECTL" clone destroy b
 unmount_clonefs "$one"
 
+
+# FROM names what the clone's content derives from: after a rewind to one
+# of its snapshots, the base that snapshot was taken on.
+"$CLONECTL" clone create dev --from db@latest >/dev/null || fail "clone create failed"
+old=$("$CLONECTL" points db --json | last_point name)
+mount_clonefs "$CLONEFS_STORE" "$one" -o clone=dev
+echo work >"$one/work"
+before=$("$CLONECTL" clone snapshot dev) || fail "clone snapshot failed"
+echo v2 >"$src/f"
+sleep 1.1
+"$CLONECTL" snapshot db --from "$src" >/dev/null || fail "third snapshot failed"
+new=$("$CLONECTL" points db --json | last_point name)
+expect_ok "refresh a mounted clone that has a snapshot" "$CLONECTL" clone refresh dev
+expect_eq "clone list names the refreshed base" "$(clone_base dev)" "db@$new"
+expect_ok "rewind to the snapshot from before the refresh" "$CLONECTL" clone rewind dev --to "$before"
+expect_eq "the snapshot's data is back" "$(cat "$one/f") $(cat "$one/work")" "newer work"
+expect_eq "clone list names the base of that snapshot" "$(clone_base dev)" "db@$old"
+expect_ok "refresh once more" "$CLONECTL" clone refresh dev
+expect_eq "refresh follows the origin's timeline" "$(clone_base dev)" "db@$new"
+unmount_clonefs "$one"
+expect_ok "rewind the unmounted clone to its old snapshot" "$CLONECTL" clone rewind dev --to "dev@$before"
+expect_eq "clone list names that snapshot's base, unmounted too" "$(clone_base dev)" "db@$old"
+expect_ok "verify after the rewinds" "$CLONECTL" verify

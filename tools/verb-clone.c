@@ -69,6 +69,17 @@ static int count_tree(cs_store *store, const cs_chunk_id *dir_id, uint64_t *file
         return r;
 }
 
+/* The entries and regular-file bytes of a point tree, for its point's row. */
+static int count_point(cs_store *store, const cs_chunk_id *tree, cs_point_info *p)
+{
+        _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
+        cs_entry root;
+        int r = cs_point_load(store, tree, &root, &keep);
+
+        p->files = p->logical_bytes = 0;
+        return r < 0 ? r : count_tree(store, &root.subdir, &p->files, &p->logical_bytes);
+}
+
 /* Sends one request line to the mount that has the clone open
  * (fs/control.c) and returns what follows "ok" in its reply, or its error. */
 static int ask_mount(cs_store *store, const char *name, const char *request, char *ret_reply, size_t size)
@@ -228,21 +239,16 @@ static int snapshot_clone(cs_store *store, const char *name, const char *label, 
         if (r < 0)
                 return busy(r, name, "snapshot");
         p.root = f.tree;
-        {
-                _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
-                cs_entry root;
-                r = cs_point_load(store, &p.root, &root, &keep);
-                if (r >= 0)
-                        r = count_tree(store, &root.subdir, &p.files, &p.logical_bytes);
-                if (r < 0)
-                        return log_error_errno(r, "cannot read the folded clone '%s': %m", name);
-        }
+        r = count_point(store, &p.root, &p);
+        if (r < 0)
+                return log_error_errno(r, "cannot read the folded clone '%s': %m", name);
         snprintf(p.timeline, sizeof(p.timeline), "%s", name);
         if (label)
                 snprintf(p.label, sizeof(p.label), "%s", label);
         p.created = (int64_t) time(NULL);
         p.added_bytes = f.added_bytes;
-        r = cs_point_add(store, &p);
+        /* With the clone's base, which a rewind to the point restores. */
+        r = cs_clone_point_add(store, &p);
         if (r == -EEXIST)
                 return log_error_errno(r, "label '%s' is already taken in timeline '%s'", label, name);
         if (r < 0)
