@@ -105,9 +105,9 @@ pass "a name made in the root clone is gone at once"
 expect_error "destroy of a clone mounted as the root" "in use" "$CLONECTL" clone destroy b
 unmount_clonefs "$one"
 
-
-# FROM names what the clone's content derives from: after a rewind to one
-# of its snapshots, the base that snapshot was taken on.
+# FROM names what the clone's content derives from, and a plain rewind
+# after a refresh does not undo the refresh: the refresh is recorded as
+# the clone's latest snapshot.
 "$CLONECTL" clone create dev --from db@latest >/dev/null || fail "clone create failed"
 old=$("$CLONECTL" points db --json | last_point name)
 mount_clonefs "$CLONEFS_STORE" "$one" -o clone=dev
@@ -119,6 +119,13 @@ sleep 1.1
 new=$("$CLONECTL" points db --json | last_point name)
 expect_ok "refresh a mounted clone that has a snapshot" "$CLONECTL" clone refresh dev
 expect_eq "clone list names the refreshed base" "$(clone_base dev)" "db@$new"
+echo "after the refresh" >"$one/later"
+expect_ok "rewind after the refresh" "$CLONECTL" clone rewind dev
+expect_eq "a rewind after a refresh keeps the refreshed data" "$(cat "$one/f")" v2
+[ -e "$one/work" ] && fail "a rewind after a refresh brought back a file the refresh dropped"
+[ -e "$one/later" ] && fail "a rewind after a refresh kept a file made since"
+pass "a rewind after a refresh goes back to the refreshed state"
+expect_eq "clone list still names the refreshed base" "$(clone_base dev)" "db@$new"
 expect_ok "rewind to the snapshot from before the refresh" "$CLONECTL" clone rewind dev --to "$before"
 expect_eq "the snapshot's data is back" "$(cat "$one/f") $(cat "$one/work")" "newer work"
 expect_eq "clone list names the base of that snapshot" "$(clone_base dev)" "db@$old"
@@ -127,4 +134,14 @@ expect_eq "refresh follows the origin's timeline" "$(clone_base dev)" "db@$new"
 unmount_clonefs "$one"
 expect_ok "rewind the unmounted clone to its old snapshot" "$CLONECTL" clone rewind dev --to "dev@$before"
 expect_eq "clone list names that snapshot's base, unmounted too" "$(clone_base dev)" "db@$old"
+expect_ok "rewind the unmounted clone" "$CLONECTL" clone rewind dev
+expect_eq "a plain rewind goes to the refresh, its latest snapshot" "$(clone_base dev)" "db@$new"
+expect_ok "rewind the clone to a point of another timeline" "$CLONECTL" clone rewind dev --to "db@$old"
+expect_eq "clone list names that point" "$(clone_base dev)" "db@$old"
+expect_ok "and rewind it without --to" "$CLONECTL" clone rewind dev
+expect_eq "a plain rewind stays at the point rewound to" "$(clone_base dev)" "db@$old"
+expect_ok "export the clone" "$CLONECTL" clone export dev "$workdir/exported"
+expect_eq "it holds that point's data" "$(cat "$workdir/exported/f")" newer
+[ -e "$workdir/exported/work" ] && fail "a plain rewind went back to a snapshot from before the rewind --to"
+pass "a plain rewind does not undo a rewind to another timeline's point"
 expect_ok "verify after the rewinds" "$CLONECTL" verify

@@ -350,13 +350,39 @@ static int clone_list(cs_store *store)
         return 0;
 }
 
+/* After a reset that gave the clone a new base (refresh, or rewind to a
+ * point of another timeline): records its state as its latest snapshot, a
+ * point of timeline NAME with the new base, so that a rewind without --to
+ * comes back to it instead of to a snapshot from before the move.  The
+ * tree is in the store already; the point adds only what pg_clone_tree
+ * put for it (added_bytes). */
+static int record_reset(cs_store *store, const char *name, const cs_point_info *to, uint64_t added_bytes,
+                        cs_point_info *ret)
+{
+        cs_point_info p = { .root = to->root, .added_bytes = added_bytes };
+        int r = count_point(store, &p.root, &p);
+
+        if (r < 0)
+                return r;
+        snprintf(p.timeline, sizeof(p.timeline), "%s", name);
+        p.created = (int64_t) time(NULL);
+        r = cs_clone_point_add(store, &p);
+        if (r < 0)
+                return r;
+        *ret = p;
+        return 0;
+}
+
 static int clone_reset(cs_store *store, const char *name, bool refresh)
 {
         cs_clone_info info;
-        cs_point_info to;
+        cs_point_info to, snap;
         cs_pg_source src;
-        bool from_pg = false;
+        cs_put_counters before, after;
+        bool from_pg = false, moves = refresh;
         int r;
+
+        cs_store_put_counters(store, &before);
 
         r = cs_clone_find(store, name, &info);
         if (r < 0)
@@ -382,6 +408,7 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
                 r = find_point(store, arg_to, &to); /* says itself what is wrong */
                 if (r < 0)
                         return r;
+                moves = strcmp(to.timeline, name) != 0;
         } else if (arg_to) {
                 r = cs_point_find(store, name, arg_to, &to);
                 if (r == -ENOENT)
@@ -405,7 +432,17 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
         r = with_clone(store, name, reset_attempt, &to);
         if (r < 0)
                 return busy(r, name, refresh ? "refresh" : "rewind");
-        printf("clone %s now holds %s@%s\n", name, to.timeline, to.name);
+        if (!moves) {
+                printf("clone %s now holds %s@%s\n", name, to.timeline, to.name);
+                return 0;
+        }
+        cs_store_put_counters(store, &after);
+        r = record_reset(store, name, &to, after.stored_bytes - before.stored_bytes, &snap);
+        if (r < 0)
+                return log_error_errno(r, "clone '%s' now holds %s@%s, but recording that as its latest snapshot "
+                                          "failed (a rewind without --to would go back to before it): %m",
+                                       name, to.timeline, to.name);
+        printf("clone %s now holds %s@%s, its snapshot %s\n", name, to.timeline, to.name, snap.name);
         return 0;
 }
 
