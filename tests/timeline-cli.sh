@@ -21,6 +21,8 @@ expect_error "an invalid timeline name" "invalid timeline name" "$CLONECTL" snap
 expect_error "a timeline name with a colon" "invalid timeline name" "$CLONECTL" snapshot 'a:b' --from "$src"
 expect_error "no --from" "needs --from" "$CLONECTL" snapshot db
 expect_error "a missing source" "cannot read source directory" "$CLONECTL" snapshot db --from "$workdir/nope"
+expect_error "a regular file as the source" "cannot read source directory .*/sub/log: Not a directory" \
+        "$CLONECTL" snapshot db --from "$src/sub/log"
 expect_error "an invalid label" "invalid label" "$CLONECTL" snapshot db --from "$src" --label 'no spaces'
 expect_error "points of a missing timeline" "no timeline 'nope'" "$CLONECTL" points nope
 expect_error "restore of a missing timeline" "no point 'latest' in timeline 'nope'" "$CLONECTL" restore nope@latest "$workdir/x"

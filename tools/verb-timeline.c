@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -138,6 +139,7 @@ int verb_snapshot(int argc, char **argv)
         cs_put_counters added;
         struct sigaction sa = { .sa_handler = on_signal }, old_int, old_term;
         char why[128] = "", post_why[128] = "";
+        struct stat st;
         bool have_prev;
         double start;
         int r, hook_r = 0;
@@ -151,6 +153,12 @@ int verb_snapshot(int argc, char **argv)
                 return log_error_errno(-EINVAL, "invalid label '%s': use " CS_NAME_RULE ", "
                                                 "not 'latest' and not shaped like a point name",
                                        arg_label);
+        /* The type first: access() would call a regular file without an x
+         * bit unreadable, which hides what is wrong with it. */
+        if (stat(arg_from, &st) < 0)
+                return log_error_errno(negative_errno(), "cannot read source directory %s: %m", arg_from);
+        if (!S_ISDIR(st.st_mode))
+                return log_error_errno(-ENOTDIR, "cannot read source directory %s: %m", arg_from);
         if (access(arg_from, R_OK | X_OK) < 0)
                 return log_error_errno(negative_errno(), "cannot read source directory %s: %m", arg_from);
 
