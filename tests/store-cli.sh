@@ -21,6 +21,19 @@ expect_error "an option the command does not take" "option --label does not appl
 expect_error "an option a clone command does not take" "option --force does not apply to 'clone list'" \
         "$CLONECTL" --store "$store" clone list --force
 expect_error "an unknown clone command" "unknown clone command 'bogus'" "$CLONECTL" --store "$store" clone bogus x
+# Option errors of every verb are the usual one line, not getopt's own.
+expect_error "an unknown short option" "^clonectl: error: unknown option '-x' \(try 'clonectl --help'\)$" \
+        "$CLONECTL" --store "$store" snapshot -x t --from "$workdir"
+expect_error "an unknown short option in a cluster" "^clonectl: error: unknown option '-x'" \
+        "$CLONECTL" --store "$store" gc -vx
+expect_error "an unknown long option" "^clonectl: error: unknown option '--bogus' " \
+        "$CLONECTL" --store "$store" points t --bogus=1
+expect_error "an option without its value" "^clonectl: error: option '--label' needs a value$" \
+        "$CLONECTL" --store "$store" clone snapshot c --label
+expect_error "a value for an option that takes none" "^clonectl: error: option '--json' takes no value$" \
+        "$CLONECTL" --store "$store" stats --json=yes
+expect_error "an ambiguous abbreviation" "^clonectl: error: option '--keep' is ambiguous" \
+        "$CLONECTL" --store "$store" forget t --keep 1
 for args in "clone" "stats extra" "snapshot -- -x --from $workdir"; do
         # shellcheck disable=SC2086
         "$CLONECTL" --store "$store" $args >/dev/null 2>"$workdir/err" && fail "clonectl $args succeeded"

@@ -221,11 +221,36 @@ static int parse_count(const char *option, const char *value, uint64_t *ret)
         return 0;
 }
 
+/* Says what getopt_long() refused (it returned '?' or ':'), in the one
+ * line every other error takes: getopt's own messages have another shape. */
+static int option_error(int c, char **argv)
+{
+        const char *given = argv[optind - 1];
+        size_t len, matches = 0;
+
+        if (optopt > 0 && optopt < 0x100) /* a short option, maybe in a cluster such as -vx */
+                return log_error_errno(-EINVAL, "unknown option '-%c' (try 'clonectl --help')", optopt);
+        len = strcspn(given, "=");
+        if (c == ':')
+                return log_error_errno(-EINVAL, "option '%.*s' needs a value", (int) len, given);
+        if (optopt >= 0x100) /* a known long option that takes no value got one */
+                return log_error_errno(-EINVAL, "option '%.*s' takes no value", (int) len, given);
+        /* An abbreviation that fits more than one option is refused too. */
+        for (const struct option *o = options; o->name; o++)
+                if (len > 2 && strncmp(o->name, given + 2, len - 2) == 0)
+                        matches++;
+        if (matches > 1)
+                return log_error_errno(-EINVAL, "option '%.*s' is ambiguous (try 'clonectl --help')", (int) len,
+                                       given);
+        return log_error_errno(-EINVAL, "unknown option '%.*s' (try 'clonectl --help')", (int) len, given);
+}
+
 static int parse_argv(int argc, char **argv)
 {
         int c, r;
 
-        while ((c = getopt_long(argc, argv, "hv", options, NULL)) >= 0) {
+        opterr = 0; /* option_error() says it */
+        while ((c = getopt_long(argc, argv, ":hv", options, NULL)) >= 0) {
                 for (size_t i = 0; i < ELEMENTSOF(option_bits); i++)
                         if (option_bits[i].arg == c)
                                 given_options |= option_bits[i].opt;
@@ -337,7 +362,8 @@ static int parse_argv(int argc, char **argv)
                         printf("clonectl %s\n", PACKAGE_VERSION);
                         return 0;
                 case '?':
-                        return -EINVAL; /* getopt printed the reason */
+                case ':':
+                        return option_error(c, argv);
                 default:
                         return -EINVAL;
                 }
