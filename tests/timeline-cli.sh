@@ -152,6 +152,19 @@ expect_ok "hooks around a snapshot" "$CLONECTL" snapshot db --from "$src" \
         --pre "echo pre >$workdir/order" --post "echo post >>$workdir/order"
 expect_eq "hooks ran in order" "$(tr '\n' ' ' <"$workdir/order")" "pre post "
 
+# A clone's snapshots go to the timeline of its name, and rewind takes the
+# latest of them: nothing else may add a point there.
+expect_ok "a clone" "$CLONECTL" clone create dev --from db@latest
+expect_error "snapshot into a clone's timeline is refused" \
+        "timeline 'dev' belongs to the clone of that name: use 'clonectl clone snapshot dev'" \
+        "$CLONECTL" snapshot dev --from "$src"
+expect_error "pg link of a clone's name is refused" "timeline 'dev' belongs to the clone" \
+        "$CLONECTL" pg link dev "host=$workdir/no-server"
+expect_error "and the clone's timeline is still empty" "no timeline 'dev'" "$CLONECTL" points dev
+expect_ok "clone snapshot writes there" "$CLONECTL" clone snapshot dev
+expect_error "also once it has points" "belongs to the clone of that name" "$CLONECTL" snapshot dev --from "$src"
+expect_ok "the clone is destroyed" "$CLONECTL" clone destroy dev
+
 # An unreadable file is listed, the point is made, the exit status says so.
 if id nobody >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
         mkdir "$workdir/nb" "$workdir/nb/src"

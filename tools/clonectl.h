@@ -93,5 +93,9 @@ int verb_doctor(int argc, char **argv);
 int parse_point_spec(const char *spec, char timeline[static CS_TIMELINE_NAME_MAX + 1], const char **ret_point);
 /* Resolves "TIMELINE@POINT", reporting failure in one line. */
 int find_point(cs_store *store, const char *spec, cs_point_info *ret);
+/* Refuses, in one line, a timeline named after a clone: a clone's
+ * snapshots go there (clone snapshot), and rewind takes the latest of them,
+ * so a tree from anywhere else must not be added to it. */
+int refuse_clone_timeline(cs_store *store, const char *timeline);
 
 #endif

@@ -112,6 +112,9 @@ static int verb_pg_link(const char *timeline, const char *conninfo)
         r = open_store(CS_OPEN_WRITE, &store);
         if (r < 0)
                 return r;
+        r = refuse_clone_timeline(store, timeline);
+        if (r < 0)
+                return r;
         r = cs_point_find(store, timeline, "latest", &p);
         if (r == 0 || cs_pg_source_get(store, timeline, &src) == 0)
                 return log_error_errno(-EEXIST, "timeline '%s' already exists: link a new timeline", timeline);
@@ -164,6 +167,10 @@ static int verb_pg_sync(const char *timeline)
         if (r < 0)
                 return r;
         r = open_store(CS_OPEN_WRITE, &store);
+        if (r < 0)
+                return r;
+        /* pg link refuses a clone's name; a link made before it did is caught here. */
+        r = refuse_clone_timeline(store, timeline);
         if (r < 0)
                 return r;
         r = pg_source_find(store, timeline, &src);

@@ -71,6 +71,20 @@ int find_point(cs_store *store, const char *spec, cs_point_info *ret)
         return 0;
 }
 
+int refuse_clone_timeline(cs_store *store, const char *timeline)
+{
+        cs_clone_info clone;
+        int r;
+
+        r = cs_clone_find(store, timeline, &clone);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return log_error_errno(r, "cannot look up clone '%s': %m", timeline);
+        return log_error_errno(-EEXIST, "timeline '%s' belongs to the clone of that name: "
+                                        "use 'clonectl clone snapshot %s'", timeline, timeline);
+}
+
 static double now_seconds(void)
 {
         struct timespec t;
@@ -163,6 +177,9 @@ int verb_snapshot(int argc, char **argv)
                 return log_error_errno(negative_errno(), "cannot read source directory %s: %m", arg_from);
 
         r = open_store(CS_OPEN_WRITE, &store);
+        if (r < 0)
+                return r;
+        r = refuse_clone_timeline(store, timeline);
         if (r < 0)
                 return r;
         if (arg_label && cs_point_find(store, timeline, arg_label, &prev) == 0 &&
