@@ -165,26 +165,41 @@ expect_ok "clone snapshot writes there" "$CLONECTL" clone snapshot dev
 expect_error "also once it has points" "belongs to the clone of that name" "$CLONECTL" snapshot dev --from "$src"
 expect_ok "the clone is destroyed" "$CLONECTL" clone destroy dev
 
-# An unreadable file is listed, the point is made, the exit status says so.
+# Unreadable files fail the snapshot and no point is made; --ignore-errors
+# makes it without them.  Root reads through chmod 000, so nobody runs it.
 if id nobody >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
-        mkdir "$workdir/nb" "$workdir/nb/src"
-        echo secret >"$workdir/nb/src/secret" && chmod 600 "$workdir/nb/src/secret"
+        mkdir "$workdir/nb" "$workdir/nb/src" "$workdir/nb/src/closed"
+        echo secret >"$workdir/nb/src/secret" && chmod 000 "$workdir/nb/src/secret"
+        echo inside >"$workdir/nb/src/closed/inside" && chmod 000 "$workdir/nb/src/closed"
         echo open >"$workdir/nb/src/open" && chmod 644 "$workdir/nb/src/open"
         chmod 755 "$workdir/nb/src"
         chown nobody "$workdir/nb"
         chmod 755 "$workdir"
-        runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" init >/dev/null
-        if runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" snapshot nb --from "$workdir/nb/src" \
-                >"$workdir/out" 2>"$workdir/err"; then
-                fail "a snapshot with an unreadable file exited 0"
+        nb() { runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" "$@"; }
+        nb init >/dev/null
+        expect_error "unreadable files fail the snapshot in one line" \
+                "cannot snapshot .*/nb/src: 2 files could not be read, the first: (secret|closed): .*Permission denied; no point created" \
+                nb snapshot nb --from "$workdir/nb/src"
+        expect_eq "and print no point name" "$(cat "$workdir/out")" ""
+        expect_error "no point was made" "no timeline 'nb'" nb points nb
+        if nb -v snapshot nb --from "$workdir/nb/src" >"$workdir/out" 2>"$workdir/err"; then
+                fail "a snapshot with unreadable files exited 0"
         fi
-        expect_grep "the unreadable file is named" "secret: cannot read: Permission denied" "$workdir/err"
-        expect_grep "the summary says it is missing" "1 files could not be read" "$workdir/err"
-        expect_ok "--ignore-errors accepts it" runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" \
-                snapshot nb --from "$workdir/nb/src" --ignore-errors
-        expect_ok "the point holds the readable file" runuser -u nobody -- "$CLONECTL" --store "$workdir/nb/store" \
-                restore nb@latest "$workdir/nb/restored"
+        expect_grep "-v names the unreadable file" "secret: cannot read: Permission denied" "$workdir/err"
+        expect_grep "-v names the unreadable directory" "closed: cannot open directory: Permission denied" \
+                "$workdir/err"
+        expect_ok "--ignore-errors makes the point" nb snapshot nb --from "$workdir/nb/src" --ignore-errors
+        expect_grep "and names what it lacks" "secret: cannot read: Permission denied" "$workdir/err"
+        expect_ok "points" nb points nb --json
+        expect_eq "one point" "$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$workdir/out")" 1
+        expect_ok "the point holds the readable file" nb restore nb@latest "$workdir/nb/restored"
         [ -e "$workdir/nb/restored/open" ] && [ ! -e "$workdir/nb/restored/secret" ] ||
                 fail "the point should hold 'open' and not 'secret'"
         pass "the point holds what could be read"
+        chmod 644 "$workdir/nb/src/secret"
+        expect_error "one unreadable file is named with the count" \
+                "1 file could not be read: closed: cannot open directory: Permission denied; no point created" \
+                nb snapshot nb --from "$workdir/nb/src"
+        expect_ok "still one point" nb points nb --json
+        expect_eq "the failed snapshot added none" "$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$workdir/out")" 1
 fi

@@ -233,6 +233,24 @@ int verb_snapshot(int argc, char **argv)
                 ingest_result_free(&res);
                 return log_error_errno(r, "cannot snapshot %s: %m; no point created", arg_from);
         }
+        if (res.n_errors && !arg_ignore_errors) {
+                /* A point without some files is what --ignore-errors asks
+                 * for; without it, make none.  What was put is garbage for
+                 * gc, as after an interrupted snapshot.  One line, the first
+                 * file in it; -v lists them all. */
+                for (size_t i = 0; i < res.n_errors; i++)
+                        log_debug("%s", res.errors[i]);
+                if (res.n_errors == 1)
+                        r = log_error_errno(-EIO, "cannot snapshot %s: 1 file could not be read: %s; no point created "
+                                                  "(--ignore-errors makes it anyway)",
+                                            arg_from, res.errors[0]);
+                else
+                        r = log_error_errno(-EIO, "cannot snapshot %s: %zu files could not be read, the first: %s; "
+                                                  "no point created (--ignore-errors makes it anyway)",
+                                            arg_from, res.n_errors, res.errors[0]);
+                ingest_result_free(&res);
+                return r;
+        }
 
         cs_store_put_counters(store, &added);
         point.root = res.point;
@@ -252,15 +270,10 @@ int verb_snapshot(int argc, char **argv)
         else
                 printf("%s\n", point.name);
 
+        /* --ignore-errors: the point is made, and says what it lacks. */
         for (size_t i = 0; i < res.n_errors; i++)
                 log_error("%s", res.errors[i]);
-        if (res.n_errors && !arg_ignore_errors)
-                r = log_error_errno(-EIO, "%zu files could not be read and are missing from point %s "
-                                          "(--ignore-errors accepts that)",
-                                    res.n_errors, point.name);
         ingest_result_free(&res);
-        if (r < 0)
-                return r;
         if (hook_r < 0)
                 return log_error_errno(hook_r, "--post command %s (point %s was created)", post_why, point.name);
         return 0;
