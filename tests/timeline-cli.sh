@@ -152,6 +152,68 @@ expect_ok "hooks around a snapshot" "$CLONECTL" snapshot db --from "$src" \
         --pre "echo pre >$workdir/order" --post "echo post >>$workdir/order"
 expect_eq "hooks ran in order" "$(tr '\n' ' ' <"$workdir/order")" "pre post "
 
+# SIGINT and SIGTERM during --pre: passed on to --pre's process group (what
+# it started stops too), no point, --post runs, one line, exit 1.  A script
+# starts background jobs with SIGINT ignored; clonectl catches it anyway.
+points_of() { "$CLONECTL" points "$1" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+wait_for_file() {
+        for _ in $(seq 1 200); do
+                [ -s "$1" ] && return 0
+                sleep 0.05
+        done
+        return 1
+}
+# A process gone, or a zombie no one reaps.
+gone() {
+        for _ in $(seq 1 40); do
+                [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo Z)" = Z ] && return 0
+                sleep 0.05
+        done
+        return 1
+}
+before=$(points_of db)
+for sig in TERM INT; do
+        rm -f "$workdir/pre-child" "$workdir/post-ran"
+        if [ $sig = TERM ]; then
+                pre="sleep 10 & echo \$! >$workdir/pre-child; wait"
+        else
+                pre="echo \$\$ >$workdir/pre-child; exec sleep 10"
+        fi
+        "$CLONECTL" snapshot db --from "$src" --pre "$pre" --post "touch $workdir/post-ran" \
+                >"$workdir/out" 2>"$workdir/err" &
+        pid=$!
+        on_exit "kill -9 $pid"
+        wait_for_file "$workdir/pre-child" || fail "--pre did not start"
+        kill -$sig $pid
+        status=0
+        wait $pid || status=$?
+        expect_eq "SIG$sig during --pre exits 1" "$status" 1
+        expect_eq "with one line" "$(cat "$workdir/err")" "clonectl: error: interrupted; no point created"
+        [ -e "$workdir/post-ran" ] || fail "--post did not run after SIG$sig during --pre"
+        pass "--post ran after SIG$sig during --pre"
+        gone "$(cat "$workdir/pre-child")" || fail "what --pre started outlived SIG$sig"
+        pass "SIG$sig reached what --pre started"
+        expect_eq "SIG$sig during --pre made no point" "$(points_of db)" "$before"
+done
+
+# SIGTERM during --post: --post is not interrupted (it may restart what
+# --pre stopped), then no point, the same line, exit 1.
+rm -f "$workdir/post-started" "$workdir/post-done"
+"$CLONECTL" snapshot db --from "$src" \
+        --post "echo x >$workdir/post-started; sleep 1; echo x >$workdir/post-done" >"$workdir/out" 2>"$workdir/err" &
+pid=$!
+on_exit "kill -9 $pid"
+wait_for_file "$workdir/post-started" || fail "--post did not start"
+kill -TERM $pid
+status=0
+wait $pid || status=$?
+expect_eq "SIGTERM during --post exits 1" "$status" 1
+[ -e "$workdir/post-done" ] || fail "--post was cut short by SIGTERM"
+pass "--post ran to its end"
+expect_eq "one line after SIGTERM during --post" "$(cat "$workdir/err")" "clonectl: error: interrupted; no point created"
+expect_eq "SIGTERM during --post made no point" "$(points_of db)" "$before"
+expect_ok "verify after the interrupted hooks" "$CLONECTL" verify
+
 # A clone's snapshots go to the timeline of its name, and rewind takes the
 # latest of them: nothing else may add a point there.
 expect_ok "a clone" "$CLONECTL" clone create dev --from db@latest

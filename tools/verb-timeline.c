@@ -4,6 +4,7 @@
  * (diff lives in verb-diff.c.)
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,14 +23,49 @@
 #include "util/log.h"
 #include "util/size.h"
 
-/* Written by the signal handler, read by the ingest: the only way a signal
- * can reach it. */
+/* Written by the signal handler while a snapshot runs: the first SIGINT or
+ * SIGTERM caught (0: none), read by the ingest and verb_snapshot; and the
+ * process group of a running --pre (0: none), which the handler passes
+ * the signal on to. */
 static volatile sig_atomic_t interrupted;
+static volatile sig_atomic_t hook_group;
 
 static void on_signal(int sig)
 {
-        (void) sig;
-        interrupted = 1;
+        int saved_errno = errno;
+
+        if (!interrupted)
+                interrupted = sig;
+        if (hook_group > 0)
+                kill(-(pid_t) hook_group, sig);
+        errno = saved_errno;
+}
+
+/* What SIGINT and SIGTERM did before verb_snapshot caught them. */
+typedef struct caught_signals {
+        bool caught;
+        struct sigaction old_int, old_term;
+} caught_signals;
+
+static void catch_signals(caught_signals *c)
+{
+        /* No SA_RESTART: a wait for a hook returns EINTR, and the ingest
+         * sees the flag at its next block. */
+        struct sigaction sa = { .sa_handler = on_signal };
+
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &c->old_int);
+        sigaction(SIGTERM, &sa, &c->old_term);
+        c->caught = true;
+}
+
+static void restore_signals(caught_signals *c)
+{
+        if (!c->caught)
+                return;
+        sigaction(SIGINT, &c->old_int, NULL);
+        sigaction(SIGTERM, &c->old_term, NULL);
+        c->caught = false;
 }
 
 int parse_point_spec(const char *spec, char timeline[static CS_TIMELINE_NAME_MAX + 1],
@@ -92,38 +128,73 @@ static double now_seconds(void)
         return (double) t.tv_sec + (double) t.tv_nsec / 1e9;
 }
 
-/* Runs a hook through the shell.  Returns 0 when it exits 0, else a
- * negative errno with *ret_why describing the failure for a message. */
-static int run_hook(const char *command, char *ret_why, size_t why_size)
+/* Runs a hook through /bin/sh -c and waits for it.  The hook gets a
+ * process group of its own, so that a signal passed on reaches what its
+ * shell started and never clonectl's caller, and stdin from /dev/null,
+ * since outside the foreground group a read of the terminal would stop
+ * it.  With pass_signals (--pre), a SIGINT or SIGTERM caught before or
+ * while it runs is passed on to its group; --post is never given one, as
+ * it may be what restarts the source's service.  Returns 0 when it exits
+ * 0, else a negative errno with ret_why describing the failure for a
+ * message. */
+static int run_hook(const char *command, bool pass_signals, char *ret_why, size_t why_size)
 {
+        sigset_t stop, saved;
         pid_t pid;
-        int status;
+        int status, r = 0;
 
         fflush(stdout);
         fflush(stderr);
+        /* Blocked until hook_group names the new group: a signal caught in
+         * between would not be passed on. */
+        sigemptyset(&stop);
+        sigaddset(&stop, SIGINT);
+        sigaddset(&stop, SIGTERM);
+        sigprocmask(SIG_BLOCK, &stop, &saved);
         pid = fork();
         if (pid < 0) {
-                snprintf(ret_why, why_size, "could not start: %s", strerror(errno));
-                return negative_errno();
+                r = negative_errno();
+                sigprocmask(SIG_SETMASK, &saved, NULL);
+                snprintf(ret_why, why_size, "could not start: %s", strerror(-r));
+                return r;
         }
         if (pid == 0) {
+                int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+                setpgid(0, 0);
+                if (null_fd >= 0)
+                        dup2(null_fd, STDIN_FILENO);
                 /* Hooks see stdout as stderr: stdout is the point's name. */
                 dup2(STDERR_FILENO, STDOUT_FILENO);
+                /* exec resets the handlers to the default; the mask it keeps. */
+                sigprocmask(SIG_SETMASK, &saved, NULL);
                 execl("/bin/sh", "sh", "-c", command, (char *) NULL);
                 _exit(127);
         }
+        /* The child does it too: whichever runs first makes the group. */
+        (void) setpgid(pid, pid);
+        if (pass_signals) {
+                hook_group = pid;
+                if (interrupted) /* caught just before the fork */
+                        kill(-pid, interrupted);
+        }
+        sigprocmask(SIG_SETMASK, &saved, NULL);
+
         while (waitpid(pid, &status, 0) < 0)
                 if (errno != EINTR) {
-                        snprintf(ret_why, why_size, "could not be waited for: %s", strerror(errno));
-                        return negative_errno();
+                        r = negative_errno();
+                        break;
                 }
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        hook_group = 0;
+        if (r < 0)
+                snprintf(ret_why, why_size, "could not be waited for: %s", strerror(-r));
+        else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
                 return 0;
-        if (WIFEXITED(status))
+        else if (WIFEXITED(status))
                 snprintf(ret_why, why_size, "failed with exit status %d", WEXITSTATUS(status));
         else
                 snprintf(ret_why, why_size, "was killed by signal %d", WTERMSIG(status));
-        return -ECHILD;
+        return r < 0 ? r : -ECHILD;
 }
 
 static void print_snapshot_json(const cs_point_info *p, const ingest_result *res, const cs_put_counters *added,
@@ -151,12 +222,12 @@ int verb_snapshot(int argc, char **argv)
         cs_point_info prev = {}, point = {};
         ingest_result res = {};
         cs_put_counters added;
-        struct sigaction sa = { .sa_handler = on_signal }, old_int, old_term;
-        char why[128] = "", post_why[128] = "";
+        _cleanup_(restore_signals) caught_signals caught = {};
+        char why[128] = "", post_why[128] = "", post_note[160] = "";
         struct stat st;
         bool have_prev;
         double start;
-        int r, hook_r = 0;
+        int r = 0, pre_r = 0, post_r = 0;
 
         if (!cs_name_is_valid(timeline))
                 return log_error_errno(-EINVAL, "invalid timeline name '%s': use " CS_NAME_RULE,
@@ -197,41 +268,39 @@ int verb_snapshot(int argc, char **argv)
         point.created = (int64_t) time(NULL);
         start = now_seconds();
 
-        if (arg_pre) {
-                r = run_hook(arg_pre, why, sizeof(why));
-                if (r < 0) {
-                        if (arg_post && run_hook(arg_post, post_why, sizeof(post_why)) < 0)
-                                return log_error_errno(r, "--pre command %s and --post command %s; no point created",
-                                                       why, post_why);
-                        return log_error_errno(r, "--pre command %s; no point created", why);
-                }
+        /* From here until the point is added, SIGINT or SIGTERM means no
+         * point: --pre is passed the signal, the ingest stops, and --post
+         * runs to its end whatever happened. */
+        catch_signals(&caught);
+        if (arg_pre && !interrupted)
+                pre_r = run_hook(arg_pre, true, why, sizeof(why));
+        if (pre_r >= 0 && !interrupted) {
+                ingest_options o = {
+                        .full = arg_full,
+                        .threads = arg_threads,
+                        .progress = isatty(STDERR_FILENO) && !arg_json,
+                        .cancel = &interrupted,
+                        .expected_bytes = have_prev ? prev.logical_bytes : 0,
+                        .prev_created = have_prev ? prev.created : 0,
+                };
+                r = ingest_directory(store, arg_from, have_prev && !arg_full ? &prev.root : NULL, &o, &res);
         }
-
-        sigaction(SIGINT, &sa, &old_int);
-        sigaction(SIGTERM, &sa, &old_term);
-        ingest_options o = {
-                .full = arg_full,
-                .threads = arg_threads,
-                .progress = isatty(STDERR_FILENO) && !arg_json,
-                .cancel = &interrupted,
-                .expected_bytes = have_prev ? prev.logical_bytes : 0,
-                .prev_created = have_prev ? prev.created : 0,
-        };
-        r = ingest_directory(store, arg_from, have_prev && !arg_full ? &prev.root : NULL, &o, &res);
-        sigaction(SIGINT, &old_int, NULL);
-        sigaction(SIGTERM, &old_term, NULL);
 
         /* --post runs whatever happened: it may be what unlocks the source. */
         if (arg_post)
-                hook_r = run_hook(arg_post, post_why, sizeof(post_why));
+                post_r = run_hook(arg_post, false, post_why, sizeof(post_why));
+        if (post_r < 0)
+                snprintf(post_note, sizeof(post_note), " (and --post command %s)", post_why);
 
-        if (r == -ECANCELED || interrupted) {
+        if (interrupted || r == -ECANCELED) {
                 ingest_result_free(&res);
-                return log_error_errno(-ECANCELED, "interrupted; no point created");
+                return log_error_errno(-ECANCELED, "interrupted; no point created%s", post_note);
         }
+        if (pre_r < 0)
+                return log_error_errno(pre_r, "--pre command %s; no point created%s", why, post_note);
         if (r < 0) {
                 ingest_result_free(&res);
-                return log_error_errno(r, "cannot snapshot %s: %m; no point created", arg_from);
+                return log_error_errno(r, "cannot snapshot %s: %m; no point created%s", arg_from, post_note);
         }
         if (res.n_errors && !arg_ignore_errors) {
                 /* A point without some files is what --ignore-errors asks
@@ -242,12 +311,12 @@ int verb_snapshot(int argc, char **argv)
                         log_debug("%s", res.errors[i]);
                 if (res.n_errors == 1)
                         r = log_error_errno(-EIO, "cannot snapshot %s: 1 file could not be read: %s; no point created "
-                                                  "(--ignore-errors makes it anyway)",
-                                            arg_from, res.errors[0]);
+                                                  "(--ignore-errors makes it anyway)%s",
+                                            arg_from, res.errors[0], post_note);
                 else
                         r = log_error_errno(-EIO, "cannot snapshot %s: %zu files could not be read, the first: %s; "
-                                                  "no point created (--ignore-errors makes it anyway)",
-                                            arg_from, res.n_errors, res.errors[0]);
+                                                  "no point created (--ignore-errors makes it anyway)%s",
+                                            arg_from, res.n_errors, res.errors[0], post_note);
                 ingest_result_free(&res);
                 return r;
         }
@@ -258,11 +327,14 @@ int verb_snapshot(int argc, char **argv)
         point.logical_bytes = res.logical_bytes;
         point.added_bytes = added.stored_bytes;
         r = cs_point_add(store, &point);
+        /* A point made is made: a signal from here on has its usual effect. */
+        restore_signals(&caught);
         if (r < 0) {
                 ingest_result_free(&res);
                 if (r == -EEXIST)
-                        return log_error_errno(r, "label '%s' is already taken in timeline '%s'", arg_label, timeline);
-                return log_error_errno(r, "cannot add the point to timeline '%s': %m", timeline);
+                        return log_error_errno(r, "label '%s' is already taken in timeline '%s'%s", arg_label,
+                                               timeline, post_note);
+                return log_error_errno(r, "cannot add the point to timeline '%s': %m%s", timeline, post_note);
         }
 
         if (arg_json)
@@ -274,8 +346,8 @@ int verb_snapshot(int argc, char **argv)
         for (size_t i = 0; i < res.n_errors; i++)
                 log_error("%s", res.errors[i]);
         ingest_result_free(&res);
-        if (hook_r < 0)
-                return log_error_errno(hook_r, "--post command %s (point %s was created)", post_why, point.name);
+        if (post_r < 0)
+                return log_error_errno(post_r, "--post command %s (point %s was created)", post_why, point.name);
         return 0;
 }
 
