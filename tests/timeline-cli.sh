@@ -196,6 +196,25 @@ for sig in TERM INT; do
         expect_eq "SIG$sig during --pre made no point" "$(points_of db)" "$before"
 done
 
+# A --pre that is stopped (as by SIGTTOU) is continued to take the signal.
+rm -f "$workdir/pre-child"
+"$CLONECTL" snapshot db --from "$src" --pre "echo \$\$ >$workdir/pre-child; kill -STOP \$\$" \
+        >"$workdir/out" 2>"$workdir/err" &
+pid=$!
+on_exit "kill -9 $pid"
+wait_for_file "$workdir/pre-child" || fail "--pre did not start"
+for _ in $(seq 1 100); do
+        [ "$(awk '{print $3}' "/proc/$(cat "$workdir/pre-child")/stat" 2>/dev/null)" = T ] && break
+        sleep 0.05
+done
+kill -0 "$pid" 2>/dev/null || fail "clonectl exited before the signal"
+kill -TERM $pid
+gone "$pid" || { kill -CONT "$(cat "$workdir/pre-child")"; fail "SIGTERM did not end a stopped --pre"; }
+status=0
+wait $pid || status=$?
+expect_eq "SIGTERM ends a stopped --pre, exit 1" "$status" 1
+expect_eq "SIGTERM during a stopped --pre made no point" "$(points_of db)" "$before"
+
 # SIGTERM during --post: --post is not interrupted (it may restart what
 # --pre stopped), then no point, the same line, exit 1.
 rm -f "$workdir/post-started" "$workdir/post-done"

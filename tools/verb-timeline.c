@@ -36,8 +36,12 @@ static void on_signal(int sig)
 
         if (!interrupted)
                 interrupted = sig;
-        if (hook_group > 0)
+        if (hook_group > 0) {
                 kill(-(pid_t) hook_group, sig);
+                /* A hook stopped (by SIGTTOU, say) would take the signal
+                 * only once continued; without this the wait never ends. */
+                kill(-(pid_t) hook_group, SIGCONT);
+        }
         errno = saved_errno;
 }
 
@@ -175,8 +179,10 @@ static int run_hook(const char *command, bool pass_signals, char *ret_why, size_
         (void) setpgid(pid, pid);
         if (pass_signals) {
                 hook_group = pid;
-                if (interrupted) /* caught just before the fork */
+                if (interrupted) { /* caught just before the fork */
                         kill(-pid, interrupted);
+                        kill(-pid, SIGCONT);
+                }
         }
         sigprocmask(SIG_SETMASK, &saved, NULL);
 
