@@ -43,7 +43,7 @@
 /* Jobs whose bytes are asked of the disk before a worker takes them:
  * a worker that starts a job finds it read, or on its way. */
 #define READ_AHEAD_JOBS 4
-#define MAX_REREADS 2
+#define MAX_REREADS 2 /* so a file is read at most 3 times: the message says so */
 
 /* --- Work shared with the workers --------------------------------------- */
 
@@ -700,7 +700,7 @@ static int complete_file(walker *w, int dir_fd, node *n)
                 if (!f->changed)
                         break;
                 if (attempt == MAX_REREADS) {
-                        r = add_error(w, n->name, -EBUSY, "kept changing while being read; stored as last read");
+                        r = add_error(w, n->name, -EBUSY, "kept changing while being read (read 3 times; --ignore-errors stores the last read)");
                         if (r < 0)
                                 return r;
                         break;
