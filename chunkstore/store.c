@@ -916,7 +916,8 @@ void cs_store_put_counters(cs_store *store, cs_put_counters *ret)
 
 int cs_store_locate(cs_store *store, const cs_chunk_id *id, cs_location *ret_loc)
 {
-        if (store->pending) {
+        /* The flags, not `pending`, which a commit swaps under write_lock. */
+        if (store->flags & CS_OPEN_WRITE) {
                 pthread_mutex_lock(&store->write_lock);
                 pending_entry *e = find_uncommitted(store, id);
                 if (e)
@@ -939,7 +940,7 @@ int cs_store_read_location(cs_store *store, const cs_location *loc, const cs_chu
         record = malloc(size);
         if (!record)
                 return -ENOMEM;
-        if (store->pending) {
+        if (store->flags & CS_OPEN_WRITE) {
                 /* This handle's puts may not have reached the file yet. */
                 pthread_mutex_lock(&store->write_lock);
                 if (loc->pack == store->pack.id)
