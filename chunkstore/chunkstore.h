@@ -626,8 +626,9 @@ int cs_pg_source_add(cs_store *store, const cs_pg_source *src);
 int cs_pg_source_get(cs_store *store, const char *timeline, cs_pg_source *ret);
 
 /* What a base backup point covers.  LSNs as 64-bit integers; times in
- * seconds since the epoch by clonectl's clock (start before the backup
- * was asked for, end after the server said it ended). */
+ * seconds since the epoch by clonectl's clock (start: the point's
+ * created, taken before the backup was asked for; end: after the server
+ * said it ended). */
 typedef struct cs_pg_backup {
         int64_t point; /* cs_point_info.id */
         uint32_t tli;
@@ -635,7 +636,11 @@ typedef struct cs_pg_backup {
         int64_t start_time, end_time;
 } cs_pg_backup;
 
-int cs_pg_backup_add(cs_store *store, const cs_pg_backup *b);
+/* Adds a base backup's point as cs_point_add does, and in the same
+ * transaction its backup record (b->point and b->start_time are set to
+ * the point's id and created) and, with src (pg link), the timeline's
+ * link: -EEXIST if it is linked already.  On failure nothing is added. */
+int cs_pg_point_add(cs_store *store, cs_point_info *info, cs_pg_backup *b, const cs_pg_source *src);
 /* The backups of a timeline's existing points, by end LSN; *ret to free(). */
 int cs_pg_backup_list(cs_store *store, const char *timeline, cs_pg_backup **ret, size_t *ret_n);
 

@@ -142,6 +142,9 @@ int cs_index_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **ret_stmt);
 int cs_index_step(sqlite3_stmt *stmt);
 /* Runs a query returning one integer; *ret is 0 when it returns no row. */
 int cs_index_query_int(sqlite3 *db, const char *sql, int64_t arg, int64_t *ret);
+/* 1 if the catalog has a table of that name, 0 if not: some are made by
+ * their first write (clones, clone_points, the pg_ tables). */
+int cs_index_table_exists(sqlite3 *db, const char *name);
 
 static inline void sqlite3_finalizep(sqlite3_stmt **stmt)
 {

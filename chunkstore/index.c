@@ -20,7 +20,9 @@
  *     A chunks row exists only once its record's bytes are durable in its
  *     pack (see store.c: fdatasync before COMMIT).  Pack ids are
  *     AUTOINCREMENT: never reused, so a reader's cached descriptor of a
- *     deleted pack can never be mistaken for a newer pack.
+ *     deleted pack can never be mistaken for a newer pack.  Point ids are
+ *     not, so rows that name a point by id go with it (timeline.c, design
+ *     note 4).
  *  2. Concurrency: WAL mode.  Readers run on a pool of connections, one per
  *     concurrent reader thread, and never wait for a writer.  Each process
  *     has at most one writer connection per store handle; writers serialize
@@ -213,6 +215,21 @@ int cs_index_query_int(sqlite3 *db, const char *sql, int64_t arg, int64_t *ret)
                 return 0;
         }
         return db_errno(db, rc);
+}
+
+int cs_index_table_exists(sqlite3 *db, const char *name)
+{
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int rc, r;
+
+        r = cs_index_prepare(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", &stmt);
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW)
+                return 1;
+        return rc == SQLITE_DONE ? 0 : db_errno(db, rc);
 }
 
 int cs_index_begin(sqlite3 *db)

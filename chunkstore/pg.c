@@ -17,6 +17,10 @@
  *              last_commit, created)
  *       pg_history(timeline, tli, content)
  *     gc keeps everything reachable from pg_wal.root too (gc.c, push_roots).
+ *     pg_backups names its point by points.id, which SQLite reuses: the
+ *     row is written in the point's own transaction (cs_pg_point_add) and
+ *     deleted in the transaction that removes the point (timeline.c,
+ *     design note 4).
  *  2. conninfo never holds a password: the caller strips it (libpq's
  *     PGPASSFILE and service files supply it at connect time).
  *  3. A pg_wal row is written only after its chunks are durable (the puts
@@ -197,14 +201,15 @@ static void bind_source(sqlite3_stmt *stmt, const void *userdata)
         sqlite3_bind_int64(stmt, 6, s->created);
 }
 
+#define INSERT_SOURCE                                                                             \
+        "INSERT INTO pg_sources(timeline, conninfo, slot, system_id, segment_size, created)"    \
+        " VALUES(?, ?, ?, ?, ?, ?)"
+
 int cs_pg_source_add(cs_store *store, const cs_pg_source *src)
 {
         if (!store || !src || !cs_name_is_valid(src->timeline) || !src->slot[0])
                 return -EINVAL;
-        return write_row(store,
-                         "INSERT INTO pg_sources(timeline, conninfo, slot, system_id, segment_size, created)"
-                         " VALUES(?, ?, ?, ?, ?, ?)",
-                         bind_source, src);
+        return write_row(store, INSERT_SOURCE, bind_source, src);
 }
 
 static int read_source_row(sqlite3_stmt *stmt, void *userdata)
@@ -245,14 +250,51 @@ static void bind_backup(sqlite3_stmt *stmt, const void *userdata)
         sqlite3_bind_int64(stmt, 6, b->end_time);
 }
 
-int cs_pg_backup_add(cs_store *store, const cs_pg_backup *b)
+typedef struct backup_point {
+        cs_pg_backup *b;
+        const cs_pg_source *src;
+} backup_point;
+
+/* In cs_point_add's transaction: the backup under the new point's id,
+ * and with src the timeline's link, so that a failure leaves neither the
+ * point nor a link without its first point.  start_time is the point's
+ * created: timeline.c tells a row left by an earlier point of the same id
+ * by it (its design note 4). */
+static int record_backup(sqlite3 *db, const cs_point_info *info, void *userdata)
 {
-        if (!store || !b || b->point <= 0)
+        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        backup_point *bp = userdata;
+        int r;
+
+        bp->b->point = info->id;
+        bp->b->start_time = info->created;
+        r = ensure_schema(db);
+        if (r >= 0 && bp->src) {
+                r = cs_index_prepare(db, INSERT_SOURCE, &stmt);
+                if (r >= 0) {
+                        bind_source(stmt, bp->src);
+                        r = cs_index_step(stmt);
+                }
+                sqlite3_finalize(TAKE_PTR(stmt));
+        }
+        if (r >= 0)
+                r = cs_index_prepare(db,
+                                     "INSERT INTO pg_backups(point, tli, start_lsn, end_lsn, start_time, end_time)"
+                                     " VALUES(?, ?, ?, ?, ?, ?)",
+                                     &stmt);
+        if (r < 0)
+                return r;
+        bind_backup(stmt, bp->b);
+        return cs_index_step(stmt);
+}
+
+int cs_pg_point_add(cs_store *store, cs_point_info *info, cs_pg_backup *b, const cs_pg_source *src)
+{
+        if (!store || !info || !b)
                 return -EINVAL;
-        return write_row(store,
-                         "INSERT INTO pg_backups(point, tli, start_lsn, end_lsn, start_time, end_time)"
-                         " VALUES(?, ?, ?, ?, ?, ?)",
-                         bind_backup, b);
+        if (src && (strcmp(src->timeline, info->timeline) != 0 || !src->slot[0]))
+                return -EINVAL;
+        return cs_point_add_with(store, info, record_backup, &(backup_point) { b, src });
 }
 
 static int read_backup_row(sqlite3_stmt *stmt, void *userdata)

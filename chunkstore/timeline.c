@@ -18,6 +18,15 @@
  *  3. Labels are unique within a timeline and may not be "latest" or look
  *     like a point name, so "T@X" always means one thing: a point name
  *     first, then a label, then "latest".
+ *  4. points.id is an INTEGER PRIMARY KEY without AUTOINCREMENT, so SQLite
+ *     gives a new point the id of the deleted newest one.  A row of another
+ *     table that names a point by id (point_refs: pg_backups) would then
+ *     describe the new point: another backup's LSNs for a PostgreSQL base,
+ *     a backup for a plain snapshot.  So removing a point deletes those
+ *     rows in its transaction, and adding one first deletes any row whose
+ *     point is gone or is another point (catalogs written before removal
+ *     did this keep such rows), so no old row ever reaches a new point.
+ *     Rows keyed by names (clones, clone_points) are not affected.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -291,12 +300,45 @@ static int pick_point_name(sqlite3 *db, int64_t timeline, int64_t created, char 
         return -EEXIST;
 }
 
+/* Tables whose rows name a point by points.id (design note 4), each with
+ * the DELETE of its rows that belong to no existing point.  A pg_backups
+ * row's start_time is its point's created (both are clonectl's clock
+ * before BASE_BACKUP, verb-pg.c), so a row that differs was written for
+ * an earlier point that had the same id. */
+static const struct {
+        const char *table;
+        const char *drop_stale;
+} point_refs[] = {
+        { "pg_backups",
+          "DELETE FROM pg_backups WHERE NOT EXISTS (SELECT 1 FROM points p"
+          " WHERE p.id = pg_backups.point AND p.created = pg_backups.start_time)" },
+};
+
+/* In the caller's write transaction: deletes the point_refs rows of points
+ * that do not exist.  The tables are made by their first write, so a
+ * missing one holds nothing. */
+static int drop_stale_point_refs(sqlite3 *db)
+{
+        for (size_t i = 0; i < ELEMENTSOF(point_refs); i++) {
+                int r = cs_index_table_exists(db, point_refs[i].table);
+                if (r > 0)
+                        r = cs_index_exec(db, point_refs[i].drop_stale);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 static int insert_point(sqlite3 *db, cs_point_info *info)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         int64_t timeline;
         int r;
 
+        /* Before the INSERT takes an id that a stale row may still name. */
+        r = drop_stale_point_refs(db);
+        if (r < 0)
+                return r;
         r = timeline_id(db, info->timeline, true, &timeline);
         if (r < 0)
                 return r;
@@ -395,6 +437,10 @@ int cs_point_remove(cs_store *store, const char *timeline, const char *name)
                 if (r >= 0 && sqlite3_changes(db) == 0)
                         r = -ENOENT;
         }
+        /* The point's rows elsewhere go with it: the next point may take
+         * its id (note 4). */
+        if (r >= 0)
+                r = drop_stale_point_refs(db);
         if (r >= 0) {
                 char sql[128];
                 snprintf(sql, sizeof(sql),

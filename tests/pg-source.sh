@@ -4,7 +4,8 @@
 # Unix socket.  The point must be the backup exactly (pg_verifybackup
 # against its manifest), start as a server holding the data, tablespace
 # included; a second sync of an unchanged database stores under 1% of its
-# size; each refusal is one clear line.
+# size; each refusal is one clear line; a sync or link after forget of the
+# store's newest point records its own backup, not the forgotten one's.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/pg-lib.sh"
 
@@ -105,7 +106,43 @@ expect_ok "verify --data" cl verify --data
 expect_ok "gc keeps both points" cl gc
 expect_ok "verify after gc" cl verify --data
 
-# The source down: one line, and the store keeps its two points.
+# --- Forgetting the store's newest point -----------------------------------------
+# SQLite gives the next point the forgotten one's id: its backup record
+# must go with it, or the next base point fails ("File exists") and keeps
+# the forgotten backup's LSNs, from before it was taken.
+
+# base_lsn TIMELINE POINT: the start LSN timeline show gives the base point.
+base_lsn() {
+        cl --json timeline show "$1" >"$workdir/show.json" || fail "timeline show $1"
+        python3 -c 'import json,sys; print(*[b["start_lsn"] for b in json.load(open(sys.argv[1]))["bases"] if b["point"] == sys.argv[2]])' \
+                "$workdir/show.json" "$2"
+}
+
+# sync_after_forget DESCRIPTION COMMAND...: forgets db's newest point (the
+# store's newest), runs the pg link or sync, and checks that the new base
+# starts at its own backup's LSN, not before the server's position then.
+sync_after_forget() {
+        local what=$1 newest before p start
+        shift
+        newest=$(cl points db | awk '/^2/ { p = $1 } END { print p }')
+        expect_ok "forget db@$newest, the store's newest point" cl forget "db@$newest"
+        before=$(pg_sql "$src" 5491 "SELECT pg_current_wal_lsn()")
+        expect_ok "$what" "$@"
+        p=$(json_get "$workdir/out" point)
+        start=$(base_lsn "$(json_get "$workdir/out" timeline)" "$p")
+        expect_eq "its base starts at its own backup's LSN" "$start" "$(json_get "$workdir/out" start_lsn)"
+        expect_eq "which is not before the sync began" \
+                "$(pg_sql "$src" 5491 "SELECT '$start'::pg_lsn >= '$before'::pg_lsn")" t
+}
+
+sync_after_forget "pg sync after forgetting the newest point" cl --json pg sync db
+expect_eq "two base points in db" "$(cl --json timeline show db | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["bases"]))')" 2
+sync_after_forget "pg link after forgetting the newest point" cl --json pg link r2 "$conn" --slot clonefs_r2
+expect_eq "r2 has its one base point" "$(cl points r2 | grep -c '^2')" 1
+expect_eq "and its slot" "$(pg_sql "$src" 5491 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'clonefs_r2'")" 1
+expect_ok "verify" cl verify
+
+# The source down: one line, and the store keeps its points.
 pg_stop "$src"
 expect_error "sync with the source down" "cannot connect to the source" cl pg sync db
-expect_eq "still two points" "$(cl points db | grep -c '^2')" 2
+expect_eq "still one point" "$(cl points db | grep -c '^2')" 1

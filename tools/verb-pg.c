@@ -37,8 +37,10 @@ static double now_seconds(void)
         return (double) t.tv_sec + (double) t.tv_nsec / 1e9;
 }
 
-/* A base backup into a new point of timeline, recorded as such. */
-static int sync_point(cs_store *store, PGconn *conn, const char *timeline, cs_point_info *ret_point)
+/* A base backup into a new point of timeline, recorded as such; with
+ * link (pg link), the timeline's link goes in with it. */
+static int sync_point(cs_store *store, PGconn *conn, const char *timeline, const cs_pg_source *link,
+                      cs_point_info *ret_point)
 {
         pg_backup_result res;
         cs_put_counters before, after;
@@ -59,20 +61,17 @@ static int sync_point(cs_store *store, PGconn *conn, const char *timeline, cs_po
         point.files = res.files;
         point.logical_bytes = res.logical_bytes;
         point.added_bytes = after.stored_bytes - before.stored_bytes;
-        r = cs_point_add(store, &point);
-        if (r < 0)
-                return log_error_errno(r, "cannot add the point to timeline '%s': %m", timeline);
         b = (cs_pg_backup) {
-                .point = point.id,
                 .tli = res.tli,
                 .start_lsn = res.start_lsn,
                 .end_lsn = res.end_lsn,
-                .start_time = point.created,
                 .end_time = (int64_t) time(NULL),
         };
-        r = cs_pg_backup_add(store, &b);
+        /* One transaction: a point without its backup record (or a link
+         * without its first point) would be a base nothing describes. */
+        r = cs_pg_point_add(store, &point, &b, link);
         if (r < 0)
-                return log_error_errno(r, "cannot record the backup of point %s: %m", point.name);
+                return log_error_errno(r, "cannot add the point to timeline '%s': %m", timeline);
 
         pg_lsn_format(res.start_lsn, a);
         pg_lsn_format(res.end_lsn, z);
@@ -140,12 +139,7 @@ static int verb_pg_link(const char *timeline, const char *conninfo)
         r = pg_create_slot(conn, src.slot);
         if (r < 0)
                 return r;
-        r = sync_point(store, conn, timeline, NULL);
-        if (r >= 0) {
-                r = cs_pg_source_add(store, &src);
-                if (r < 0)
-                        log_error_errno(r, "cannot record the link of timeline '%s': %m", timeline);
-        }
+        r = sync_point(store, conn, timeline, &src, NULL);
         if (r < 0) {
                 /* A backup stopped half-way leaves its connection in COPY:
                  * close it, then drop the slot so it holds no WAL. */
@@ -186,7 +180,7 @@ static int verb_pg_sync(const char *timeline)
                 return log_error_errno(-EXDEV, "the server behind timeline '%s' is another cluster now "
                                                "(system identifier %" PRIu64 ", linked to %" PRIu64 ")",
                                        timeline, server.system_id, src.system_id);
-        return sync_point(store, conn, timeline, NULL);
+        return sync_point(store, conn, timeline, NULL, NULL);
 }
 
 static void print_time(const char *key, int64_t usec)
