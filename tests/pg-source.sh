@@ -142,6 +142,13 @@ expect_eq "r2 has its one base point" "$(cl points r2 | grep -c '^2')" 1
 expect_eq "and its slot" "$(pg_sql "$src" 5491 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'clonefs_r2'")" 1
 expect_ok "verify" cl verify
 
+# A directory snapshot into a linked timeline is refused: its points are
+# base backups.
+mkdir "$workdir/plain" && echo hello >"$workdir/plain/f"
+expect_error "snapshot into a linked timeline" "timeline 'db' is linked to PostgreSQL: use 'clonectl pg sync db'$" \
+        cl snapshot db --from "$workdir/plain"
+expect_eq "it made no point" "$(cl points db | grep -c '^2')" 1
+
 # The source down: one line, and the store keeps its points.
 pg_stop "$src"
 expect_error "sync with the source down" "cannot connect to the source" cl pg sync db

@@ -97,5 +97,9 @@ int find_point(cs_store *store, const char *spec, cs_point_info *ret);
  * snapshots go there (clone snapshot), and rewind takes the latest of them,
  * so a tree from anywhere else must not be added to it. */
 int refuse_clone_timeline(cs_store *store, const char *timeline);
+/* Refuses, in one line, a timeline linked to PostgreSQL: its points are
+ * base backups (pg sync), which a clone at a time is made from, so a
+ * directory snapshot must not be added to it. */
+int refuse_pg_timeline(cs_store *store, const char *timeline);
 
 #endif

@@ -125,6 +125,20 @@ int refuse_clone_timeline(cs_store *store, const char *timeline)
                                         "use 'clonectl clone snapshot %s'", timeline, timeline);
 }
 
+int refuse_pg_timeline(cs_store *store, const char *timeline)
+{
+        cs_pg_source src;
+        int r;
+
+        r = cs_pg_source_get(store, timeline, &src);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return log_error_errno(r, "cannot look up the link of timeline '%s': %m", timeline);
+        return log_error_errno(-EEXIST, "timeline '%s' is linked to PostgreSQL: use 'clonectl pg sync %s'",
+                               timeline, timeline);
+}
+
 static double now_seconds(void)
 {
         struct timespec t;
@@ -257,6 +271,9 @@ int verb_snapshot(int argc, char **argv)
         if (r < 0)
                 return r;
         r = refuse_clone_timeline(store, timeline);
+        if (r < 0)
+                return r;
+        r = refuse_pg_timeline(store, timeline);
         if (r < 0)
                 return r;
         if (arg_label && cs_point_find(store, timeline, arg_label, &prev) == 0 &&
