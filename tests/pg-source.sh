@@ -149,6 +149,17 @@ expect_error "snapshot into a linked timeline" "timeline 'db' is linked to Postg
         cl snapshot db --from "$workdir/plain"
 expect_eq "it made no point" "$(cl points db | grep -c '^2')" 1
 
+# Forgetting a linked timeline's last point drops all its WAL, and says so.
+seg=$(find "$src/pg_wal" -maxdepth 1 -name '000000010000000000000*' -size 16M | sort | tail -1)
+[ -n "$seg" ] || fail "no complete WAL segment in the source's pg_wal"
+cp "$seg" "$workdir/" || fail "cannot copy $seg"
+expect_ok "archive-wal one segment into r2" cl pg archive-wal r2 "$workdir/${seg##*/}"
+expect_ok "forget r2's last point" cl forget "r2@latest"
+expect_grep "the WAL dropped is all of it, and said so" "^dropped 1 WAL segments \(all stored: no base point is kept\)" \
+        "$workdir/out"
+expect_ok "a snapshot of another timeline takes the forgotten point's id" cl snapshot jl --from "$workdir/plain"
+expect_eq "and is a plain point" "$(cl timeline show jl | head -1)" "timeline jl: 1 points, not linked to PostgreSQL"
+
 # The source down: one line, and the store keeps its points.
 pg_stop "$src"
 expect_error "sync with the source down" "cannot connect to the source" cl pg sync db

@@ -796,17 +796,19 @@ int pg_wal_needed_from(cs_store *store, const char *timeline, const int64_t *rem
         return 0;
 }
 
-int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped)
+int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped, bool *ret_no_base)
 {
         uint64_t before;
         int r;
 
         *ret_dropped = 0;
+        *ret_no_base = false;
         r = pg_wal_needed_from(store, timeline, NULL, 0, &before);
         if (r == -ENOENT)
                 return 0;
         if (r < 0)
                 return r;
+        *ret_no_base = before == UINT64_MAX;
         r = cs_pg_wal_prune(store, timeline, before);
         if (r < 0)
                 return log_error_errno(r, "cannot drop the old WAL of timeline '%s': %m", timeline);

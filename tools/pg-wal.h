@@ -55,9 +55,9 @@ int pg_wal_needed_from(cs_store *store, const char *timeline, const int64_t *rem
                        uint64_t *ret_segno);
 
 /* After forget: drops the stored WAL from before the oldest remaining
- * base point's start (all of it when none remains).  0 and nothing done
- * for a timeline not linked to PostgreSQL. */
-int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped);
+ * base point's start (all of it when none remains: *ret_no_base says so).
+ * 0 and nothing done for a timeline not linked to PostgreSQL. */
+int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped, bool *ret_no_base);
 
 /* Stores the WAL file at path (archive_command's %p). */
 int pg_archive_wal(const char *timeline, const char *path);

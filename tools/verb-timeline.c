@@ -572,6 +572,7 @@ int verb_forget(int argc, char **argv)
         size_t n = 0, n_removed = 0;
         uint64_t total = 0, wal_dropped = 0, wal_before = UINT64_MAX, wal_segments = 0, wal_frees = 0;
         const char *wal_timeline = NULL;
+        bool wal_no_base = false;
         cs_reach *reach = NULL;
         bool any_rule = arg_keep_last || arg_keep_hourly || arg_keep_daily || arg_keep_weekly || arg_keep_monthly;
         int r;
@@ -672,21 +673,27 @@ int verb_forget(int argc, char **argv)
         }
         /* A PostgreSQL timeline's WAL from before its oldest base point. */
         if (!arg_dry_run && n_removed > 0) {
-                r = pg_prune_wal(store, timeline, &wal_dropped);
+                r = pg_prune_wal(store, timeline, &wal_dropped, &wal_no_base);
                 if (r < 0)
                         return r;
         }
-        if (arg_dry_run)
+        if (arg_dry_run) {
                 wal_dropped = wal_segments;
+                wal_no_base = wal_timeline && wal_before == UINT64_MAX;
+        }
         if (arg_json) {
                 printf("],\"removed\":%zu,\"frees_bytes\":%" PRIu64 ",\"wal_segments_dropped\":%" PRIu64
                        ",\"wal_frees_bytes\":%" PRIu64 "}\n",
                        n_removed, total, wal_dropped, wal_frees);
         } else {
                 char size[FORMAT_BYTES_MAX];
+                /* With no base point left, no WAL is "from before" one. */
                 if (wal_dropped)
-                        printf("%s %" PRIu64 " WAL segments from before the oldest base point kept, freeing %s\n",
-                               arg_dry_run ? "would drop" : "dropped", wal_dropped, format_bytes(size, wal_frees));
+                        printf("%s %" PRIu64 " WAL segments %s, freeing %s\n", arg_dry_run ? "would drop" : "dropped",
+                               wal_dropped,
+                               wal_no_base ? "(all stored: no base point is kept)"
+                                           : "from before the oldest base point kept",
+                               format_bytes(size, wal_frees));
                 printf("%s %zu of %zu points, freeing %s%s\n", arg_dry_run ? "would remove" : "removed", n_removed, n,
                        format_bytes(size, total), arg_dry_run || arg_prune ? "" : " at the next 'clonectl gc'");
         }
