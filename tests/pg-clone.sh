@@ -8,7 +8,8 @@
 # of it, no later row exists, a write to it leaves the source untouched.
 # A tablespace comes along, relocated into the clone (the source's files
 # stay untouched); rewind goes back to the recovery setup; refresh and
-# --at latest replay every stored segment.
+# --at latest replay every stored segment, and a segment that cannot be
+# copied stops recovery rather than ending it early.
 # The source keeps its configuration outside the data directory (Debian).
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/pg-lib.sh"
@@ -166,8 +167,66 @@ assert b["usable"] and start.timestamp() >= float(sys.argv[2]), (b, sys.argv[2])
 PY
 pass "the range starts at the server's last commit before the backup's end, whatever clonectl's clock says"
 
+# Rows in three segments after the base: B's segment is the one made
+# unreadable below.
+pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES; SELECT pg_switch_wal()" >/dev/null
+pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
+seg_b=$(pg_sql "$src" "$port" "SELECT pg_walfile_name(pg_current_wal_lsn())")
+pg_sql "$src" "$port" "SELECT pg_switch_wal()" >/dev/null
+pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
+pg_wait_slot "$src" "$port"
+all=$(pg_sql "$src" "$port" "SELECT count(*) FROM ticks")
+
 expect_ok "clone create --at latest" cl clone create c2 --from db --at latest
 expect_grep "--at latest recovers all the stored WAL" "recovering to the end of its stored WAL" "$workdir/out"
+mnt=$workdir/c2
+mount_clonefs "$store" "$mnt" -o clone=c2 -o allow_other
+
+# --- restore_command: only a missing file ends the WAL ------------------------
+# PostgreSQL takes an exit status up to 125 for "no such file" and ends
+# recovery there; above 125 it stops with an error.  Run the generated
+# command as the server would: sh -c in the data directory, as postgres.
+restore=$(sed -n "s/^restore_command = '\(.*\)'\$/\1/p" "$mnt/postgresql.auto.conf")
+[ -n "$restore" ] || fail "no restore_command in the clone's postgresql.auto.conf"
+run_restore() { # FILE DEST: exit status, stderr in $workdir/restore.err
+        local cmd=${restore//%f/$1}
+        (cd "$mnt" && runuser -u postgres -- sh -c "${cmd//%p/$2}") 2>"$workdir/restore.err"
+}
+mkdir "$workdir/rdest" && chown postgres: "$workdir/rdest"
+st=0; run_restore "$seg_b" "$workdir/rdest/x" || st=$?
+expect_eq "restore_command copies a segment it has" "$st" 0
+cmp -s "$mnt/.clonefs/wal/$seg_b" "$workdir/rdest/x" || fail "the copied segment differs"
+st=0; run_restore 0000000100000000000000FF "$workdir/rdest/y" || st=$?
+expect_eq "restore_command exits 1 for a segment it does not have" "$st" 1
+st=0; run_restore 00000009.history "$workdir/rdest/y" || st=$?
+expect_eq "restore_command exits 1 for a history file it does not have" "$st" 1
+st=0; run_restore "$seg_b" "$workdir/nowhere/x" || st=$?
+[ "$st" -gt 125 ] || fail "restore_command exits $st when the copy fails: PostgreSQL would take that for the end of the WAL"
+pass "restore_command exits above 125 when a segment it has cannot be copied"
+[ -s "$workdir/restore.err" ] || fail "restore_command hides cp's error"
+pass "restore_command leaves cp's error to the server's log"
+
+# The real thing: a segment the server cannot read must stop recovery with
+# an error, not end it early on a new timeline without the later rows.
+chmod 000 "$mnt/.clonefs/wal/$seg_b"
+mkdir -p "$mnt.sock" && chown postgres: "$mnt.sock"
+touch "$mnt.log" && chown postgres: "$mnt.log"
+if as_pg "$PGBIN/pg_ctl" -D "$mnt" -l "$mnt.log" -w -t 60 -o "-p $cport -k $mnt.sock -c listen_addresses=''" \
+        start >/dev/null 2>&1; then
+        on_exit "runuser -u postgres -- $PGBIN/pg_ctl -D '$mnt' -m immediate -w stop"
+        cat "$mnt.log" >&2
+        fail "postgres came up although a WAL segment could not be restored"
+fi
+pass "a segment that cannot be copied stops recovery"
+expect_grep "the server's log says which file" "could not restore file \"$seg_b\"" "$mnt.log"
+expect_grep "and cp's reason" "Permission denied" "$mnt.log"
+if grep -q "selected new timeline ID" "$mnt.log"; then fail "recovery ended early on a new timeline"; fi
+pass "no new timeline was selected"
+
+expect_ok "clone rewind to the recovery setup" cl clone rewind c2
+pg_start_on "$mnt" "$cport"
+expect_eq "--at latest: every row the source committed" "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM ticks")" "$all"
+pg_stop "$mnt"
 
 kill -TERM $recv
 wait $recv || { cat "$workdir/recv.err" >&2; fail "receive-wal failed"; }

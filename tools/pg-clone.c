@@ -44,6 +44,8 @@
  *  3. "latest" recovers every segment stored, with no recovery target:
  *     PostgreSQL replays until restore_command finds no more WAL, then
  *     promotes.  That is what clone refresh of such a clone provisions.
+ *     A segment that is there but cannot be copied must stop recovery
+ *     with an error, not end it early (RESTORE_COMMAND).
  *  4. Ownership: every entry belongs to the local "postgres" user (else the
  *     source's owner of the data directory), and the root is 0700, as the
  *     server demands.  When that differs from the backup's owner, every
@@ -512,6 +514,20 @@ static int build_wal_dir(cs_store *store, const plan *pl, const cs_entry *tables
         return cs_dir_builder_finish(top, &ret_dir->subdir);
 }
 
+/* PostgreSQL takes any exit status of restore_command up to 125 for "no
+ * such file", the end of the WAL: recovery then ends there and the server
+ * promotes onto a new timeline without the rest, silently.  Only a status
+ * above 125 (or a signal) makes it stop with an error.  So the command
+ * exits 1 only when the file is not there (PostgreSQL asks for segments
+ * and history files past the end on purpose), and 255 when it is there
+ * but cannot be copied (a full pg_wal, an unreadable file) or when the
+ * directory cannot be searched, which would hide every file.  cp's own
+ * message goes to the server's log.  %f, %p and %% are PostgreSQL's; the
+ * rest is sh, without a single quote (the setting is quoted in them). */
+#define RESTORE_COMMAND                                                                        \
+        "if [ -e " WAL_DIR "/wal/%%f ]; then cp " WAL_DIR "/wal/%%f \"%%p\" || exit 255; "    \
+        "elif [ -d " WAL_DIR "/wal ] && [ -x " WAL_DIR "/wal ]; then exit 1; else exit 255; fi"
+
 static int recovery_settings(const plan *pl, const char *base, char **ret)
 {
         _cleanup_free_ char *target = NULL;
@@ -530,7 +546,7 @@ static int recovery_settings(const plan *pl, const char *base, char **ret)
         return asprintf(ret,
                         "%s%s"
                         "# Added by clonefs: clone %s of timeline %s as of %s\n"
-                        "restore_command = 'cp " WAL_DIR "/wal/%%f \"%%p\" 2>/dev/null'\n"
+                        "restore_command = '" RESTORE_COMMAND "'\n"
                         "%s"
                         "recovery_target_timeline = 'latest'\n"
                         "archive_mode = 'off'\n"
