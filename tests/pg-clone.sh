@@ -84,6 +84,15 @@ pass "the range covers T"
 expect_error "a time before the range" "cannot be provisioned at 2001-01-01.*it covers from" \
         cl clone create c0 --from db --at "2001-01-01 00:00:00Z"
 expect_error "a malformed time" "invalid --at" cl clone create c0 --from db --at "yesterday"
+# Days and seconds the calendar does not have are refused, not carried
+# over into the next month or minute.
+for bad in "2026-02-30 16:43:02Z" "2026-11-31 10:00:00Z" "2026-11-22 16:46:60Z" "2026-11-22 16:46:61Z" \
+        "2025-02-29 10:00:00Z" "2026-11-22 24:00:00Z" "2026-13-01 10:00:00Z" "2026-04-31T10:00:00+02:00" \
+        "2026-11-00 10:00:00Z"; do
+        expect_error "--at '$bad' is refused" "invalid --at" cl clone create c0 --from db --at "$bad"
+done
+expect_error "2028-02-29 exists: refused only for being outside the range" "cannot be provisioned at 2028-02-29" \
+        cl clone create c0 --from db --at "2028-02-29 10:00:00Z"
 
 start=$(date +%s.%N)
 expect_ok "clone create --at T" cl clone create c1 --from db --at "$T"

@@ -71,6 +71,20 @@
 
 /* --- Times -------------------------------------------------------------------------- */
 
+/* Whether the calendar has the date and time in tm.  strptime takes any
+ * day 1 to 31 in any month and second 60 (and 61), and timegm() and
+ * mktime() quietly carry them over (February 30 is March 2, 16:46:60 is
+ * 16:47:00): a time that comes back changed from timegm(), in which no
+ * zone moves the hour, did not exist. */
+static bool tm_exists(const struct tm *tm)
+{
+        struct tm n = *tm;
+
+        (void) timegm(&n);
+        return n.tm_year == tm->tm_year && n.tm_mon == tm->tm_mon && n.tm_mday == tm->tm_mday &&
+               n.tm_hour == tm->tm_hour && n.tm_min == tm->tm_min && n.tm_sec == tm->tm_sec;
+}
+
 int pg_parse_time(const char *s, int64_t *ret)
 {
         struct tm tm = {};
@@ -82,7 +96,7 @@ int pg_parse_time(const char *s, int64_t *ret)
         if (!p || (*p != ' ' && *p != 'T'))
                 return -EINVAL;
         p = strptime(p + 1, "%H:%M:%S", &tm);
-        if (!p)
+        if (!p || !tm_exists(&tm))
                 return -EINVAL;
         if (*p == '.') {
                 for (p++; *p >= '0' && *p <= '9'; p++) {
