@@ -6,9 +6,11 @@
  *
  *  1. The range a base point can be recovered to is computed from the
  *     commit timestamps parsed out of the WAL stored without a gap from its
- *     start segment (pg-wal.c): from the last commit before the backup's
- *     end LSN (the end segment is read for that) to the newest commit.  No
- *     clock plays a part, neither clonectl's nor the receive times.
+ *     start segment (pg-wal.c): from the latest commit time before the
+ *     backup's end LSN (the end segment is read for that; commit records
+ *     are not in time order, so the latest, not the last) to the newest
+ *     commit.  No clock plays a part, neither clonectl's nor the receive
+ *     times.
  *  2. A clone at time T is a clone of a derived tree: the base point's root
  *     directory rebuilt with the recovery setup, every other object shared.
  *     It costs a few new chunks and no copy:
@@ -144,12 +146,23 @@ void pg_coverage_done(pg_coverage *c)
         *c = (pg_coverage) {};
 }
 
-/* Where a base point's range begins (design note 1): at the last commit
- * whose record begins before the backup's end LSN, so that recovery to any
- * time from there on stops past that end, where the copy is consistent,
- * and holds every commit the base files hold; if the stored WAL from its
- * start segment has none, at the first commit after it.  0 when the WAL
- * that would tell is not stored yet. */
+/* Where a base point's range begins (design note 1): at the latest commit
+ * time of the records that begin from its start segment up to the
+ * backup's end LSN, so that recovery to any time from there on stops past
+ * that end, where the copy is consistent, and holds every commit the base
+ * files hold; if the stored WAL from its start segment has none, at the
+ * first commit after it.  0 when the WAL that would tell is not stored
+ * yet.
+ *
+ * The latest, not the last in the WAL: recovery stops before the first
+ * record, by position, whose time is later than the target, and commit
+ * records are not in time order (pg-wal.c).  Were `from` the time of the
+ * last commit before the end, an earlier record a few microseconds later
+ * would stop recovery before the end, and the clone would never become
+ * consistent.  The per-segment last_commit is the latest time in the
+ * segment (rows stored before that was so hold the last by position,
+ * which can be a few microseconds short), so every segment up to the end
+ * one counts, not only the end one. */
 static int range_start(cs_store *store, const pg_coverage *c, const pg_range *rg, int64_t *ret)
 {
         uint32_t seg = c->src.segment_size;
@@ -174,8 +187,7 @@ static int range_start(cs_store *store, const pg_coverage *c, const pg_range *rg
                         return r;
                 pg_wal_commit_times_around(data, size, end, seg, rg->backup.end_lsn, &before, &after);
         }
-        /* Commit times grow with the LSN, so the end segment's is the last. */
-        for (size_t i = 0; !before && i < c->n_wal; i++)
+        for (size_t i = 0; i < c->n_wal; i++)
                 if (c->wal[i].segno >= start && c->wal[i].segno < end)
                         before = MAX(before, c->wal[i].last_commit);
         for (size_t i = 0; !before && !after && i < c->n_wal; i++)

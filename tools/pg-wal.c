@@ -228,8 +228,13 @@ static int64_t commit_time(const uint8_t *rec, size_t len)
         return t + PG_EPOCH_USEC;
 }
 
-/* Commit times of the records that begin before lsn (the first and the
- * last) and at or after it (the first); 0 for none. */
+/* Commit times of the records that begin before lsn (the earliest and the
+ * latest) and at or after it (the earliest); 0 for none.  By time, not
+ * by position: commit records are not written in the order of their
+ * timestamps (the time is taken before the record is inserted, so two
+ * backends committing together can write them the other way round, a
+ * few microseconds apart), and the range of pg-clone.c needs the latest
+ * time before a position. */
 static void commit_times(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size, uint64_t lsn,
                          int64_t *ret_first_before, int64_t *ret_last_before, int64_t *ret_first_from)
 {
@@ -271,10 +276,10 @@ static void commit_times(const uint8_t *data, size_t size, uint64_t segno, uint3
                                 break;
                         int64_t t = commit_time(rec, tot);
                         if (t && segno * segment_size + start < lsn) {
-                                if (!*ret_first_before)
+                                if (!*ret_first_before || t < *ret_first_before)
                                         *ret_first_before = t;
-                                *ret_last_before = t;
-                        } else if (t && !*ret_first_from) {
+                                *ret_last_before = MAX(*ret_last_before, t);
+                        } else if (t && (!*ret_first_from || t < *ret_first_from)) {
                                 *ret_first_from = t;
                         }
                 } else if (wal_read(&w, &pos, NULL, tot - RECORD_HEADER) < tot - RECORD_HEADER)

@@ -32,14 +32,16 @@ typedef enum pg_wal_kind {
 int pg_wal_parse_name(const char *name, uint32_t segment_size, pg_wal_kind *ret_kind, uint32_t *ret_tli,
                       uint64_t *ret_segno);
 
-/* The commit timestamps (Unix microseconds) of the transaction commit
- * records that begin in the first size bytes of segment segno; 0 for
- * none.  Stops at the first page that is not this segment's or a record
- * that is cut off. */
+/* The earliest and the latest commit timestamp (Unix microseconds) of the
+ * transaction commit records that begin in the first size bytes of
+ * segment segno; 0 for none.  By time: records are not in time order.
+ * Stops at the first page that is not this segment's or a record that is
+ * cut off. */
 void pg_wal_commit_times(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
                          int64_t *ret_first, int64_t *ret_last);
-/* The same, split at lsn: the last commit of a record that begins before
- * it, and the first of one that begins at or after it; 0 for none. */
+/* The same, split at lsn: the latest commit time of the records that
+ * begin before it, and the earliest of those that begin at or after it;
+ * 0 for none. */
 void pg_wal_commit_times_around(const uint8_t *data, size_t size, uint64_t segno, uint32_t segment_size,
                                 uint64_t lsn, int64_t *ret_last_before, int64_t *ret_first_from);
 
