@@ -9,7 +9,8 @@
 # A tablespace comes along, relocated into the clone (the source's files
 # stay untouched); rewind goes back to the recovery setup; refresh and
 # --at latest replay every stored segment, and a segment that cannot be
-# copied stops recovery rather than ending it early.
+# copied stops recovery rather than ending it early.  A base point cloned
+# or rewound to without --at starts, at the backup's end.
 # The source keeps its configuration outside the data directory (Debian).
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/pg-lib.sh"
@@ -163,6 +164,7 @@ pg_stop "$mnt"
 # server (at its last commit before the end LSN), not 10 minutes early.
 pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
 pre=$(pg_sql "$src" "$port" "SELECT extract(epoch FROM max(at)) FROM ticks")
+at_sync=$(pg_sql "$src" "$port" "SELECT count(*) FROM ticks")
 ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
         expect_ok "pg sync with clonectl's clock 10 minutes behind" faketime -f -600s "$CLONECTL" --store "$store" pg sync db
 for _ in 1 2 3; do pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null; done
@@ -176,6 +178,31 @@ assert b["usable"] and start.timestamp() >= float(sys.argv[2]), (b, sys.argv[2])
 PY
 pass "the range starts at the server's last commit before the backup's end, whatever clonectl's clock says"
 
+# --- A base point without --at: recovered to the backup's end -------------
+# The backup alone cannot start (its checkpoint record is in the WAL), so
+# the clone gets the WAL to the backup's end and recovery_target immediate.
+base2=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["bases"][-1]["point"])' "$workdir/out")
+expect_ok "clone create --from a base point" cl --json clone create c3 --from "db@$base2"
+python3 - "$workdir/out" "$base2" <<'PY' || fail "clone create --json of a base point"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["clone"] == "c3" and d["from"] == "db@" + sys.argv[2] and d["at"] == "backup_end" and d["wal_segments"] >= 1, d
+PY
+pass "--json says it recovers to the backup's end, with its WAL segments"
+mnt=$workdir/c3
+mount_clonefs "$store" "$mnt" -o clone=c3 -o allow_other
+expect_grep "the base point recovers to consistency" "^recovery_target = 'immediate'" "$mnt/postgresql.auto.conf"
+pg_start_on "$mnt" "$cport"
+expect_eq "the base point's clone starts with the rows of the backup" \
+        "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM ticks")" "$at_sync"
+pg_sql "$mnt" "$cport" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
+pg_stop "$mnt"
+expect_ok "clone rewind --to a base point" cl clone rewind c3 --to "db@$base2"
+pg_start_on "$mnt" "$cport"
+expect_eq "rewound to a base point: it starts, the clone's row gone" \
+        "$(pg_sql "$mnt" "$cport" "SELECT count(*) FROM ticks")" "$at_sync"
+pg_stop "$mnt"
+
 # Rows in three segments after the base: B's segment is the one made
 # unreadable below.
 pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES; SELECT pg_switch_wal()" >/dev/null
@@ -186,6 +213,21 @@ pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
 pg_wait_slot "$src" "$port"
 all=$(pg_sql "$src" "$port" "SELECT count(*) FROM ticks")
 
+expect_ok "clone create --json --at latest" cl --json clone create js1 --from db --at latest
+python3 - "$workdir/out" <<'PY' || fail "clone create --json --at prints no JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["clone"] == "js1" and d["from"].startswith("db@") and d["at"] == "latest" and d["wal_segments"] >= 3, d
+assert d["milliseconds"] >= 0, d
+PY
+pass "clone create --json --at prints JSON with the WAL segments"
+expect_ok "clone create --json --at T" cl --json clone create js2 --from db --at "$T"
+python3 - "$workdir/out" "$T" <<'PY' || fail "clone create --json --at T"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["at"].startswith(sys.argv[2][:19]) and d["wal_segments"] >= 1, d
+PY
+pass "clone create --json --at T says T"
 expect_ok "clone create --at latest" cl clone create c2 --from db --at latest
 expect_grep "--at latest recovers all the stored WAL" "recovering to the end of its stored WAL" "$workdir/out"
 mnt=$workdir/c2

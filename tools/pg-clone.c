@@ -47,7 +47,10 @@
  *     PostgreSQL replays until restore_command finds no more WAL, then
  *     promotes.  That is what clone refresh of such a clone provisions.
  *     A segment that is there but cannot be copied must stop recovery
- *     with an error, not end it early (RESTORE_COMMAND).
+ *     with an error, not end it early (RESTORE_COMMAND).  A base point
+ *     cloned without a time gets the WAL to the backup's end and
+ *     recovery_target = 'immediate' (pg_clone_base_tree): the backup
+ *     alone cannot start, its checkpoint record being in the WAL.
  *  4. Ownership: every entry belongs to the local "postgres" user (else the
  *     source's owner of the data directory), and the root is 0700, as the
  *     server demands.  When that differs from the backup's owner, every
@@ -410,7 +413,7 @@ static const char default_conf[] =
 
 typedef struct plan {
         const char *name, *timeline;
-        int64_t at; /* PG_AT_LATEST: every stored segment, no target */
+        int64_t at; /* PG_AT_LATEST: every stored segment, no target; PG_AT_BASE_END */
         const pg_coverage *c;
         const pg_range *rg;
         uint64_t last_segno; /* the segment with the first commit after at */
@@ -559,14 +562,13 @@ static int recovery_settings(const plan *pl, const char *base, char **ret)
         _cleanup_free_ char *target = NULL;
         char when[40];
 
-        if (pl->at == PG_AT_LATEST) {
-                snprintf(when, sizeof(when), "the end of its stored WAL");
+        pg_format_target(pl->at, when);
+        if (pl->at == PG_AT_LATEST)
                 target = strdup("");
-        } else {
-                pg_format_time(pl->at, when);
-                if (asprintf(&target, "recovery_target_time = '%s'\nrecovery_target_action = 'promote'\n", when) < 0)
-                        target = NULL;
-        }
+        else if (pl->at == PG_AT_BASE_END)
+                target = strdup("recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n");
+        else if (asprintf(&target, "recovery_target_time = '%s'\nrecovery_target_action = 'promote'\n", when) < 0)
+                target = NULL;
         if (!target)
                 return -ENOMEM;
         return asprintf(ret,
@@ -702,16 +704,41 @@ static const pg_range *choose_base(const pg_coverage *c, int64_t at)
         return NULL;
 }
 
+/* Builds and commits the tree of a plan whose base is chosen, and gives
+ * the base point with that tree as its root. */
+static int plan_tree(cs_store *store, plan *pl, cs_point_info *ret, uint64_t *ret_segments)
+{
+        _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
+        cs_entry root;
+        cs_chunk_id tree;
+        struct passwd *pw;
+        int r;
+
+        r = cs_point_load(store, &pl->rg->point.root, &root, &keep);
+        if (r < 0)
+                return log_error_errno(r, "cannot read point %s: %m", pl->rg->point.name);
+        pw = getpwnam("postgres");
+        pl->o = (owner) { .uid = pw ? pw->pw_uid : root.uid, .gid = pw ? pw->pw_gid : root.gid };
+        pl->o.rewrite = pl->o.uid != root.uid || pl->o.gid != root.gid;
+
+        r = build_tree(store, pl, &tree);
+        if (r >= 0)
+                r = cs_store_commit(store);
+        if (r < 0)
+                return log_error_errno(r, "cannot build the clone's recovery setup: %m");
+        *ret = pl->rg->point;
+        ret->root = tree;
+        if (ret_segments)
+                *ret_segments = pl->last_segno - pl->rg->first_segno + 1;
+        return 0;
+}
+
 int pg_clone_tree(cs_store *store, const char *name, const char *timeline, int64_t at, cs_point_info *ret,
                   uint64_t *ret_segments)
 {
         _cleanup_(pg_coverage_done) pg_coverage c = {};
-        _cleanup_(cs_dir_freep) cs_dir *keep = NULL;
         plan pl = { .name = name, .timeline = timeline, .at = at };
-        cs_entry root;
-        cs_chunk_id tree;
         char range[200], when[40];
-        struct passwd *pw;
         int r;
 
         r = pg_coverage_load(store, timeline, &c);
@@ -736,32 +763,46 @@ int pg_clone_tree(cs_store *store, const char *name, const char *timeline, int64
                         pl.last_segno = c.wal[i].segno;
                         break;
                 }
-
-        r = cs_point_load(store, &pl.rg->point.root, &root, &keep);
-        if (r < 0)
-                return log_error_errno(r, "cannot read point %s: %m", pl.rg->point.name);
-        pw = getpwnam("postgres");
-        pl.o = (owner) { .uid = pw ? pw->pw_uid : root.uid, .gid = pw ? pw->pw_gid : root.gid };
-        pl.o.rewrite = pl.o.uid != root.uid || pl.o.gid != root.gid;
-
-        r = build_tree(store, &pl, &tree);
-        if (r >= 0)
-                r = cs_store_commit(store);
-        if (r < 0)
-                return log_error_errno(r, "cannot build the clone's recovery setup: %m");
-        *ret = pl.rg->point;
-        ret->root = tree;
-        if (ret_segments)
-                *ret_segments = pl.last_segno - pl.rg->first_segno + 1;
-        return 0;
+        return plan_tree(store, &pl, ret, ret_segments);
 }
 
-int pg_clone_create(cs_store *store, const char *name, const char *timeline, const char *at)
+int pg_clone_base_tree(cs_store *store, const char *name, const cs_point_info *base, cs_point_info *ret,
+                       uint64_t *ret_segments)
 {
-        cs_point_info from;
-        uint64_t segments = 0;
+        _cleanup_(pg_coverage_done) pg_coverage c = {};
+        plan pl = { .name = name, .timeline = base->timeline, .at = PG_AT_BASE_END };
+        cs_pg_source src;
+        int r;
+
+        r = cs_pg_source_get(store, base->timeline, &src);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return log_error_errno(r, "cannot read timeline '%s': %m", base->timeline);
+        r = pg_coverage_load(store, base->timeline, &c);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < c.n_ranges && !pl.rg; i++)
+                if (c.ranges[i].point.id == base->id)
+                        pl.rg = &c.ranges[i];
+        if (!pl.rg)
+                return 0; /* not a base backup: an ordinary point */
+        if (pl.rg->wal_end_lsn < pl.rg->backup.end_lsn)
+                return log_error_errno(-ERANGE, "%s@%s is a base backup whose WAL is not stored up to its end yet, "
+                                                "and PostgreSQL cannot start without it (clonectl pg receive-wal "
+                                                "%s)",
+                                       base->timeline, base->name, base->timeline);
+        /* Recovery stops once consistent, at the backup's end. */
+        pl.c = &c;
+        pl.last_segno = MIN(pl.rg->last_segno, pl.rg->backup.end_lsn / c.src.segment_size);
+        r = plan_tree(store, &pl, ret, ret_segments);
+        return r < 0 ? r : 1;
+}
+
+int pg_clone_at(cs_store *store, const char *name, const char *timeline, const char *at, cs_point_info *ret,
+                int64_t *ret_at, uint64_t *ret_segments)
+{
         int64_t t = PG_AT_LATEST;
-        char when[64];
         int r;
 
         if (!cs_name_is_valid(timeline) || strchr(timeline, '@'))
@@ -772,19 +813,19 @@ int pg_clone_create(cs_store *store, const char *name, const char *timeline, con
                 return log_error_errno(-EINVAL, "invalid --at '%s': expected YYYY-MM-DD HH:MM:SS[+TZ], ISO 8601 "
                                                 "or 'latest'",
                                        at);
-        r = pg_clone_tree(store, name, timeline, t, &from, &segments);
+        r = pg_clone_tree(store, name, timeline, t, ret, ret_segments);
         if (r < 0)
                 return r;
-        r = cs_clone_create(store, name, &from);
-        if (r == -EEXIST)
-                return log_error_errno(r, "clone '%s' already exists", name);
-        if (r < 0)
-                return log_error_errno(r, "cannot create clone '%s': %m", name);
-        if (t == PG_AT_LATEST)
-                snprintf(when, sizeof(when), "the end of its stored WAL");
-        else
-                pg_format_time(t, when);
-        printf("created clone %s of %s@%s, recovering to %s (%" PRIu64 " WAL segments)\n", name, timeline,
-               from.name, when, segments);
+        *ret_at = t;
         return 0;
+}
+
+void pg_format_target(int64_t at, char buf[static 40])
+{
+        if (at == PG_AT_LATEST)
+                snprintf(buf, 40, "the end of its stored WAL");
+        else if (at == PG_AT_BASE_END)
+                snprintf(buf, 40, "the end of its base backup");
+        else
+                pg_format_time(at, buf);
 }

@@ -50,9 +50,28 @@ void pg_format_time(int64_t usec, char buf[static 40]);
 int pg_clone_tree(cs_store *store, const char *name, const char *timeline, int64_t at, cs_point_info *ret,
                   uint64_t *ret_segments);
 
-/* clone create NAME --from TIMELINE --at TIME|latest: the newest base point that
- * ended by TIME, its WAL up to the first commit after TIME under
- * .clonefs/wal/, and the recovery settings (clonectl.c prints). */
-int pg_clone_create(cs_store *store, const char *name, const char *timeline, const char *at);
+/* clone create NAME --from TIMELINE --at TIME|latest: parses `at` (into
+ * *ret_at, PG_AT_LATEST for "latest"), then pg_clone_tree() of the newest
+ * base point that ended by it, its WAL up to the first commit after it
+ * under .clonefs/wal/.  Reports failures in one line; the caller creates
+ * the clone of *ret and prints. */
+int pg_clone_at(cs_store *store, const char *name, const char *timeline, const char *at, cs_point_info *ret,
+                int64_t *ret_at, uint64_t *ret_segments);
+
+/* clone create NAME --from TIMELINE@POINT where POINT is a base backup of
+ * a timeline linked to PostgreSQL: the backup alone does not start (its
+ * checkpoint record is in the WAL), so the clone gets the WAL from its
+ * start to its end and recovers to there, recovery_target = 'immediate'.
+ * Returns 1 with *ret the derived point (as pg_clone_tree()), 0 when base
+ * is not such a point (nothing to derive: *ret untouched), or a negative
+ * errno reported in one line, also when the base's WAL is not stored up
+ * to its end yet. */
+#define PG_AT_BASE_END INT64_MIN
+int pg_clone_base_tree(cs_store *store, const char *name, const cs_point_info *base, cs_point_info *ret,
+                       uint64_t *ret_segments);
+
+/* What a clone recovers to, for messages: "the end of its stored WAL",
+ * "the end of its base backup" or the time as pg_format_time(). */
+void pg_format_target(int64_t at, char buf[static 40]);
 
 #endif

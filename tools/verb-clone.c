@@ -262,6 +262,10 @@ static int clone_create(cs_store *store, const char *name)
         cs_clone_info existing;
         cs_point_info from, probe;
         struct timespec start;
+        int64_t at = 0;
+        uint64_t segments = 0;
+        bool pg = false; /* a PostgreSQL clone that recovers to `at` (pg-clone.c) */
+        char when[40];
         int r;
 
         if (!arg_from)
@@ -272,12 +276,24 @@ static int clone_create(cs_store *store, const char *name)
                 return log_error_errno(-EEXIST, "a timeline named '%s' exists; a clone's snapshots go to a timeline "
                                                 "of its own name, so choose another name",
                                        name);
-        if (arg_at) /* a PostgreSQL timeline as of a time (pg-clone.c) */
-                return pg_clone_create(store, name, arg_from, arg_at);
-        if (strchr(arg_from, '@')) {
-                r = find_point(store, arg_from, &from);
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        if (arg_at) { /* a PostgreSQL timeline as of a time */
+                r = pg_clone_at(store, name, arg_from, arg_at, &from, &at, &segments);
                 if (r < 0)
                         return r;
+                pg = true;
+        } else if (strchr(arg_from, '@')) {
+                r = find_point(store, arg_from, &probe);
+                if (r < 0)
+                        return r;
+                /* A base backup of a PostgreSQL timeline starts only with
+                 * the WAL to its end: recover to there. */
+                from = probe;
+                r = pg_clone_base_tree(store, name, &probe, &from, &segments);
+                if (r < 0)
+                        return r;
+                pg = r > 0;
+                at = PG_AT_BASE_END;
         } else {
                 r = check_name(arg_from);
                 if (r < 0)
@@ -286,18 +302,31 @@ static int clone_create(cs_store *store, const char *name)
                 r = snapshot_clone(store, arg_from, NULL, &from);
                 if (r < 0)
                         return r;
+                clock_gettime(CLOCK_MONOTONIC, &start);
         }
-        clock_gettime(CLOCK_MONOTONIC, &start);
         r = cs_clone_create(store, name, &from);
         if (r == -EEXIST)
                 return log_error_errno(r, "clone '%s' already exists", name);
         if (r < 0)
                 return log_error_errno(r, "cannot create clone '%s': %m", name);
-        if (arg_json)
-                printf("{\"clone\":\"%s\",\"from\":\"%s@%s\",\"milliseconds\":%.3f}\n", name, from.timeline, from.name,
+        if (arg_json) {
+                printf("{\"clone\":\"%s\",\"from\":\"%s@%s\",\"milliseconds\":%.3f", name, from.timeline, from.name,
                        elapsed_ms(&start));
-        else
+                if (pg) {
+                        if (at == PG_AT_LATEST || at == PG_AT_BASE_END)
+                                snprintf(when, sizeof(when), at == PG_AT_LATEST ? "latest" : "backup_end");
+                        else
+                                pg_format_time(at, when);
+                        printf(",\"at\":\"%s\",\"wal_segments\":%" PRIu64, when, segments);
+                }
+                printf("}\n");
+        } else if (pg) {
+                pg_format_target(at, when);
+                printf("created clone %s of %s@%s, recovering to %s (%" PRIu64 " WAL segments)\n", name,
+                       from.timeline, from.name, when, segments);
+        } else {
                 printf("created clone %s of %s@%s in %.1f ms\n", name, from.timeline, from.name, elapsed_ms(&start));
+        }
         return 0;
 }
 
@@ -405,7 +434,14 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
                         return log_error_errno(r, "timeline '%s' of clone '%s' has no points", info.base_timeline,
                                                name);
         } else if (arg_to && strchr(arg_to, '@')) {
-                r = find_point(store, arg_to, &to); /* says itself what is wrong */
+                cs_point_info point;
+                r = find_point(store, arg_to, &point); /* says itself what is wrong */
+                if (r < 0)
+                        return r;
+                /* A base backup of a PostgreSQL timeline: with its WAL, as
+                 * clone create gives it. */
+                to = point;
+                r = pg_clone_base_tree(store, name, &point, &to, NULL);
                 if (r < 0)
                         return r;
                 moves = strcmp(to.timeline, name) != 0;
