@@ -67,6 +67,12 @@ pg_sql "$src" "$port" "DO \$\$ BEGIN FOR i IN 1..200 LOOP INSERT INTO ticks DEFA
 pg_sql "$src" "$port" "INSERT INTO ticks DEFAULT VALUES" >/dev/null
 T=$(pg_sql "$src" "$port" "SELECT to_char(date_trunc('second', min(at) + (max(at) - min(at)) / 2) AT TIME ZONE 'UTC',
                                           'YYYY-MM-DD HH24:MI:SS') || '+00' FROM ticks")
+# Last, a transaction that aborts: recovery_target_time stops at aborts
+# too, so the range must count its time (its end is the newest time).
+aborted_after=$(pg_sql "$src" "$port" "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
+pg_sql "$src" "$port" "BEGIN; INSERT INTO ticks DEFAULT VALUES; ROLLBACK" >/dev/null
+# An abort is not flushed at once; a segment switch flushes it.
+pg_sql "$src" "$port" "SELECT pg_switch_wal()" >/dev/null
 pg_wait_slot "$src" "$port"
 
 expect_ok "timeline show" cl timeline show db
@@ -82,6 +88,13 @@ t = datetime.datetime.strptime(sys.argv[2][:19], "%Y-%m-%d %H:%M:%S")
 assert b["usable"] and parse(b["from"]) <= t < parse(b["to"]), (b, t)
 PY
 pass "the range covers T"
+python3 - "$workdir/out" "$aborted_after" <<'PY' || fail "the range's end is not the abort's time"
+import json, sys, datetime
+b = json.load(open(sys.argv[1]))["bases"][0]
+parse = lambda s: datetime.datetime.strptime(s[:26], "%Y-%m-%d %H:%M:%S.%f")
+assert parse(b["to"]) > parse(sys.argv[2]), (b["to"], sys.argv[2])
+PY
+pass "an aborted transaction's time counts in the range, as in recovery"
 expect_error "a time before the range" "cannot be provisioned at 2001-01-01.*it covers from" \
         cl clone create c0 --from db --at "2001-01-01 00:00:00Z"
 expect_error "a malformed time" "invalid --at" cl clone create c0 --from db --at "yesterday"

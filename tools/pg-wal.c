@@ -70,7 +70,9 @@
 #define RM_XACT_ID 1
 #define XACT_OPMASK 0x70
 #define XACT_COMMIT 0x00
+#define XACT_ABORT 0x20
 #define XACT_COMMIT_PREPARED 0x30
+#define XACT_ABORT_PREPARED 0x40
 #define COMMIT_RECORD_MAX 65536
 
 static uint64_t le_get(const uint8_t *p, int n)
@@ -195,14 +197,20 @@ static size_t wal_read(wal_reader *w, size_t *pos, uint8_t *out, size_t n)
         return got;
 }
 
-/* The commit time in a transaction record, or 0. */
+/* The time in a transaction's commit or abort record, or 0.  Aborts
+ * count too: recovery_target_time stops at the first commit or abort
+ * past the target, so the range of pg-clone.c must know their times, or
+ * an abort after a backup's last commit and before its end could stop a
+ * clone at the range's start short of consistency.  Both records' main
+ * data lead with xact_time. */
 static int64_t commit_time(const uint8_t *rec, size_t len)
 {
-        uint8_t info = rec[16], rmid = rec[17];
+        uint8_t info = rec[16], rmid = rec[17], op = info & XACT_OPMASK;
         size_t off = RECORD_HEADER;
         uint64_t main_len = 0;
 
-        if (rmid != RM_XACT_ID || ((info & XACT_OPMASK) != XACT_COMMIT && (info & XACT_OPMASK) != XACT_COMMIT_PREPARED))
+        if (rmid != RM_XACT_ID ||
+            (op != XACT_COMMIT && op != XACT_COMMIT_PREPARED && op != XACT_ABORT && op != XACT_ABORT_PREPARED))
                 return 0;
         while (off < len) {
                 uint8_t id = rec[off];
