@@ -80,6 +80,24 @@ expect_ok "archive-wal a .partial file" cl pg archive-wal db "$workdir/$cur.part
 expect_ok "wal-fetch it back" cl pg wal-fetch db "$cur" "$workdir/back"
 cmp -s "$workdir/$cur.partial" "$workdir/back" || fail "the archived file came back different"
 pass "the archived file comes back the same"
+# archive_command must not replace an archived file with other bytes; the
+# same bytes again (a retried archive_command) succeed.
+seg=000000010000000000000002
+expect_ok "wal-fetch a stored segment" cl pg wal-fetch db $seg "$workdir/$seg"
+expect_ok "archive-wal of the same bytes under its name" cl pg archive-wal db "$workdir/$seg"
+flip_byte "$workdir/$seg" 100000
+expect_error "archive-wal of other bytes under a stored name" \
+        "$seg is archived in timeline 'db' already, with other contents" cl pg archive-wal db "$workdir/$seg"
+expect_ok "wal-fetch it again" cl pg wal-fetch db $seg "$workdir/again"
+flip_byte "$workdir/$seg" 100000
+cmp -s "$workdir/again" "$workdir/$seg" || fail "the stored $seg changed"
+pass "the stored copy is kept"
+printf '1\t0/5000000\tno recovery target specified\n' >"$workdir/00000002.history"
+expect_ok "archive-wal of a history file" cl pg archive-wal db "$workdir/00000002.history"
+expect_ok "archive-wal of it again" cl pg archive-wal db "$workdir/00000002.history"
+printf '1\t0/6000000\tno recovery target specified\n' >"$workdir/00000002.history"
+expect_error "archive-wal of another history file of that name" "00000002.history is archived .* with other contents" \
+        cl pg archive-wal db "$workdir/00000002.history"
 expect_error "archive-wal of a short full segment" "not a whole segment" \
         sh -c "head -c 100 '$workdir/$cur.partial' >'$workdir/000000010000000000000077' &&
                '$CLONECTL' --store '$store' pg archive-wal db '$workdir/000000010000000000000077'"

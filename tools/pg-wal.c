@@ -868,6 +868,43 @@ static int open_linked(const char *timeline, unsigned flags, cs_store **ret_stor
         return pg_source_find(*ret_store, timeline, ret_src);
 }
 
+/* archive_command must never replace an archived file with other bytes
+ * (PostgreSQL's rule: fail, so that two servers archiving to one place or
+ * a damaged file are noticed), and may succeed on the same bytes again (a
+ * retry after a success that was not seen).  For a whole segment or a
+ * history file: 1 if the store holds the same bytes under that name, 0 if
+ * it holds nothing (or a partial segment, which the whole one replaces),
+ * -EEXIST (reported) if other bytes. */
+static int compare_archived(cs_store *store, const char *timeline, uint32_t segment_size, pg_wal_kind kind,
+                            uint32_t tli, uint64_t segno, const char *name, const uint8_t *data, size_t size)
+{
+        _cleanup_free_ uint8_t *old = NULL;
+        size_t old_size = 0;
+        cs_pg_wal w;
+        int r;
+
+        if (kind == PG_WAL_HISTORY)
+                r = cs_pg_history_get(store, timeline, tli, (void **) &old, &old_size);
+        else {
+                r = cs_pg_wal_get(store, timeline, tli, segno, &w);
+                if (r >= 0 && w.partial)
+                        return 0;
+                if (r >= 0) {
+                        old = malloc(segment_size);
+                        r = old ? cs_blob_read(store, &w.root, old, segment_size, &old_size) : -ENOMEM;
+                }
+        }
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return log_error_errno(r, "cannot read the stored %s to compare: %m", name);
+        if (old_size == size && memcmp(old, data, size) == 0)
+                return 1;
+        return log_error_errno(-EEXIST, "%s is archived in timeline '%s' already, with other contents: "
+                                        "the stored copy is kept (does another server archive there?)",
+                               name, timeline);
+}
+
 int pg_archive_wal(const char *timeline, const char *path)
 {
         _cleanup_(cs_store_unrefp) cs_store *store = NULL;
@@ -890,15 +927,20 @@ int pg_archive_wal(const char *timeline, const char *path)
         r = read_file(path, kind == PG_WAL_HISTORY ? CS_CHUNK_SIZE_MAX : src.segment_size, &data, &size);
         if (r < 0)
                 return log_error_errno(r, "cannot read %s: %m", path);
+        if (kind == PG_WAL_SEGMENT && size != src.segment_size)
+                return log_error_errno(-EBADMSG, "%s holds %zu bytes, not a whole segment of %" PRIu32, path, size,
+                                       src.segment_size);
+        if (kind != PG_WAL_PARTIAL) {
+                r = compare_archived(store, timeline, src.segment_size, kind, tli, segno, name, data, size);
+                if (r != 0)
+                        return r < 0 ? r : 0;
+        }
         if (kind == PG_WAL_HISTORY) {
                 r = cs_pg_history_put(store, timeline, tli, data, size);
                 if (r < 0)
                         return log_error_errno(r, "cannot store %s: %m", name);
                 return 0;
         }
-        if (kind == PG_WAL_SEGMENT && size != src.segment_size)
-                return log_error_errno(-EBADMSG, "%s holds %zu bytes, not a whole segment of %" PRIu32, path, size,
-                                       src.segment_size);
         r = store_segment(store, timeline, tli, segno, src.segment_size, data, size, kind == PG_WAL_PARTIAL);
         if (r < 0)
                 return log_error_errno(r, "cannot store %s: %m", name);
