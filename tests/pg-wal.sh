@@ -19,6 +19,14 @@ sock=$src.sock
 pg_sql "$src" 5493 "CREATE TABLE ticks(id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"
 expect_ok "pg link" cl pg link db "host=$sock port=5493 user=postgres"
 
+# A base with no WAL yet covers no time: not the Unix epoch.
+expect_ok "timeline show right after pg link" cl timeline show db
+expect_grep "it says no time is covered yet" "no time covered yet" "$workdir/out"
+grep -q 1970 "$workdir/out" && fail "timeline show prints the epoch: $(cat "$workdir/out")"
+expect_ok "timeline show --json right after pg link" cl --json timeline show db
+expect_eq "its base's from is null" \
+        "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bases"][0]["from"])' "$workdir/out")" None
+
 expect_error "receive-wal of an unlinked timeline" "not linked" cl pg receive-wal nope
 expect_error "wal-fetch of a bad name" "not a WAL segment or history file name" cl pg wal-fetch db nonsense "$workdir/x"
 expect_error "wal-fetch of a missing segment" "has no WAL segment" \

@@ -187,6 +187,10 @@ static void print_time(const char *key, int64_t usec)
 {
         char buf[40];
 
+        if (!usec) {
+                printf(",\"%s\":null", key);
+                return;
+        }
         pg_format_time(usec, buf);
         printf(",\"%s\":\"%s\"", key, buf);
 }
@@ -258,6 +262,12 @@ int verb_timeline(int argc, char **argv)
                 const pg_range *rg = &c.ranges[i];
                 pg_lsn_format(rg->backup.start_lsn, a);
                 pg_lsn_format(rg->backup.end_lsn, z);
+                if (!rg->from) {
+                        /* Not the epoch: no commit in its stored WAL yet. */
+                        printf("  %s  LSN %s to %s, no time covered yet (no commit stored from its start)\n",
+                               rg->point.name, a, z);
+                        continue;
+                }
                 pg_format_time(rg->from, t1);
                 printf("  %s  LSN %s to %s, ended by %s\n", rg->point.name, a, z, t1);
                 if (rg->usable) {
