@@ -44,8 +44,11 @@ expect_error "a second receive-wal of the timeline" "slot 'clonefs_db' is in use
         timeout 60 "$CLONECTL" --store "$store" pg receive-wal db
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
 tick 5
-# A restart of the source while receive-wal runs.
-as_pg "$PGBIN/pg_ctl" -D "$src" -m fast -w restart -l "$src.log" >/dev/null || fail "restart"
+# A restart of the source while receive-wal runs, down long enough for a
+# reconnect to fail.
+pg_stop "$src"
+sleep 2.5
+as_pg "$PGBIN/pg_ctl" -D "$src" -l "$src.log" -w start >/dev/null || fail "restart"
 tick 5
 pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
 tick 5
@@ -67,6 +70,12 @@ wait $recv || { cat "$workdir/recv.err" >&2; fail "receive-wal exited with an er
 pass "receive-wal stops cleanly on SIGTERM"
 grep -q "reconnecting" "$workdir/recv.err" || { cat "$workdir/recv.err" >&2; fail "no reconnect logged"; }
 pass "receive-wal reconnected after the restart"
+expect_grep "a failed reconnect is a warning" "^clonectl: warning: cannot connect to the source" "$workdir/recv.err"
+expect_grep "the reconnect is logged once it works" "^clonectl: reconnected to the source: streaming from" "$workdir/recv.err"
+if grep "error:" "$workdir/recv.err"; then
+        fail "receive-wal logged an error line but went on (and exited 0)"
+fi
+pass "no error line from a receive-wal that carried on"
 
 # Every complete segment the source still has matches the stored one.
 n=0

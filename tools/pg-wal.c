@@ -31,7 +31,11 @@
  *     opened again when needed: a write handle holds the store's shared
  *     lock, and gc waits for it.  Not per segment: closing seals the pack,
  *     which would make a small pack per segment.
- *  6. Commit timestamps come from the WAL itself: XLOG records of the
+ *  6. Errors on the way to a retry (connecting, the server checks, the
+ *     history file) are logged as warnings (log_demote_errors): an error
+ *     line always comes with a non-zero exit.  A connection that works
+ *     again after a failure says so in one line.
+ *  7. Commit timestamps come from the WAL itself: XLOG records of the
  *     transaction resource manager (RM_XACT_ID 1) whose operation is
  *     COMMIT (0x00) or COMMIT_PREPARED (0x30) begin their main data with
  *     the commit time (TimestampTz).  Records are walked from the first
@@ -149,7 +153,7 @@ int pg_wal_parse_name(const char *name, uint32_t segment_size, pg_wal_kind *ret_
         return 0;
 }
 
-/* --- Commit timestamps (design note 6) ----------------------------------------------- */
+/* --- Commit timestamps (design note 7) ----------------------------------------------- */
 
 typedef struct wal_reader {
         const uint8_t *data;
@@ -337,6 +341,7 @@ typedef struct receiver {
         cs_pg_source src;
         cs_store *store;
         double store_opened;
+        bool reconnecting;       /* a connection failed since WAL last came */
         bool status_line;
         const volatile sig_atomic_t *stop;
 
@@ -517,7 +522,7 @@ static int start_position(receiver *rc, PGconn *conn)
                 return r;
         r = cs_pg_wal_list(rc->store, rc->timeline, &wal, &n);
         if (r < 0)
-                return log_error_errno(r, "cannot list the stored WAL: %m");
+                return log_warning_errno(r, "cannot list the stored WAL: %m"); /* retried */
         rc->received = rc->stored = 0;
         memset(rc->buf, 0, seg);
         if (n > 0) {
@@ -531,7 +536,7 @@ static int start_position(receiver *rc, PGconn *conn)
                 if (w->partial) {
                         r = cs_blob_read(rc->store, &w->root, rc->buf, seg, &size);
                         if (r < 0)
-                                return log_error_errno(r, "cannot read the stored partial segment: %m");
+                                return log_warning_errno(r, "cannot read the stored partial segment: %m");
                         rc->received = rc->stored = size;
                 }
                 return 0;
@@ -600,7 +605,9 @@ static int stream(receiver *rc, PGconn *conn)
         for (;;) {
                 _cleanup_(PQclearp) PGresult *res = NULL;
 
+                bool was = log_demote_errors(true); /* design note 6 */
                 r = fetch_history(rc, conn, rc->tli);
+                log_demote_errors(was);
                 if (r < 0)
                         return 1;
                 pg_lsn_format(rc->segno * seg + rc->received, lsn);
@@ -622,6 +629,9 @@ static int stream(receiver *rc, PGconn *conn)
                 }
                 rc->flushed = rc->segno * seg + rc->stored;
                 rc->last_status = 0;
+                if (rc->reconnecting)
+                        log_info("reconnected to the source: streaming from %s", lsn);
+                rc->reconnecting = false;
 
                 for (;;) {
                         char *msg = NULL;
@@ -746,10 +756,13 @@ static int receive(receiver *rc)
         while (!*stop) {
                 _cleanup_(PQfinishp) PGconn *conn = NULL;
                 pg_server server;
+                bool was;
 
+                was = log_demote_errors(true); /* design note 6 */
                 r = pg_connect_replication(rc->src.conninfo, &conn);
                 if (r >= 0)
                         r = pg_check_server(conn, &server);
+                log_demote_errors(was);
                 if (r >= 0 && server.system_id != rc->src.system_id) {
                         r = log_error_errno(-EXDEV, "the server behind timeline '%s' is another cluster now", timeline);
                         break;
@@ -769,6 +782,7 @@ static int receive(receiver *rc)
                 /* The source restarting, the network: retry, waiting longer
                  * each time. */
                 PQfinish(TAKE_PTR(conn));
+                rc->reconnecting = true;
                 log_info("reconnecting in %d s", backoff);
                 for (int i = 0; i < backoff * 10 && !*stop; i++)
                         usleep(100000);

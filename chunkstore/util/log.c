@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * One-line diagnostics on stderr.  The program name and level are set once
- * at startup (before threads exist), so the only state here is written
- * exactly once and then only read.
+ * at startup (before threads exist), so the only shared state here is
+ * written exactly once and then only read; error demotion is per thread.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -14,6 +14,7 @@
 
 static const char *log_program = "clonefs";
 static int log_max_level = LOG_LEVEL_INFO;
+static _Thread_local bool log_demoted;
 
 void log_setup(const char *program_name, int max_level)
 {
@@ -29,6 +30,14 @@ int log_get_max_level(void)
         return log_max_level;
 }
 
+bool log_demote_errors(bool on)
+{
+        bool was = log_demoted;
+
+        log_demoted = on;
+        return was;
+}
+
 int log_full_errno(int level, int error, const char *format, ...)
 {
         static const char *const prefixes[] = {
@@ -40,6 +49,8 @@ int log_full_errno(int level, int error, const char *format, ...)
         char line[4096];
         va_list ap;
 
+        if (level == LOG_LEVEL_ERROR && log_demoted)
+                level = LOG_LEVEL_WARNING;
         if (level > log_max_level)
                 return error;
 

@@ -26,6 +26,12 @@ int log_get_max_level(void);
 
 int log_full_errno(int level, int error, const char *format, ...) _printf_(3, 4);
 
+/* While on, errors logged by this thread print as warnings: for work that
+ * is retried (receive-wal's reconnects), whose failure is not the
+ * program's last word and comes with no exit status.  Per thread, so it
+ * needs no lock; returns the previous setting, to put back. */
+bool log_demote_errors(bool on);
+
 #define log_error_errno(e, ...) log_full_errno(LOG_LEVEL_ERROR, (e), __VA_ARGS__)
 #define log_warning_errno(e, ...) log_full_errno(LOG_LEVEL_WARNING, (e), __VA_ARGS__)
 #define log_error(...) log_full_errno(LOG_LEVEL_ERROR, 0, __VA_ARGS__)
