@@ -160,6 +160,35 @@ expect_grep "the WAL dropped is all of it, and said so" "^dropped 1 WAL segments
 expect_ok "a snapshot of another timeline takes the forgotten point's id" cl snapshot jl --from "$workdir/plain"
 expect_eq "and is a plain point" "$(cl timeline show jl | head -1)" "timeline jl: 1 points, not linked to PostgreSQL"
 
+
+# --- The source dies during pg link's base backup ---------------------------
+# The slot cannot be dropped then: a warning after the error names it.
+"$CLONECTL" --store "$store" pg link db3 "$conn" >"$workdir/link3.out" 2>"$workdir/link3.err" &
+link3=$!
+on_exit "kill -CONT $link3; kill $link3"
+for _ in $(seq 500); do
+        [ "$(pg_sql "$src" 5491 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'clonefs_db3'")" = 1 ] &&
+                break
+        sleep 0.01
+done
+kill -STOP $link3 || fail "pg link ended before the source could be stopped under it"
+as_pg "$PGBIN/pg_ctl" -D "$src" -m immediate -w stop >/dev/null
+kill -CONT $link3
+status=0
+wait $link3 || status=$?
+[ "$status" -ne 0 ] || fail "pg link succeeded without its source"
+pass "pg link fails when the source dies under it"
+expect_eq "two lines: why it failed, then the slot" "$(wc -l <"$workdir/link3.err")" 2
+expect_grep "the first is the error" "^clonectl: error: .*(base backup|source)" "$workdir/link3.err"
+expect_grep "the second names the slot left behind" \
+        "^clonectl: warning: replication slot 'clonefs_db3' is left on the source .*pg_drop_replication_slot\('clonefs_db3'\)" \
+        "$workdir/link3.err"
+as_pg "$PGBIN/pg_ctl" -D "$src" -l "$src.log" -w start >/dev/null || fail "start the source again"
+expect_eq "the slot is there, as said" \
+        "$(pg_sql "$src" 5491 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'clonefs_db3'")" 1
+expect_eq "and no timeline db3" "$(cl timelines | grep -c db3 || true)" 0
+pg_sql "$src" 5491 "SELECT pg_drop_replication_slot('clonefs_db3')" >/dev/null
+
 # The source down: one line, and the store keeps its points.
 pg_stop "$src"
 expect_error "sync with the source down" "cannot connect to the source" cl pg sync db

@@ -315,15 +315,51 @@ int pg_create_slot(PGconn *conn, const char *slot)
                                pg_error_line(PQresultErrorMessage(res), line, sizeof(line)));
 }
 
-void pg_drop_slot(const char *conninfo, const char *slot)
+int pg_drop_slot(const char *conninfo, const char *slot, uint64_t system_id, int wait_seconds, char *ret_why,
+                 size_t size)
 {
-        PGconn *conn = connect_with(conninfo, "true", NULL);
+        _cleanup_(PQfinishp) PGconn *conn = connect_with(conninfo, "true", NULL);
         char cmd[128];
 
+        snprintf(ret_why, size, "out of memory");
+        if (!conn)
+                return -ENOMEM;
+        if (PQstatus(conn) != CONNECTION_OK) {
+                snprintf(ret_why, size, "cannot connect to the source: ");
+                pg_error_line(PQerrorMessage(conn), ret_why + strlen(ret_why), size - strlen(ret_why));
+                return -ECONNREFUSED;
+        }
+        if (system_id) {
+                /* A slot of that name on another cluster is not ours to drop. */
+                _cleanup_(PQclearp) PGresult *res = PQexec(conn, "IDENTIFY_SYSTEM");
+                uint64_t id = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                                      ? strtoull(PQgetvalue(res, 0, 0), NULL, 10)
+                                      : 0;
+                if (id != system_id) {
+                        snprintf(ret_why, size,
+                                 "the server is another cluster now (system identifier %" PRIu64 ", linked to %" PRIu64 ")",
+                                 id, system_id);
+                        return -EXDEV;
+                }
+        }
         snprintf(cmd, sizeof(cmd), "DROP_REPLICATION_SLOT %s", slot);
-        if (PQstatus(conn) == CONNECTION_OK)
-                PQclear(PQexec(conn, cmd));
-        PQfinish(conn);
+        /* Not WAIT: a walsender that never lets go would hang us.  Its
+         * user (receive-wal) lets go once it sees the link is gone. */
+        for (int tries = wait_seconds * 5;; tries--) {
+                _cleanup_(PQclearp) PGresult *res = PQexec(conn, cmd);
+                const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+                if (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK)
+                        return 1;
+                if (state && strcmp(state, "42704") == 0) /* undefined_object */
+                        return 0;
+                pg_error_line(PQresultErrorMessage(res), ret_why, size);
+                if (!state || strcmp(state, "55006") != 0) /* object_in_use */
+                        return -EIO;
+                if (tries <= 0)
+                        return -EBUSY;
+                usleep(200000);
+        }
 }
 
 /* --- Base backups --------------------------------------------------------------------- */

@@ -56,9 +56,14 @@ int pg_check_server(PGconn *conn, pg_server *ret);
 /* A permanent physical slot that reserves WAL now.  -EEXIST (reported,
  * with what to do) if the name is taken. */
 int pg_create_slot(PGconn *conn, const char *slot);
-/* Best effort, after a failed link, on a connection of its own (the
- * link's may be in the middle of a COPY). */
-void pg_drop_slot(const char *conninfo, const char *slot);
+/* Drops the slot, on a connection of its own (a link's may be in the
+ * middle of a COPY), of the server with system_id (0: any).  1 if it was
+ * dropped, 0 if it was not there; -EBUSY if a walsender still holds it
+ * after wait_seconds; -ECONNREFUSED, -EXDEV (another cluster), -EIO.
+ * Reports nothing: why it failed is in ret_why, for the caller's line,
+ * which knows what the slot left behind means. */
+int pg_drop_slot(const char *conninfo, const char *slot, uint64_t system_id, int wait_seconds, char *ret_why,
+                 size_t size);
 /* Default slot name of a timeline: clonefs_ + the name in [a-z0-9_]. */
 void pg_default_slot(const char *timeline, char buf[static CS_PG_SLOT_MAX]);
 bool pg_slot_name_is_valid(const char *slot);

@@ -98,6 +98,7 @@ static int verb_pg_link(const char *timeline, const char *conninfo)
         cs_pg_source src = {};
         cs_point_info p;
         pg_server server;
+        char why[512];
         int r;
 
         r = check_timeline_name(timeline);
@@ -142,9 +143,14 @@ static int verb_pg_link(const char *timeline, const char *conninfo)
         r = sync_point(store, conn, timeline, &src, NULL);
         if (r < 0) {
                 /* A backup stopped half-way leaves its connection in COPY:
-                 * close it, then drop the slot so it holds no WAL. */
+                 * close it, then drop the slot so it holds no WAL.  If the
+                 * server is gone, the slot stays there pinning WAL: say so,
+                 * after the line that said why the link failed. */
                 PQfinish(TAKE_PTR(conn));
-                pg_drop_slot(conninfo, src.slot);
+                if (pg_drop_slot(conninfo, src.slot, server.system_id, 5, why, sizeof(why)) < 0)
+                        log_warning("replication slot '%s' is left on the source (%s): it keeps WAL there until "
+                                    "dropped with SELECT pg_drop_replication_slot('%s')",
+                                    src.slot, why, src.slot);
         }
         return r;
 }
