@@ -624,6 +624,11 @@ typedef struct cs_pg_source {
 int cs_pg_source_add(cs_store *store, const cs_pg_source *src);
 /* -ENOENT if the timeline is not linked. */
 int cs_pg_source_get(cs_store *store, const char *timeline, cs_pg_source *ret);
+/* Unlinks the timeline: removes its link, its stored WAL and history and
+ * the records of its base backups, in one transaction (their chunks go at
+ * the next gc unless something else uses them).  Its points stay.
+ * -ENOENT if it is not linked. */
+int cs_pg_source_remove(cs_store *store, const char *timeline);
 
 /* What a base backup point covers.  LSNs as 64-bit integers; times in
  * seconds since the epoch by clonectl's clock (start: the point's
@@ -656,7 +661,8 @@ typedef struct cs_pg_wal {
 } cs_pg_wal;
 
 /* Commits pending puts, then records the segment.  A complete segment is
- * never replaced; a partial one only by a complete or longer one. */
+ * never replaced; a partial one only by a complete or longer one.
+ * -ENOENT if the timeline is not linked (cs_pg_history_put too). */
 int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w);
 /* -ENOENT if not stored. */
 int cs_pg_wal_get(cs_store *store, const char *timeline, uint32_t tli, uint64_t segno, cs_pg_wal *ret);

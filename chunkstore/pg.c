@@ -67,16 +67,17 @@ static bool no_such_table(sqlite3 *db, int r)
         return r == -EIO && strstr(sqlite3_errmsg(db), "no such table");
 }
 
-/* Runs fill(stmt) inside one write transaction, after committing pending
- * puts so that the row never names a chunk that is not durable.  Returns
- * the number of rows it changed (read before the writer connection is let
- * go: a background commit may use it next). */
+/* Runs the statement sql, or each of the statements in it, with bind()'s
+ * values, inside one write transaction, after committing pending puts so
+ * that the row never names a chunk that is not durable.  Returns the
+ * number of rows the first statement changed (read before the writer
+ * connection is let go: a background commit may use it next). */
 static int write_rows(cs_store *store, const char *sql, void (*bind)(sqlite3_stmt *, const void *),
                       const void *userdata)
 {
         _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         sqlite3 *db;
-        int changes, r;
+        int changes = -1, r;
 
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
@@ -89,17 +90,24 @@ static int write_rows(cs_store *store, const char *sql, void (*bind)(sqlite3_stm
         if (r < 0)
                 goto out;
         r = ensure_schema(db);
-        if (r >= 0)
-                r = cs_index_prepare(db, sql, &stmt);
-        if (r >= 0) {
+        for (const char *next = sql; r >= 0 && *next;) {
+                int rc = sqlite3_prepare_v2(db, next, -1, &stmt, &next);
+                if (rc != SQLITE_OK) {
+                        r = cs_sqlite_errno(rc);
+                        break;
+                }
+                if (!stmt)
+                        break; /* only white space was left */
                 bind(stmt, userdata);
                 r = cs_index_step(stmt);
+                if (changes < 0)
+                        changes = sqlite3_changes(db);
+                sqlite3_finalize(TAKE_PTR(stmt));
         }
         if (r < 0) {
                 cs_index_rollback(db);
                 goto out;
         }
-        changes = sqlite3_changes(db);
         r = cs_index_commit(db);
         if (r >= 0)
                 r = changes;
@@ -236,6 +244,35 @@ int cs_pg_source_get(cs_store *store, const char *timeline, cs_pg_source *ret)
                          &(key) { .timeline = timeline }, read_source_row, 0, false, ret, NULL);
 }
 
+static void bind_timeline(sqlite3_stmt *stmt, const void *userdata)
+{
+        sqlite3_bind_text(stmt, 1, userdata, -1, SQLITE_TRANSIENT);
+}
+
+int cs_pg_source_remove(cs_store *store, const char *timeline)
+{
+        int r;
+
+        if (!store || !cs_name_is_valid(timeline))
+                return -EINVAL;
+        /* One transaction: a receiver's next cs_pg_wal_put either comes
+         * before it (and its row goes too) or finds no link; nothing of
+         * the old link is left for a new one of the same name to resume
+         * from.  The points stay, and so do the chunks clones use.  The
+         * backups of forgotten points go too: a point id can be used
+         * again, and its new backup row must not collide. */
+        r = write_rows(store,
+                       "DELETE FROM pg_sources WHERE timeline = ?1;"
+                       "DELETE FROM pg_wal WHERE timeline = ?1;"
+                       "DELETE FROM pg_history WHERE timeline = ?1;"
+                       "DELETE FROM pg_backups WHERE point NOT IN (SELECT id FROM points) OR point IN"
+                       " (SELECT p.id FROM points p JOIN timelines t ON t.id = p.timeline WHERE t.name = ?1);",
+                       bind_timeline, timeline);
+        if (r < 0)
+                return r;
+        return r == 0 ? -ENOENT : 0;
+}
+
 /* --- Base backups ------------------------------------------------------------ */
 
 static void bind_backup(sqlite3_stmt *stmt, const void *userdata)
@@ -345,23 +382,42 @@ static void bind_wal(sqlite3_stmt *stmt, const void *userdata)
         sqlite3_bind_int64(stmt, 9, (int64_t) time(NULL));
 }
 
+/* The link is tested in the writing statement itself, so that a
+ * receiver racing cs_pg_source_remove() cannot leave a row behind. */
+#define IF_LINKED " WHERE EXISTS (SELECT 1 FROM pg_sources WHERE timeline = ?1)"
+
+/* After a write that changed nothing: -ENOENT if that is because the
+ * timeline is not linked. */
+static int linked_or_enoent(cs_store *store, const char *timeline, int changes)
+{
+        cs_pg_source src;
+        int r;
+
+        if (changes != 0)
+                return 0;
+        r = cs_pg_source_get(store, timeline, &src);
+        return r == -ENOENT ? r : 0;
+}
+
 int cs_pg_wal_put(cs_store *store, const char *timeline, const cs_pg_wal *w)
 {
         wal_row row = { timeline, w };
+        int r;
 
         if (!store || !cs_name_is_valid(timeline) || !w || w->tli == 0)
                 return -EINVAL;
         /* A complete segment is never replaced, a partial one only by a
          * complete or a longer one (receivers resuming, archive-wal). */
-        return write_row(store,
-                         "INSERT INTO pg_wal(timeline, tli, segno, size, partial, root, first_commit,"
-                         " last_commit, created) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                         " ON CONFLICT(timeline, tli, segno) DO UPDATE SET size = excluded.size,"
-                         " partial = excluded.partial, root = excluded.root,"
-                         " first_commit = excluded.first_commit, last_commit = excluded.last_commit,"
-                         " created = excluded.created"
-                         " WHERE pg_wal.partial AND (NOT excluded.partial OR excluded.size >= pg_wal.size)",
-                         bind_wal, &row);
+        r = write_rows(store,
+                       "INSERT INTO pg_wal(timeline, tli, segno, size, partial, root, first_commit,"
+                       " last_commit, created) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9" IF_LINKED
+                       " ON CONFLICT(timeline, tli, segno) DO UPDATE SET size = excluded.size,"
+                       " partial = excluded.partial, root = excluded.root,"
+                       " first_commit = excluded.first_commit, last_commit = excluded.last_commit,"
+                       " created = excluded.created"
+                       " WHERE pg_wal.partial AND (NOT excluded.partial OR excluded.size >= pg_wal.size)",
+                       bind_wal, &row);
+        return r < 0 ? r : linked_or_enoent(store, timeline, r);
 }
 
 typedef struct prune_row {
@@ -441,11 +497,13 @@ static void bind_history(sqlite3_stmt *stmt, const void *userdata)
 int cs_pg_history_put(cs_store *store, const char *timeline, uint32_t tli, const void *content, size_t size)
 {
         history_row h = { timeline, tli, content, size };
+        int r;
 
         if (!store || !cs_name_is_valid(timeline) || (!content && size) || size > CS_CHUNK_SIZE_MAX)
                 return -EINVAL;
-        return write_row(store, "INSERT OR REPLACE INTO pg_history(timeline, tli, content) VALUES(?, ?, ?)",
-                         bind_history, &h);
+        r = write_rows(store, "INSERT OR REPLACE INTO pg_history(timeline, tli, content) SELECT ?1, ?2, ?3" IF_LINKED,
+                       bind_history, &h);
+        return r < 0 ? r : linked_or_enoent(store, timeline, r);
 }
 
 typedef struct history_out {

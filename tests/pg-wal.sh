@@ -3,8 +3,10 @@
 # PostgreSQL WAL: pg receive-wal streams the source's WAL into the store
 # through a restart of the source, acknowledges only what is stored, and
 # every stored complete segment is byte-identical to the source's file;
-# archive-wal stores a file; wal-fetch hands segments back to a recovering
-# server, which reaches a target time exactly.
+# archive-wal stores a file and refuses other bytes under a stored name;
+# wal-fetch hands segments back to a recovering server, which reaches a
+# target time exactly; pg unlink drops the slot and stops a running
+# receive-wal, and the name can be linked again.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/pg-lib.sh"
 
@@ -18,6 +20,8 @@ pg_start "$src"
 sock=$src.sock
 pg_sql "$src" 5493 "CREATE TABLE ticks(id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"
 expect_ok "pg link" cl pg link db "host=$sock port=5493 user=postgres"
+expect_error "an unknown pg command is named" "unknown pg command 'frob'" cl pg frob
+expect_error "a pg command with the wrong arguments" "usage: clonectl pg unlink TIMELINE" cl pg unlink db extra
 
 # A base with no WAL yet covers no time: not the Unix epoch.
 expect_ok "timeline show right after pg link" cl timeline show db
@@ -167,6 +171,56 @@ freed=$(json_get "$workdir/out" bytes_removed)
 [ "$freed" -ge "$dry_total" ] || fail "gc freed $freed bytes, forget said $dry_total"
 pass "gc freed at least what forget said ($freed >= $dry_total bytes)"
 expect_ok "verify after gc" cl verify --data
+
+# --- pg unlink ------------------------------------------------------------------
+# A timeline whose points were all forgotten keeps its link and slot until
+# pg unlink drops both, stopping the receive-wal that streams into it.
+conn="host=$sock port=5493 user=postgres"
+expect_ok "link a second timeline" cl pg link uri "$conn" --slot qa_uri
+"$CLONECTL" --store "$store" pg receive-wal uri >"$workdir/recv2.out" 2>"$workdir/recv2.err" &
+recv2=$!
+on_exit "kill $recv2"
+expect_ok "sync it" cl pg sync uri
+tick 3
+pg_sql "$src" 5493 "SELECT pg_switch_wal()" >/dev/null
+tick 3
+for p in $(cl points uri | awk 'NR > 1 {print $1}'); do
+        expect_ok "forget uri@$p" cl forget "uri@$p"
+done
+expect_ok "gc" cl gc
+expect_ok "timeline show of a linked timeline without points" cl timeline show uri
+expect_grep "it shows the link" "PostgreSQL, slot qa_uri" "$workdir/out"
+expect_eq "receive-wal still runs" "$(kill -0 $recv2 && echo yes)" yes
+expect_ok "pg unlink while receive-wal streams into the timeline" cl pg unlink uri
+expect_grep "it dropped the slot" "^unlinked timeline uri; replication slot qa_uri dropped" "$workdir/out"
+expect_eq "the slot is gone from the source" \
+        "$(pg_sql "$src" 5493 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'qa_uri'")" 0
+status=0
+wait $recv2 || status=$?
+expect_eq "the running receive-wal stopped with status 3" "$status" 3
+expect_grep "saying why" "error: timeline 'uri' was unlinked from its PostgreSQL server" "$workdir/recv2.err"
+expect_error "receive-wal of the unlinked timeline" "timeline 'uri' is not linked" cl pg receive-wal uri
+expect_error "pg unlink of an unlinked timeline" "timeline 'uri' is not linked" cl pg unlink uri
+expect_error "the name is free" "no timeline 'uri'" cl timeline show uri
+expect_ok "the name can be linked again" cl pg link uri "$conn" --slot qa_uri
+expect_ok "timeline show --json of the new link" cl --json timeline show uri
+expect_eq "no WAL of the old link is left to it" "$(json_get "$workdir/out" wal_segments)" 0
+# The source out of reach: one line naming the slot, nothing changed.
+pg_stop "$src"
+expect_error "pg unlink with the source down" \
+        "cannot drop replication slot 'qa_uri' of timeline 'uri' .*nothing changed; unlink with --keep-slot.*pg_drop_replication_slot\('qa_uri'\)" \
+        cl pg unlink uri
+expect_ok "still linked" cl timeline show uri
+expect_grep "still linked, says timeline show" "PostgreSQL, slot qa_uri" "$workdir/out"
+expect_ok "pg unlink --keep-slot with the source down" cl pg unlink uri --keep-slot
+expect_grep "it says the slot is kept" "replication slot qa_uri is kept" "$workdir/out"
+expect_ok "timeline show" cl timeline show uri
+expect_grep "the points stay, unlinked" "^timeline uri: 1 points, not linked to PostgreSQL" "$workdir/out"
+as_pg "$PGBIN/pg_ctl" -D "$src" -l "$src.log" -w start >/dev/null || fail "start the source again"
+expect_eq "the kept slot is on the source" \
+        "$(pg_sql "$src" 5493 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'qa_uri'")" 1
+pg_sql "$src" 5493 "SELECT pg_drop_replication_slot('qa_uri')" >/dev/null
+expect_ok "verify after unlink" cl verify --data
 
 # A slot the source invalidated (max_slot_wal_keep_size) while receive-wal
 # was down: one clear line, no endless retries.

@@ -36,6 +36,7 @@ const char *arg_to;
 bool arg_force;
 const char *arg_slot;
 const char *arg_at;
+bool arg_keep_slot;
 
 typedef struct verb {
         const char *name;
@@ -74,8 +75,9 @@ static const verb verbs[] = {
           "  clone rewind NAME [--to POINT] [--force] | refresh NAME [--force]" },
         { "timeline", 2, 2, verb_timeline, OPT_JSON,
           "timeline show TIMELINE                    points; for PostgreSQL, the times a clone can be made at" },
-        { "pg", 2, 4, verb_pg, OPT_PER_COMMAND,
+        { "pg", 1, 4, verb_pg, OPT_PER_COMMAND,
           "pg link TIMELINE CONNINFO [--slot NAME]   link a PostgreSQL server: slot, first base backup\n"
+          "  pg unlink TIMELINE [--keep-slot]          drop the link, its slot and its WAL; points stay\n"
           "  pg sync TIMELINE                          a base backup into a new point\n"
           "  pg receive-wal TIMELINE                   stream WAL into the store (runs until stopped)\n"
           "  pg archive-wal TIMELINE PATH              store one WAL file (archive_command = '... %p')\n"
@@ -98,6 +100,7 @@ static void help(void)
                "  --store DIR   the store (default: $CLONEFS_STORE, else " DEFAULT_STORE ")\n"
                "  --json        machine-readable output\n"
                "  --slot NAME   pg link: the replication slot (default clonefs_TIMELINE)\n"
+               "  --keep-slot   pg unlink: leave the slot on the server\n"
                "  --at TIME     clone create: the time a PostgreSQL timeline is cloned at\n"
                "  -v, --verbose more detail on stderr\n"
                "  -h, --help    this text\n"
@@ -129,6 +132,7 @@ enum {
         ARG_FORCE,
         ARG_SLOT,
         ARG_AT,
+        ARG_KEEP_SLOT,
 };
 
 static const struct option options[] = {
@@ -158,6 +162,7 @@ static const struct option options[] = {
         { "force", no_argument, NULL, ARG_FORCE },
         { "slot", required_argument, NULL, ARG_SLOT },
         { "at", required_argument, NULL, ARG_AT },
+        { "keep-slot", no_argument, NULL, ARG_KEEP_SLOT },
         {}
 };
 
@@ -188,6 +193,7 @@ static const struct {
         { ARG_FORCE, OPT_FORCE },
         { ARG_SLOT, OPT_SLOT },
         { ARG_AT, OPT_AT },
+        { ARG_KEEP_SLOT, OPT_KEEP_SLOT },
 };
 
 /* The OPT_ bits of the options given (parse_argv). */
@@ -351,6 +357,9 @@ static int parse_argv(int argc, char **argv)
                         break;
                 case ARG_AT:
                         arg_at = optarg;
+                        break;
+                case ARG_KEEP_SLOT:
+                        arg_keep_slot = true;
                         break;
                 case 'v':
                         log_setup(NULL, LOG_LEVEL_DEBUG);

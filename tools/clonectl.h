@@ -35,6 +35,7 @@ extern const char *arg_to;
 extern bool arg_force;
 extern const char *arg_slot;
 extern const char *arg_at;
+extern bool arg_keep_slot;
 
 /* The options a command takes.  --store, --verbose, --help and --version
  * go with every command; any other given to a command that does not take
@@ -62,6 +63,7 @@ enum {
         OPT_FORCE = 1u << 19,
         OPT_SLOT = 1u << 20,
         OPT_AT = 1u << 21,
+        OPT_KEEP_SLOT = 1u << 22,
 };
 #define OPT_KEEP (OPT_KEEP_LAST | OPT_KEEP_HOURLY | OPT_KEEP_DAILY | OPT_KEEP_WEEKLY | OPT_KEEP_MONTHLY)
 

@@ -31,11 +31,17 @@
  *     opened again when needed: a write handle holds the store's shared
  *     lock, and gc waits for it.  Not per segment: closing seals the pack,
  *     which would make a small pack per segment.
- *  6. Errors on the way to a retry (connecting, the server checks, the
+ *  6. The link can be removed under a running receiver (pg unlink).  The
+ *     receiver looks at it every LINK_CHECK_INTERVAL seconds and before
+ *     each connection, on a read-only handle (which gc does not wait
+ *     for), and cs_pg_wal_put refuses a row for an unlinked timeline in
+ *     its own statement: either way it stops, with status 3, and lets go
+ *     of the slot, which pg unlink is waiting to drop.
+ *  7. Errors on the way to a retry (connecting, the server checks, the
  *     history file) are logged as warnings (log_demote_errors): an error
  *     line always comes with a non-zero exit.  A connection that works
  *     again after a failure says so in one line.
- *  7. Commit timestamps come from the WAL itself: XLOG records of the
+ *  8. Commit timestamps come from the WAL itself: XLOG records of the
  *     transaction resource manager (RM_XACT_ID 1) whose operation is
  *     COMMIT (0x00) or COMMIT_PREPARED (0x30) begin their main data with
  *     the commit time (TimestampTz).  Records are walked from the first
@@ -65,6 +71,7 @@
 #define STATUS_INTERVAL 10
 #define REOPEN_INTERVAL 60
 #define BACKOFF_MAX 30
+#define LINK_CHECK_INTERVAL 2
 
 #define XLOG_BLCKSZ 8192
 #define LONG_PAGE_HEADER 40
@@ -153,7 +160,7 @@ int pg_wal_parse_name(const char *name, uint32_t segment_size, pg_wal_kind *ret_
         return 0;
 }
 
-/* --- Commit timestamps (design note 7) ----------------------------------------------- */
+/* --- Commit timestamps (design note 8) ----------------------------------------------- */
 
 typedef struct wal_reader {
         const uint8_t *data;
@@ -341,6 +348,8 @@ typedef struct receiver {
         cs_pg_source src;
         cs_store *store;
         double store_opened;
+        cs_store *reader;        /* read-only, for looking at the link */
+        double last_link_check;
         bool reconnecting;       /* a connection failed since WAL last came */
         bool status_line;
         const volatile sig_atomic_t *stop;
@@ -384,6 +393,34 @@ static int receiver_store(receiver *rc)
         return 0;
 }
 
+static int unlinked(receiver *rc)
+{
+        return log_error_errno(-ENOENT, "timeline '%s' was unlinked from its PostgreSQL server (pg unlink): "
+                                        "receive-wal stops",
+                               rc->timeline);
+}
+
+/* Design note 6: -ENOENT (reported) once the link is gone, or is another
+ * link of the same name. */
+static int check_link(receiver *rc)
+{
+        cs_pg_source now;
+        int r;
+
+        rc->last_link_check = now_mono();
+        if (!rc->reader) {
+                r = open_store(0, &rc->reader);
+                if (r < 0)
+                        return r;
+        }
+        r = cs_pg_source_get(rc->reader, rc->timeline, &now);
+        if (r == -ENOENT || (r >= 0 && (now.created != rc->src.created || strcmp(now.slot, rc->src.slot) != 0)))
+                return unlinked(rc);
+        if (r < 0)
+                log_warning_errno(r, "cannot read the link of timeline '%s': %m", rc->timeline); /* next time */
+        return 0;
+}
+
 static void show_status(receiver *rc)
 {
         char lsn[24], name[25], when[32] = "none";
@@ -412,6 +449,8 @@ static int flush_segment(receiver *rc, bool complete)
         if (r < 0)
                 return r;
         r = store_segment(rc->store, rc->timeline, rc->tli, rc->segno, seg, rc->buf, rc->received, !complete);
+        if (r == -ENOENT)
+                return unlinked(rc);
         if (r < 0)
                 return log_error_errno(r, "cannot store WAL segment %" PRIu64 " of timeline %" PRIu32 ": %m",
                                        rc->segno, rc->tli);
@@ -503,6 +542,8 @@ static int fetch_history(receiver *rc, PGconn *conn, uint32_t tli)
                 return log_error_errno(-EIO, "TIMELINE_HISTORY %" PRIu32 " failed: %s", tli,
                                        pg_error_line(PQerrorMessage(conn), line, sizeof(line)));
         r = cs_pg_history_put(rc->store, rc->timeline, tli, PQgetvalue(res, 0, 1), (size_t) PQgetlength(res, 0, 1));
+        if (r == -ENOENT)
+                return unlinked(rc);
         if (r < 0)
                 return log_error_errno(r, "cannot store the history of timeline %" PRIu32 ": %m", tli);
         return 0;
@@ -605,9 +646,11 @@ static int stream(receiver *rc, PGconn *conn)
         for (;;) {
                 _cleanup_(PQclearp) PGresult *res = NULL;
 
-                bool was = log_demote_errors(true); /* design note 6 */
+                bool was = log_demote_errors(true); /* design note 7 */
                 r = fetch_history(rc, conn, rc->tli);
                 log_demote_errors(was);
+                if (r == -ENOENT)
+                        return r; /* unlinked */
                 if (r < 0)
                         return 1;
                 pg_lsn_format(rc->segno * seg + rc->received, lsn);
@@ -670,6 +713,11 @@ static int stream(receiver *rc, PGconn *conn)
                                 break; /* the server ended the stream, or the connection broke */
 
                         double now = now_mono();
+                        if (now - rc->last_link_check >= LINK_CHECK_INTERVAL) {
+                                r = check_link(rc);
+                                if (r < 0)
+                                        return r;
+                        }
                         /* An idle source must not keep gc waiting (design note 5). */
                         if (rc->store && rc->received == rc->stored && now - rc->store_opened > REOPEN_INTERVAL)
                                 rc->store = cs_store_unref(rc->store);
@@ -734,6 +782,7 @@ int pg_receive_wal(const char *timeline, bool status_line, const volatile sig_at
 
         free(rc.buf);
         cs_store_unref(rc.store);
+        cs_store_unref(rc.reader);
         return r;
 }
 
@@ -758,7 +807,10 @@ static int receive(receiver *rc)
                 pg_server server;
                 bool was;
 
-                was = log_demote_errors(true); /* design note 6 */
+                r = check_link(rc);
+                if (r < 0)
+                        break;
+                was = log_demote_errors(true); /* design note 7 */
                 r = pg_connect_replication(rc->src.conninfo, &conn);
                 if (r >= 0)
                         r = pg_check_server(conn, &server);

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The pg verbs: link a timeline to a PostgreSQL server, take base backups
- * into points (sync), receive and archive its WAL, hand WAL back to a
- * recovering server (wal-fetch).  The protocol work is in source-pg.c and
- * pg-wal.c; this file is the command line around it.
+ * The pg verbs: link a timeline to a PostgreSQL server (and unlink it),
+ * take base backups into points (sync), receive and archive its WAL, hand
+ * WAL back to a recovering server (wal-fetch).  The protocol work is in
+ * source-pg.c and pg-wal.c; this file is the command line around it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -21,6 +21,10 @@
 #include "util/json.h"
 #include "util/log.h"
 #include "util/size.h"
+
+/* How long pg unlink waits for a receive-wal to let go of the slot: it
+ * looks at its link every 2 s (pg-wal.c, LINK_CHECK_INTERVAL). */
+#define UNLINK_SLOT_WAIT 30
 
 static int check_timeline_name(const char *timeline)
 {
@@ -101,9 +105,6 @@ static int verb_pg_link(const char *timeline, const char *conninfo)
         char why[512];
         int r;
 
-        r = check_timeline_name(timeline);
-        if (r < 0)
-                return r;
         if (arg_slot && !pg_slot_name_is_valid(arg_slot))
                 return log_error_errno(-EINVAL, "invalid slot name '%s': use 1-63 of a-z 0-9 _", arg_slot);
         r = pg_conninfo_strip(conninfo, &stripped);
@@ -163,9 +164,6 @@ static int verb_pg_sync(const char *timeline)
         pg_server server;
         int r;
 
-        r = check_timeline_name(timeline);
-        if (r < 0)
-                return r;
         r = open_store(CS_OPEN_WRITE, &store);
         if (r < 0)
                 return r;
@@ -189,6 +187,55 @@ static int verb_pg_sync(const char *timeline)
         return sync_point(store, conn, timeline, NULL, NULL);
 }
 
+/* The slot first, so that a server out of reach changes nothing; then the
+ * link, the WAL and the history in one transaction (cs_pg_source_remove).
+ * A receive-wal streaming from the slot keeps it busy: it stops once it
+ * sees the link gone, and the slot is dropped then. */
+static int verb_pg_unlink(const char *timeline)
+{
+        _cleanup_(cs_store_unrefp) cs_store *store = NULL;
+        cs_pg_source src;
+        char why[512];
+        int dropped = 0, r;
+
+        r = open_store(CS_OPEN_WRITE, &store);
+        if (r < 0)
+                return r;
+        r = pg_source_find(store, timeline, &src);
+        if (r < 0)
+                return r;
+        if (!arg_keep_slot) {
+                dropped = pg_drop_slot(src.conninfo, src.slot, src.system_id, 0, why, sizeof(why));
+                if (dropped < 0 && dropped != -EBUSY)
+                        return log_error_errno(dropped, "cannot drop replication slot '%s' of timeline '%s' (%s): "
+                                                        "nothing changed; unlink with --keep-slot and drop it on the "
+                                                        "source with SELECT pg_drop_replication_slot('%s')",
+                                               src.slot, timeline, why, src.slot);
+        }
+        r = cs_pg_source_remove(store, timeline);
+        if (r == -ENOENT)
+                return pg_source_find(store, timeline, &src); /* unlinked meanwhile: says so */
+        if (r < 0)
+                return log_error_errno(r, "cannot unlink timeline '%s': %m", timeline);
+        /* Not while waiting: gc waits for a write handle. */
+        store = cs_store_unref(store);
+        if (dropped == -EBUSY) {
+                dropped = pg_drop_slot(src.conninfo, src.slot, src.system_id, UNLINK_SLOT_WAIT, why, sizeof(why));
+                if (dropped < 0)
+                        return log_error_errno(dropped, "timeline '%s' is unlinked, but its replication slot '%s' "
+                                                        "could not be dropped (%s): drop it on the source with "
+                                                        "SELECT pg_drop_replication_slot('%s')",
+                                               timeline, src.slot, why, src.slot);
+        }
+        if (arg_keep_slot)
+                printf("unlinked timeline %s; replication slot %s is kept on the source\n", timeline, src.slot);
+        else
+                printf("unlinked timeline %s; replication slot %s %s\n", timeline, src.slot,
+                       dropped ? "dropped" : "was gone already");
+        return 0;
+}
+
+/* 0 is no time: a base without a commit in its stored WAL yet. */
 static void print_time(const char *key, int64_t usec)
 {
         char buf[40];
@@ -244,6 +291,9 @@ int verb_timeline(int argc, char **argv)
         if (r < 0)
                 return r;
         r = cs_point_list(store, argv[2], &points, &n);
+        /* forget of every point removes the timeline, not its link. */
+        if (r == -ENOENT && cs_pg_source_get(store, argv[2], &src) == 0)
+                r = 0;
         if (r == -ENOENT)
                 return log_error_errno(r, "no timeline '%s'", argv[2]);
         if (r < 0)
@@ -263,7 +313,7 @@ int verb_timeline(int argc, char **argv)
         }
         printf("timeline %s: PostgreSQL, slot %s, system %" PRIu64 ", %zu stored WAL segments\n", argv[2],
                c.src.slot, c.src.system_id, c.n_wal);
-        printf("base points:\n");
+        printf("base points:%s\n", c.n_ranges ? "" : " none (pg sync makes one)");
         for (size_t i = 0; i < c.n_ranges; i++) {
                 const pg_range *rg = &c.ranges[i];
                 pg_lsn_format(rg->backup.start_lsn, a);
@@ -299,9 +349,6 @@ static int verb_pg_receive_wal(const char *timeline)
         struct sigaction sa = { .sa_handler = on_stop };
         int r;
 
-        r = check_timeline_name(timeline);
-        if (r < 0)
-                return r;
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         r = pg_receive_wal(timeline, isatty(STDERR_FILENO), &stop_requested);
@@ -314,26 +361,52 @@ static int verb_pg_receive_wal(const char *timeline)
         return r;
 }
 
+/* The pg commands: their arguments after "pg COMMAND", and options. */
+static const struct {
+        const char *name, *args;
+        int n_args;
+        unsigned options;
+} pg_commands[] = {
+        { "link", " TIMELINE CONNINFO [--slot NAME]", 2, OPT_SLOT | OPT_JSON },
+        { "unlink", " TIMELINE [--keep-slot]", 1, OPT_KEEP_SLOT },
+        { "sync", " TIMELINE", 1, OPT_JSON },
+        { "receive-wal", " TIMELINE", 1, 0 },
+        { "archive-wal", " TIMELINE PATH", 2, 0 },
+        { "wal-fetch", " TIMELINE WALFILE DEST", 3, 0 },
+};
+
 int verb_pg(int argc, char **argv)
 {
         const char *sub = argv[1];
-        int n = argc - 2;
+        char command[32];
+        size_t k = 0;
+        int r;
 
-        if (strcmp(sub, "link") == 0 && n == 2)
-                return check_options("pg link", OPT_SLOT | OPT_JSON) < 0 ? -EINVAL : verb_pg_link(argv[2], argv[3]);
-        if (strcmp(sub, "sync") == 0 && n == 1)
-                return check_options("pg sync", OPT_JSON) < 0 ? -EINVAL : verb_pg_sync(argv[2]);
-        if (strcmp(sub, "receive-wal") == 0 && n == 1)
-                return check_options("pg receive-wal", 0) < 0 ? -EINVAL : verb_pg_receive_wal(argv[2]);
-        if (strcmp(sub, "archive-wal") == 0 && n == 2)
-                return check_options("pg archive-wal", 0) < 0 || check_timeline_name(argv[2]) < 0
-                               ? -EINVAL
-                               : pg_archive_wal(argv[2], argv[3]);
-        if (strcmp(sub, "wal-fetch") == 0 && n == 3)
-                return check_options("pg wal-fetch", 0) < 0 || check_timeline_name(argv[2]) < 0
-                               ? -EINVAL
-                               : pg_fetch_wal(argv[2], argv[3], argv[4]);
-        return log_error_errno(-EINVAL, "usage: clonectl pg link TIMELINE CONNINFO [--slot NAME] | sync TIMELINE | "
-                                        "receive-wal TIMELINE | archive-wal TIMELINE PATH | "
-                                        "wal-fetch TIMELINE WALFILE DEST");
+        while (k < ELEMENTSOF(pg_commands) && strcmp(pg_commands[k].name, sub) != 0)
+                k++;
+        if (k == ELEMENTSOF(pg_commands))
+                return log_error_errno(-EINVAL, "unknown pg command '%s' (link, unlink, sync, receive-wal, "
+                                                "archive-wal, wal-fetch)",
+                                       sub);
+        if (argc - 2 != pg_commands[k].n_args)
+                return log_error_errno(-EINVAL, "usage: clonectl pg %s%s", sub, pg_commands[k].args);
+        snprintf(command, sizeof(command), "pg %s", sub);
+        r = check_options(command, pg_commands[k].options);
+        if (r < 0)
+                return r;
+        r = check_timeline_name(argv[2]);
+        if (r < 0)
+                return r;
+
+        if (strcmp(sub, "link") == 0)
+                return verb_pg_link(argv[2], argv[3]);
+        if (strcmp(sub, "unlink") == 0)
+                return verb_pg_unlink(argv[2]);
+        if (strcmp(sub, "sync") == 0)
+                return verb_pg_sync(argv[2]);
+        if (strcmp(sub, "receive-wal") == 0)
+                return verb_pg_receive_wal(argv[2]);
+        if (strcmp(sub, "archive-wal") == 0)
+                return pg_archive_wal(argv[2], argv[3]);
+        return pg_fetch_wal(argv[2], argv[3], argv[4]);
 }
