@@ -35,6 +35,14 @@ expect_error "receive-wal of an unlinked timeline" "not linked" cl pg receive-wa
 expect_error "wal-fetch of a bad name" "not a WAL segment or history file name" cl pg wal-fetch db nonsense "$workdir/x"
 expect_error "wal-fetch of a missing segment" "has no WAL segment" \
         cl pg wal-fetch db 0000000100000000000000F0 "$workdir/x"
+# restore_command: only a file the store lacks is exit 1, which recovery
+# takes for the end of the WAL; any other failure is above 125 and stops it.
+status=0
+cl pg wal-fetch db 0000000100000000000000F0 "$workdir/x" || status=$?
+expect_eq "a missing segment exits 1, the end of the WAL to recovery" "$status" 1
+status=0
+cl pg wal-fetch nope 0000000100000000000000F0 "$workdir/x" || status=$?
+expect_eq "an unlinked timeline exits above 125: recovery stops" "$(( status > 125 ))" 1
 
 "$CLONECTL" --store "$store" pg receive-wal db >"$workdir/recv.out" 2>"$workdir/recv.err" &
 recv=$!
@@ -110,6 +118,10 @@ flip_byte "$workdir/$seg" 100000
 expect_error "archive-wal of other bytes under a stored name" \
         "$seg is archived in timeline 'db' already, with other contents" cl pg archive-wal db "$workdir/$seg"
 expect_ok "wal-fetch it again" cl pg wal-fetch db $seg "$workdir/again"
+status=0
+cl pg wal-fetch db $seg "$workdir/no-such-dir/$seg" 2>"$workdir/err" || status=$?
+expect_eq "a destination that cannot be written exits above 125" "$(( status > 125 ))" 1
+expect_grep "and says why in one line" "cannot write .*no-such-dir.*No such file or directory" "$workdir/err"
 flip_byte "$workdir/$seg" 100000
 cmp -s "$workdir/again" "$workdir/$seg" || fail "the stored $seg changed"
 pass "the stored copy is kept"

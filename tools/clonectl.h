@@ -30,6 +30,10 @@ extern bool arg_dry_run;
 extern bool arg_prune;
 /* pg receive-wal: a failure that restarting cannot fix (clonectl(8)). */
 #define CLONECTL_EXIT_GIVE_UP 3
+/* pg wal-fetch failing for another reason than a file the store lacks:
+ * PostgreSQL aborts recovery on a restore_command status above 125,
+ * and takes any other failure for the end of the WAL. */
+#define CLONECTL_EXIT_RESTORE_FAILED 255
 
 extern const char *arg_to;
 extern bool arg_force;

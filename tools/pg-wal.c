@@ -1031,7 +1031,7 @@ static int write_file(const char *dest, const void *data, size_t size)
         return fsync(fd) < 0 ? negative_errno() : 0;
 }
 
-int pg_fetch_wal(const char *timeline, const char *name, const char *dest)
+int pg_fetch_wal(const char *timeline, const char *name, const char *dest, bool *ret_missing)
 {
         _cleanup_(cs_store_unrefp) cs_store *store = NULL;
         _cleanup_free_ uint8_t *data = NULL;
@@ -1043,6 +1043,7 @@ int pg_fetch_wal(const char *timeline, const char *name, const char *dest)
         size_t size;
         int r;
 
+        *ret_missing = false;
         r = open_linked(timeline, 0, &store, &src);
         if (r < 0)
                 return r;
@@ -1052,6 +1053,7 @@ int pg_fetch_wal(const char *timeline, const char *name, const char *dest)
         if (kind == PG_WAL_HISTORY) {
                 void *content;
                 r = cs_pg_history_get(store, timeline, tli, &content, &size);
+                *ret_missing = r == -ENOENT;
                 if (r == -ENOENT)
                         return log_error_errno(r, "timeline '%s' has no %s", timeline, name);
                 if (r < 0)
@@ -1061,6 +1063,7 @@ int pg_fetch_wal(const char *timeline, const char *name, const char *dest)
                 return r < 0 ? log_error_errno(r, "cannot write %s: %m", dest) : 0;
         }
         r = cs_pg_wal_get(store, timeline, tli, segno, &w);
+        *ret_missing = r == -ENOENT;
         if (r == -ENOENT)
                 return log_error_errno(r, "timeline '%s' has no WAL segment %s", timeline, name);
         if (r < 0)

@@ -65,8 +65,9 @@ int pg_prune_wal(cs_store *store, const char *timeline, uint64_t *ret_dropped, b
 int pg_archive_wal(const char *timeline, const char *path);
 
 /* Writes WAL file name of the timeline to dest (restore_command's %f
- * and %p); a partial segment is padded with zeros.  -ENOENT (reported)
- * when the store does not have it. */
-int pg_fetch_wal(const char *timeline, const char *name, const char *dest);
+ * and %p); a partial segment is padded with zeros.  Every failure is
+ * reported; *ret_missing says whether it was only that the store does
+ * not have that file, which recovery takes for the end of the WAL. */
+int pg_fetch_wal(const char *timeline, const char *name, const char *dest, bool *ret_missing);
 
 #endif

@@ -361,6 +361,20 @@ static int verb_pg_receive_wal(const char *timeline)
         return r;
 }
 
+/* restore_command: a file the store lacks is exit 1, the end of the WAL
+ * to PostgreSQL; any other failure (the store, the destination's disk)
+ * must stop recovery instead of ending it early, without the rest of the
+ * WAL, on a new timeline. */
+static int verb_pg_wal_fetch(const char *timeline, const char *name, const char *dest)
+{
+        bool missing;
+        int r = pg_fetch_wal(timeline, name, dest, &missing);
+
+        if (r < 0 && !missing)
+                exit(CLONECTL_EXIT_RESTORE_FAILED);
+        return r;
+}
+
 /* The pg commands: their arguments after "pg COMMAND", and options. */
 static const struct {
         const char *name, *args;
@@ -408,5 +422,5 @@ int verb_pg(int argc, char **argv)
                 return verb_pg_receive_wal(argv[2]);
         if (strcmp(sub, "archive-wal") == 0)
                 return pg_archive_wal(argv[2], argv[3]);
-        return pg_fetch_wal(argv[2], argv[3], argv[4]);
+        return verb_pg_wal_fetch(argv[2], argv[3], argv[4]);
 }
