@@ -214,6 +214,26 @@ int check_options(const char *command, unsigned takes)
         return 0;
 }
 
+int find_subcommand(const char *verb_name, const subcommand *commands, size_t n, int argc, char **argv)
+{
+        char names[256] = "", command[64];
+        size_t k = 0, used = 0;
+
+        while (k < n && strcmp(commands[k].name, argv[1]) != 0)
+                k++;
+        if (k == n) {
+                for (size_t i = 0; i < n && used < sizeof(names); i++)
+                        used += (size_t) snprintf(names + used, sizeof(names) - used, "%s%s", i ? ", " : "",
+                                                  commands[i].name);
+                return log_error_errno(-EINVAL, "unknown %s command '%s' (%s)", verb_name, argv[1], names);
+        }
+        if (argc - 2 != commands[k].n_args)
+                return log_error_errno(-EINVAL, "usage: clonectl %s %s%s", verb_name, argv[1], commands[k].args);
+        snprintf(command, sizeof(command), "%s %s", verb_name, argv[1]);
+        int r = check_options(command, commands[k].options);
+        return r < 0 ? r : (int) k;
+}
+
 static int parse_count(const char *option, const char *value, uint64_t *ret)
 {
         char *end;

@@ -75,6 +75,17 @@ enum {
  * user would type it, "clone create") does not take. */
 int check_options(const char *command, unsigned takes);
 
+/* A command of a verb with commands of its own (clone, pg). */
+typedef struct subcommand {
+        const char *name, *args; /* args: the usage after "VERB NAME" */
+        int n_args;              /* after NAME */
+        unsigned options;        /* OPT_ bits it takes */
+} subcommand;
+
+/* Finds argv[1] among verb_name's commands and checks its argument count and
+ * options; its index, or a negative errno reported in one line. */
+int find_subcommand(const char *verb_name, const subcommand *commands, size_t n, int argc, char **argv);
+
 /* Opens the store named by --store, $CLONEFS_STORE or /var/lib/clonefs,
  * reporting any failure in one line that names the store. */
 int open_store(unsigned flags, cs_store **ret_store);

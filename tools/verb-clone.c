@@ -515,11 +515,7 @@ static int clone_export(cs_store *store, const char *name, const char *dir)
 }
 
 /* The clone commands: their arguments after "clone COMMAND", and options. */
-static const struct {
-        const char *name, *args;
-        int n_args;
-        unsigned options;
-} clone_commands[] = {
+static const subcommand clone_commands[] = {
         { "create", " NAME --from TIMELINE@POINT|CLONE", 1, OPT_FROM | OPT_AT | OPT_JSON },
         { "list", "", 0, OPT_JSON },
         { "destroy", " NAME [--force]", 1, OPT_FORCE },
@@ -533,21 +529,10 @@ int verb_clone(int argc, char **argv)
 {
         _cleanup_(cs_store_unrefp) cs_store *store = NULL;
         const char *sub = argv[1], *name = argc > 2 ? argv[2] : NULL;
-        char command[32];
-        size_t k = 0;
         cs_point_info p;
         int r;
 
-        while (k < ELEMENTSOF(clone_commands) && strcmp(clone_commands[k].name, sub) != 0)
-                k++;
-        if (k == ELEMENTSOF(clone_commands))
-                return log_error_errno(-EINVAL, "unknown clone command '%s' (create, list, destroy, snapshot, "
-                                                "rewind, refresh, export)",
-                                       sub);
-        if (argc - 2 != clone_commands[k].n_args)
-                return log_error_errno(-EINVAL, "usage: clonectl clone %s%s", sub, clone_commands[k].args);
-        snprintf(command, sizeof(command), "clone %s", sub);
-        r = check_options(command, clone_commands[k].options);
+        r = find_subcommand("clone", clone_commands, ELEMENTSOF(clone_commands), argc, argv);
         if (r < 0)
                 return r;
         if (strcmp(sub, "list") == 0) {

@@ -376,11 +376,7 @@ static int verb_pg_wal_fetch(const char *timeline, const char *name, const char 
 }
 
 /* The pg commands: their arguments after "pg COMMAND", and options. */
-static const struct {
-        const char *name, *args;
-        int n_args;
-        unsigned options;
-} pg_commands[] = {
+static const subcommand pg_commands[] = {
         { "link", " TIMELINE CONNINFO [--slot NAME]", 2, OPT_SLOT | OPT_JSON },
         { "unlink", " TIMELINE [--keep-slot]", 1, OPT_KEEP_SLOT },
         { "sync", " TIMELINE", 1, OPT_JSON },
@@ -392,20 +388,9 @@ static const struct {
 int verb_pg(int argc, char **argv)
 {
         const char *sub = argv[1];
-        char command[32];
-        size_t k = 0;
         int r;
 
-        while (k < ELEMENTSOF(pg_commands) && strcmp(pg_commands[k].name, sub) != 0)
-                k++;
-        if (k == ELEMENTSOF(pg_commands))
-                return log_error_errno(-EINVAL, "unknown pg command '%s' (link, unlink, sync, receive-wal, "
-                                                "archive-wal, wal-fetch)",
-                                       sub);
-        if (argc - 2 != pg_commands[k].n_args)
-                return log_error_errno(-EINVAL, "usage: clonectl pg %s%s", sub, pg_commands[k].args);
-        snprintf(command, sizeof(command), "pg %s", sub);
-        r = check_options(command, pg_commands[k].options);
+        r = find_subcommand("pg", pg_commands, ELEMENTSOF(pg_commands), argc, argv);
         if (r < 0)
                 return r;
         r = check_timeline_name(argv[2]);
