@@ -233,6 +233,25 @@ expect_eq "one line after SIGTERM during --post" "$(cat "$workdir/err")" "clonec
 expect_eq "SIGTERM during --post made no point" "$(points_of db)" "$before"
 expect_ok "verify after the interrupted hooks" "$CLONECTL" verify
 
+# Hooks and the terminal (script(1) gives clonectl one).  In its
+# foreground a hook keeps it: stty, as a password prompt does, works.
+# Outside it (stdin not the terminal), a hook that touches /dev/tty would
+# be stopped for ever by SIGTTOU: it is killed and reported instead.
+timeout 60 script -qec "'$CLONECTL' --store '$CLONEFS_STORE' snapshot db --from '$src' \
+        --pre 'stty -echo; stty echo' --post 'stty -echo; stty echo'" /dev/null >"$workdir/tty.out" 2>&1 ||
+        { cat "$workdir/tty.out" >&2; fail "hooks that use the terminal failed (or hung) in its foreground"; }
+pass "in a terminal's foreground, hooks may use it (stty)"
+before=$(points_of db)
+status=0
+timeout 60 script -qec "'$CLONECTL' --store '$CLONEFS_STORE' snapshot db --from '$src' \
+        --pre 'stty -echo </dev/tty' </dev/null" /dev/null >"$workdir/tty.out" 2>&1 || status=$?
+[ "$status" -ne 124 ] || fail "a --pre stopped by SIGTTOU hung the snapshot"
+expect_eq "a --pre that wants the terminal outside its foreground fails, exit 1" "$status" 1
+expect_grep "and says it was stopped for the terminal" \
+        "--pre command stopped to wait for the terminal, which it cannot have outside the foreground, and was killed" \
+        "$workdir/tty.out"
+expect_eq "it made no point" "$(points_of db)" "$before"
+
 # A clone's snapshots go to the timeline of its name, and rewind takes the
 # latest of them: nothing else may add a point there.
 expect_ok "a clone" "$CLONECTL" clone create dev --from db@latest

@@ -24,11 +24,12 @@
 #include "util/size.h"
 
 /* Written by the signal handler while a snapshot runs: the first SIGINT or
- * SIGTERM caught (0: none), read by the ingest and verb_snapshot; and the
- * process group of a running --pre (0: none), which the handler passes
- * the signal on to. */
+ * SIGTERM caught (0: none), read by the ingest and verb_snapshot.  And
+ * what a running --pre is, for kill() (0: none): its process group
+ * (negative), or the hook alone when it shares clonectl's (run_hook);
+ * the handler passes the signal on to it. */
 static volatile sig_atomic_t interrupted;
-static volatile sig_atomic_t hook_group;
+static volatile sig_atomic_t hook_target;
 
 static void on_signal(int sig)
 {
@@ -36,11 +37,11 @@ static void on_signal(int sig)
 
         if (!interrupted)
                 interrupted = sig;
-        if (hook_group > 0) {
-                kill(-(pid_t) hook_group, sig);
-                /* A hook stopped (by SIGTTOU, say) would take the signal
+        if (hook_target != 0) {
+                kill((pid_t) hook_target, sig);
+                /* A hook stopped (by SIGSTOP, say) would take the signal
                  * only once continued; without this the wait never ends. */
-                kill(-(pid_t) hook_group, SIGCONT);
+                kill((pid_t) hook_target, SIGCONT);
         }
         errno = saved_errno;
 }
@@ -146,24 +147,31 @@ static double now_seconds(void)
         return (double) t.tv_sec + (double) t.tv_nsec / 1e9;
 }
 
-/* Runs a hook through /bin/sh -c and waits for it.  The hook gets a
- * process group of its own, so that a signal passed on reaches what its
- * shell started and never clonectl's caller, and stdin from /dev/null,
- * since outside the foreground group a read of the terminal would stop
- * it.  With pass_signals (--pre), a SIGINT or SIGTERM caught before or
- * while it runs is passed on to its group; --post is never given one, as
- * it may be what restarts the source's service.  Returns 0 when it exits
- * 0, else a negative errno with ret_why describing the failure for a
- * message. */
+/* Runs a hook through /bin/sh -c and waits for it.
+ *
+ * When clonectl is the foreground of its terminal, the hook stays in its
+ * process group and keeps the terminal as stdin: a password prompt (sudo,
+ * ssh) works, and Ctrl-C reaches it from the terminal.  Otherwise (a
+ * script, a service, a background job) it gets a process group of its
+ * own, so that a signal passed on reaches what its shell started and
+ * never clonectl's caller, and stdin from /dev/null.  A hook outside the
+ * foreground that wants the terminal anyway (SIGTTIN, SIGTTOU) would wait
+ * for ever: it is killed and reported.
+ *
+ * With pass_signals (--pre), a SIGINT or SIGTERM caught before or while
+ * it runs is passed on to it; --post is never given one, as it may be
+ * what restarts the source's service.  Returns 0 when it exits 0, else a
+ * negative errno with ret_why describing the failure for a message. */
 static int run_hook(const char *command, bool pass_signals, char *ret_why, size_t why_size)
 {
+        bool foreground = isatty(STDIN_FILENO) && tcgetpgrp(STDIN_FILENO) == getpgrp(), wants_tty = false;
         sigset_t stop, saved;
-        pid_t pid;
+        pid_t pid, target;
         int status, r = 0;
 
         fflush(stdout);
         fflush(stderr);
-        /* Blocked until hook_group names the new group: a signal caught in
+        /* Blocked until hook_target names the hook: a signal caught in
          * between would not be passed on. */
         sigemptyset(&stop);
         sigaddset(&stop, SIGINT);
@@ -177,38 +185,62 @@ static int run_hook(const char *command, bool pass_signals, char *ret_why, size_
                 return r;
         }
         if (pid == 0) {
-                int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-
-                setpgid(0, 0);
-                if (null_fd >= 0)
-                        dup2(null_fd, STDIN_FILENO);
+                if (!foreground) {
+                        int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                        setpgid(0, 0);
+                        if (null_fd >= 0)
+                                dup2(null_fd, STDIN_FILENO);
+                }
                 /* Hooks see stdout as stderr: stdout is the point's name. */
                 dup2(STDERR_FILENO, STDOUT_FILENO);
-                /* exec resets the handlers to the default; the mask it keeps. */
+                /* A signal pending until the mask lets it in must stop the
+                 * hook, not reach our handler, whose hook_target is the
+                 * parent's (exec would reset the handlers, too late).
+                 * --post ignores the terminal's Ctrl-C, which reaches it
+                 * in clonectl's group: it may be what restarts the
+                 * service. */
+                signal(SIGINT, pass_signals ? SIG_DFL : SIG_IGN);
+                signal(SIGTERM, SIG_DFL);
                 sigprocmask(SIG_SETMASK, &saved, NULL);
                 execl("/bin/sh", "sh", "-c", command, (char *) NULL);
                 _exit(127);
         }
         /* The child does it too: whichever runs first makes the group. */
-        (void) setpgid(pid, pid);
+        if (!foreground)
+                (void) setpgid(pid, pid);
+        target = foreground ? pid : -pid;
         if (pass_signals) {
-                hook_group = pid;
+                hook_target = target;
                 if (interrupted) { /* caught just before the fork */
-                        kill(-pid, interrupted);
-                        kill(-pid, SIGCONT);
+                        kill(target, interrupted);
+                        kill(target, SIGCONT);
                 }
         }
         sigprocmask(SIG_SETMASK, &saved, NULL);
 
-        while (waitpid(pid, &status, 0) < 0)
-                if (errno != EINTR) {
+        for (;;) {
+                if (waitpid(pid, &status, WUNTRACED) < 0) {
+                        if (errno == EINTR)
+                                continue;
                         r = negative_errno();
                         break;
                 }
-        hook_group = 0;
+                if (!WIFSTOPPED(status))
+                        break;
+                if (WSTOPSIG(status) == SIGTTIN || WSTOPSIG(status) == SIGTTOU) {
+                        wants_tty = true;
+                        kill(target, SIGKILL);
+                }
+        }
+        hook_target = 0;
         if (r < 0)
                 snprintf(ret_why, why_size, "could not be waited for: %s", strerror(-r));
-        else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        else if (wants_tty) {
+                snprintf(ret_why, why_size,
+                         "stopped to wait for the terminal, which it cannot have outside the foreground, "
+                         "and was killed");
+                return -ENOTTY;
+        } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
                 return 0;
         else if (WIFEXITED(status))
                 snprintf(ret_why, why_size, "failed with exit status %d", WEXITSTATUS(status));
