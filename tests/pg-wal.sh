@@ -43,6 +43,9 @@ expect_eq "a missing segment exits 1, the end of the WAL to recovery" "$status" 
 status=0
 cl pg wal-fetch nope 0000000100000000000000F0 "$workdir/x" || status=$?
 expect_eq "an unlinked timeline exits above 125: recovery stops" "$(( status > 125 ))" 1
+status=0
+cl pg wal-fetch db 0000000100000000000000F0 2>/dev/null || status=$?
+expect_eq "so does a restore_command written wrong (no destination)" "$(( status > 125 ))" 1
 
 "$CLONECTL" --store "$store" pg receive-wal db >"$workdir/recv.out" 2>"$workdir/recv.err" &
 recv=$!

@@ -393,11 +393,17 @@ static int receiver_store(receiver *rc)
         return 0;
 }
 
+/* The reason receive-wal stops, so an error line even inside a step
+ * whose failures it retries, and logs as warnings (design note 7). */
 static int unlinked(receiver *rc)
 {
-        return log_error_errno(-ENOENT, "timeline '%s' was unlinked from its PostgreSQL server (pg unlink): "
-                                        "receive-wal stops",
-                               rc->timeline);
+        bool was = log_demote_errors(false);
+        int r = log_error_errno(-ENOENT, "timeline '%s' was unlinked from its PostgreSQL server (pg unlink): "
+                                         "receive-wal stops",
+                                rc->timeline);
+
+        log_demote_errors(was);
+        return r;
 }
 
 /* Design note 6: -ENOENT (reported) once the link is gone, or is another

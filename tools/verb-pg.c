@@ -391,9 +391,12 @@ int verb_pg(int argc, char **argv)
         int r;
 
         r = find_subcommand("pg", pg_commands, ELEMENTSOF(pg_commands), argc, argv);
-        if (r < 0)
-                return r;
-        r = check_timeline_name(argv[2]);
+        if (r >= 0)
+                r = check_timeline_name(argv[2]);
+        /* A restore_command written wrong must stop recovery too, not end
+         * it as if the WAL had run out (verb_pg_wal_fetch). */
+        if (r < 0 && strcmp(sub, "wal-fetch") == 0)
+                exit(CLONECTL_EXIT_RESTORE_FAILED);
         if (r < 0)
                 return r;
 
