@@ -258,15 +258,17 @@ int cs_pg_source_remove(cs_store *store, const char *timeline)
         /* One transaction: a receiver's next cs_pg_wal_put either comes
          * before it (and its row goes too) or finds no link; nothing of
          * the old link is left for a new one of the same name to resume
-         * from.  The points stay, and so do the chunks clones use.  The
-         * backups of forgotten points go too: a point id can be used
+         * from.  The points stay, and so do the chunks clones use, and
+         * their backup rows, which say they are base backups that cannot
+         * start without the WAL gone now (pg-clone.c refuses to clone
+         * them); a new link of the name needs the points forgotten first.
+         * The backups of forgotten points go: a point id can be used
          * again, and its new backup row must not collide. */
         r = write_rows(store,
                        "DELETE FROM pg_sources WHERE timeline = ?1;"
                        "DELETE FROM pg_wal WHERE timeline = ?1;"
                        "DELETE FROM pg_history WHERE timeline = ?1;"
-                       "DELETE FROM pg_backups WHERE point NOT IN (SELECT id FROM points) OR point IN"
-                       " (SELECT p.id FROM points p JOIN timelines t ON t.id = p.timeline WHERE t.name = ?1);",
+                       "DELETE FROM pg_backups WHERE point NOT IN (SELECT id FROM points);",
                        bind_timeline, timeline);
         if (r < 0)
                 return r;

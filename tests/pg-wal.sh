@@ -231,6 +231,9 @@ expect_ok "pg unlink --keep-slot with the source down" cl pg unlink uri --keep-s
 expect_grep "it says the slot is kept" "replication slot qa_uri is kept" "$workdir/out"
 expect_ok "timeline show" cl timeline show uri
 expect_grep "the points stay, unlinked" "^timeline uri: 1 points, not linked to PostgreSQL" "$workdir/out"
+expect_error "a clone of its base point, which has no WAL left, is refused" \
+        "uri@.* is a PostgreSQL base backup, and timeline 'uri' is not linked any more" \
+        cl clone create bare --from uri@latest
 as_pg "$PGBIN/pg_ctl" -D "$src" -l "$src.log" -w start >/dev/null || fail "start the source again"
 expect_eq "the kept slot is on the source" \
         "$(pg_sql "$src" 5493 "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'qa_uri'")" 1

@@ -766,6 +766,29 @@ int pg_clone_tree(cs_store *store, const char *name, const char *timeline, int64
         return plan_tree(store, &pl, ret, ret_segments);
 }
 
+/* A base point of a timeline no longer linked: pg unlink dropped the WAL
+ * it needs to start, so a clone of it would be a backup PostgreSQL
+ * refuses ("could not locate required checkpoint record"); say so now.
+ * 0 for any other point. */
+static int refuse_unlinked_base(cs_store *store, const cs_point_info *base)
+{
+        _cleanup_free_ cs_pg_backup *backups = NULL;
+        size_t n = 0;
+        int r;
+
+        r = cs_pg_backup_list(store, base->timeline, &backups, &n);
+        if (r < 0)
+                return log_error_errno(r, "cannot read the backups of timeline '%s': %m", base->timeline);
+        for (size_t i = 0; i < n; i++)
+                if (backups[i].point == base->id)
+                        return log_error_errno(-ENOLINK,
+                                               "%s@%s is a PostgreSQL base backup, and timeline '%s' is not linked "
+                                               "any more (pg unlink dropped its WAL): PostgreSQL could not start a "
+                                               "clone of it (clonectl restore gives the backup's files)",
+                                               base->timeline, base->name, base->timeline);
+        return 0;
+}
+
 int pg_clone_base_tree(cs_store *store, const char *name, const cs_point_info *base, cs_point_info *ret,
                        uint64_t *ret_segments)
 {
@@ -776,7 +799,7 @@ int pg_clone_base_tree(cs_store *store, const char *name, const cs_point_info *b
 
         r = cs_pg_source_get(store, base->timeline, &src);
         if (r == -ENOENT)
-                return 0;
+                return refuse_unlinked_base(store, base);
         if (r < 0)
                 return log_error_errno(r, "cannot read timeline '%s': %m", base->timeline);
         r = pg_coverage_load(store, base->timeline, &c);
