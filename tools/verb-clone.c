@@ -433,6 +433,12 @@ static int clone_reset(cs_store *store, const char *name, bool refresh)
                 if (r < 0)
                         return log_error_errno(r, "timeline '%s' of clone '%s' has no points", info.base_timeline,
                                                name);
+                /* A base point of a timeline unlinked since: refused
+                 * (linked, from_pg took the branch above). */
+                cs_point_info newest = to;
+                r = pg_clone_base_tree(store, name, &newest, &to, NULL);
+                if (r < 0)
+                        return r;
         } else if (arg_to && strchr(arg_to, '@')) {
                 cs_point_info point;
                 r = find_point(store, arg_to, &point); /* says itself what is wrong */
