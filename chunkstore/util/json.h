@@ -2,9 +2,11 @@
 /*
  * Writing JSON strings.  File names may hold any bytes, so a byte that is
  * not part of valid UTF-8 is written as \uDCXX, a lone low surrogate, as
- * Python's surrogateescape does, rather than dropped: the output is JSON
- * that parsers accept, distinct names stay distinct, no byte reads as a
- * real character, and Python's os.fsencode() gives the name back.
+ * Python's surrogateescape does, rather than dropped: no byte reads as a
+ * real character, and Python's json with os.fsencode() gives the name
+ * back exactly.  RFC 8259's grammar allows the escape, but parsers that
+ * insist on Unicode scalar values replace it with U+FFFD (jq, Go) or
+ * refuse the document (serde_json): for those, such names are lossy.
  */
 #ifndef CFS_JSON_H
 #define CFS_JSON_H
