@@ -167,8 +167,13 @@ static int open_connection(const char *path, bool writable, sqlite3 **ret_db)
          * and verified. */
         int persist = 1;
         sqlite3_file_control(db, NULL, SQLITE_FCNTL_PERSIST_WAL, &persist);
-        /* A chunk row must outlive a power cut once COMMIT returned. */
-        r = cs_index_exec(db, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;");
+        /* A chunk row must outlive a power cut once COMMIT returned.  The
+         * size limit makes the -wal file shrink back to 4 MiB after a
+         * checkpoint, and to nothing when the last connection closes (it
+         * persists, see above): without one it kept the size of its
+         * largest batch, 12 MB of a 315 MB store after one snapshot. */
+        r = cs_index_exec(db, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;"
+                              " PRAGMA journal_size_limit=4194304;");
         if (r < 0) {
                 sqlite3_close(db);
                 return r;
