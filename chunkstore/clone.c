@@ -424,7 +424,8 @@ static int open_state_db(int clone_dir_fd, bool create, sqlite3 **ret)
         /* Only the holder of the clone's lock opens its catalog, so SQLite
          * may keep its file locks and WAL index to itself: no fcntl() per
          * transaction on the write path. */
-        r = cs_index_exec(db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=NORMAL");
+        r = cs_index_exec(db, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=NORMAL;"
+                              " PRAGMA journal_size_limit=4194304;"); /* as the catalog's (index.c) */
         if (r >= 0 && create)
                 r = cs_index_exec(db, clone_schema);
         else if (r >= 0)

@@ -261,6 +261,8 @@ pass "snapshots of a clone under writes hold a prefix of what was written (crash
 mkdir -p "$workdir/m2"
 expect_error "a second mount of a clone" "in use by another mount" "$CLONEFS" "$CLONEFS_STORE" "$workdir/m2" -o clone=dev
 unmount_clonefs "$mnt"
+expect_eq "the clone's state.db-wal is empty once the mount closed it" \
+        "$(stat -c %s "$CLONEFS_STORE/clones/dev/state.db-wal")" 0
 
 expect_ok "clone snapshot" "$CLONECTL" clone snapshot dev --label first
 expect_ok "rewind to the snapshot taken while mounted, and back" "$CLONECTL" clone rewind dev --to live
