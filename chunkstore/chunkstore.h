@@ -291,8 +291,9 @@ typedef struct cs_xattr {
 /* A file's content: either its block ids (segmented == false) or the ids
  * of segment objects holding them (segmented == true).  A segmented file
  * also counts its blocks that are not holes, so that st_blocks needs no
- * segment read (cs_content_data_bytes; inline ids are counted where they
- * are); one from a format 1 store does not know the count. */
+ * segment read (cs_content_data_bytes, which counts inline ids itself;
+ * cs_content_build fills the count for both); one from a format 1 store
+ * does not know the count. */
 typedef struct cs_content {
         bool segmented;
         size_t n;

@@ -264,7 +264,7 @@ enum {
 
 static int content_blob(const cs_store *store, const cs_content *content, uint8_t **ret, size_t *ret_size)
 {
-        bool data_blocks = store->config.format >= 2 && content->segmented && content->data_blocks_known;
+        bool data_blocks = cs_store_writes_data_blocks(store) && content->segmented && content->data_blocks_known;
         size_t header = 1 + (data_blocks ? 8 : 0), size = header + content->n * CS_CHUNK_ID_SIZE;
         uint8_t *b = malloc(size);
 

@@ -323,6 +323,14 @@ struct cs_store {
 
 void cs_store_log(cs_store *store, int error, const char *format, ...) _printf_(3, 4);
 
+/* Whether a store writes a segmented file's data-block count, in a point's
+ * entry (tree.c, design note 2) and a clone's base blob (clone.c): from
+ * format 2 on, which a format 1 reader would misread. */
+static inline bool cs_store_writes_data_blocks(const cs_store *store)
+{
+        return store->config.format >= 2;
+}
+
 /* Reads and verifies the chunk at loc into buf (loc->size bytes). */
 int cs_store_read_location(cs_store *store, const cs_location *loc, const cs_chunk_id *id,
                            void *buf);

@@ -67,17 +67,40 @@ static bool no_such_table(sqlite3 *db, int r)
         return r == -EIO && strstr(sqlite3_errmsg(db), "no such table");
 }
 
+typedef void (*bind_fn)(sqlite3_stmt *stmt, const void *userdata);
+
 /* Runs the statement sql, or each of the statements in it, with bind()'s
- * values, inside one write transaction, after committing pending puts so
- * that the row never names a chunk that is not durable.  Returns the
- * number of rows the first statement changed (read before the writer
- * connection is let go: a background commit may use it next). */
-static int write_rows(cs_store *store, const char *sql, void (*bind)(sqlite3_stmt *, const void *),
-                      const void *userdata)
+ * values, in db's open transaction.  Returns the number of rows the
+ * first statement changed. */
+static int run_bound(sqlite3 *db, const char *sql, bind_fn bind, const void *userdata)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
+        int changes = -1, r = 0;
+
+        for (const char *next = sql; r >= 0 && *next;) {
+                sqlite3_stmt *stmt = NULL;
+                int rc = sqlite3_prepare_v2(db, next, -1, &stmt, &next);
+                if (rc != SQLITE_OK)
+                        return cs_sqlite_errno(rc);
+                if (!stmt)
+                        break; /* only white space was left */
+                bind(stmt, userdata);
+                r = cs_index_step(stmt);
+                if (changes < 0)
+                        changes = sqlite3_changes(db);
+                sqlite3_finalize(stmt);
+        }
+        return r < 0 ? r : MAX(changes, 0);
+}
+
+/* run_bound() inside one write transaction of its own, after committing
+ * pending puts so that the row never names a chunk that is not durable.
+ * The count is read before the writer connection is let go: a background
+ * commit may use it next. */
+static int write_rows(cs_store *store, const char *sql, bind_fn bind, const void *userdata)
+{
+        sqlite3_stmt *none = NULL;
         sqlite3 *db;
-        int changes = -1, r;
+        int changes = 0, r;
 
         if (!(store->flags & CS_OPEN_WRITE))
                 return -EROFS;
@@ -90,20 +113,8 @@ static int write_rows(cs_store *store, const char *sql, void (*bind)(sqlite3_stm
         if (r < 0)
                 goto out;
         r = ensure_schema(db);
-        for (const char *next = sql; r >= 0 && *next;) {
-                int rc = sqlite3_prepare_v2(db, next, -1, &stmt, &next);
-                if (rc != SQLITE_OK) {
-                        r = cs_sqlite_errno(rc);
-                        break;
-                }
-                if (!stmt)
-                        break; /* only white space was left */
-                bind(stmt, userdata);
-                r = cs_index_step(stmt);
-                if (changes < 0)
-                        changes = sqlite3_changes(db);
-                sqlite3_finalize(TAKE_PTR(stmt));
-        }
+        if (r >= 0)
+                r = changes = run_bound(db, sql, bind, userdata);
         if (r < 0) {
                 cs_index_rollback(db);
                 goto out;
@@ -112,13 +123,12 @@ static int write_rows(cs_store *store, const char *sql, void (*bind)(sqlite3_stm
         if (r >= 0)
                 r = changes;
 out:
-        cs_store_writer_unlock(store, &stmt);
+        cs_store_writer_unlock(store, &none);
         return r;
 }
 
 /* write_rows(), for one row: 0 on success. */
-static int write_row(cs_store *store, const char *sql, void (*bind)(sqlite3_stmt *, const void *),
-                     const void *userdata)
+static int write_row(cs_store *store, const char *sql, bind_fn bind, const void *userdata)
 {
         int r = write_rows(store, sql, bind, userdata);
 
@@ -301,30 +311,20 @@ typedef struct backup_point {
  * by it (its design note 4). */
 static int record_backup(sqlite3 *db, const cs_point_info *info, void *userdata)
 {
-        _cleanup_(sqlite3_finalizep) sqlite3_stmt *stmt = NULL;
         backup_point *bp = userdata;
         int r;
 
         bp->b->point = info->id;
         bp->b->start_time = info->created;
         r = ensure_schema(db);
-        if (r >= 0 && bp->src) {
-                r = cs_index_prepare(db, INSERT_SOURCE, &stmt);
-                if (r >= 0) {
-                        bind_source(stmt, bp->src);
-                        r = cs_index_step(stmt);
-                }
-                sqlite3_finalize(TAKE_PTR(stmt));
-        }
+        if (r >= 0 && bp->src)
+                r = run_bound(db, INSERT_SOURCE, bind_source, bp->src);
         if (r >= 0)
-                r = cs_index_prepare(db,
-                                     "INSERT INTO pg_backups(point, tli, start_lsn, end_lsn, start_time, end_time)"
-                                     " VALUES(?, ?, ?, ?, ?, ?)",
-                                     &stmt);
-        if (r < 0)
-                return r;
-        bind_backup(stmt, bp->b);
-        return cs_index_step(stmt);
+                r = run_bound(db,
+                              "INSERT INTO pg_backups(point, tli, start_lsn, end_lsn, start_time, end_time)"
+                              " VALUES(?, ?, ?, ?, ?, ?)",
+                              bind_backup, bp->b);
+        return r < 0 ? r : 0;
 }
 
 int cs_pg_point_add(cs_store *store, cs_point_info *info, cs_pg_backup *b, const cs_pg_source *src)

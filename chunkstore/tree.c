@@ -172,11 +172,6 @@ uint64_t cs_content_data_bytes(const cs_content *content, uint64_t size, uint32_
         return MIN(data_blocks * block_size, size);
 }
 
-/* Whether a store writes an entry's data blocks (design note 2). */
-static bool store_writes_data_blocks(const cs_store *store)
-{
-        return store->config.format >= 2;
-}
 
 static void encode_entry(buf *b, const cs_entry *e, uint32_t first_child, uint32_t n_children,
                          bool with_data_blocks)
@@ -339,11 +334,11 @@ static int decode_entry(reader *r, const decoded_object *o, allocation_list *kee
                         .n = n_children,
                         .ids = o->children + first_child,
                 };
-                if (!e->content.segmented)
-                        e->content.data_blocks = count_data_blocks(e->content.ids, n_children);
-                else if (flags & ENTRY_DATA_BLOCKS)
-                        e->content.data_blocks = data_blocks;
+                /* Inline ids are counted where asked, not on every
+                 * directory load (cs_content_data_bytes). */
                 e->content.data_blocks_known = !e->content.segmented || (flags & ENTRY_DATA_BLOCKS);
+                if (e->content.segmented && (flags & ENTRY_DATA_BLOCKS))
+                        e->content.data_blocks = data_blocks;
                 if (e->content.data_blocks > (uint64_t) n_children * CS_SEGMENT_BLOCKS)
                         return -EBADMSG;
         } else if (S_ISDIR(e->mode)) {
@@ -675,7 +670,7 @@ static int page_add(page_builder *p, const cs_entry *e)
 
 int cs_dir_builder_finish(cs_dir_builder *b, cs_chunk_id *ret_dir)
 {
-        page_builder page = { .data_blocks = b && store_writes_data_blocks(b->store) };
+        page_builder page = { .data_blocks = b && cs_store_writes_data_blocks(b->store) };
         buf index = {}, page_body = {};
         cs_chunk_id *pages = NULL;
         size_t n_pages = 0, first = 0;

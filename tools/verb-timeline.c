@@ -272,7 +272,7 @@ int verb_snapshot(int argc, char **argv)
         _cleanup_(cs_store_unrefp) cs_store *store = NULL;
         const char *timeline = argv[1];
         cs_point_info prev = {}, point = {};
-        ingest_result res = {};
+        _cleanup_(ingest_result_free) ingest_result res = {};
         cs_put_counters added;
         _cleanup_(restore_signals) caught_signals caught = {};
         char why[128] = "", post_why[128] = "", post_note[160] = "";
@@ -347,16 +347,12 @@ int verb_snapshot(int argc, char **argv)
         if (post_r < 0)
                 snprintf(post_note, sizeof(post_note), " (and --post command %s)", post_why);
 
-        if (interrupted || r == -ECANCELED) {
-                ingest_result_free(&res);
+        if (interrupted || r == -ECANCELED)
                 return log_error_errno(-ECANCELED, "interrupted; no point created%s", post_note);
-        }
         if (pre_r < 0)
                 return log_error_errno(pre_r, "--pre command %s; no point created%s", why, post_note);
-        if (r < 0) {
-                ingest_result_free(&res);
+        if (r < 0)
                 return log_error_errno(r, "cannot snapshot %s: %m; no point created%s", arg_from, post_note);
-        }
         if (res.n_errors && !arg_ignore_errors) {
                 /* A point without some files is what --ignore-errors asks
                  * for; without it, make none.  What was put is garbage for
@@ -365,15 +361,12 @@ int verb_snapshot(int argc, char **argv)
                 for (size_t i = 0; i < res.n_errors; i++)
                         log_debug("%s", res.errors[i]);
                 if (res.n_errors == 1)
-                        r = log_error_errno(-EIO, "cannot snapshot %s: 1 file could not be read: %s; no point created "
-                                                  "(--ignore-errors makes it anyway)%s",
-                                            arg_from, res.errors[0], post_note);
-                else
-                        r = log_error_errno(-EIO, "cannot snapshot %s: %zu files could not be read, the first: %s; "
-                                                  "no point created (--ignore-errors makes it anyway)%s",
-                                            arg_from, res.n_errors, res.errors[0], post_note);
-                ingest_result_free(&res);
-                return r;
+                        return log_error_errno(-EIO, "cannot snapshot %s: 1 file could not be read: %s; "
+                                                     "no point created (--ignore-errors makes it anyway)%s",
+                                               arg_from, res.errors[0], post_note);
+                return log_error_errno(-EIO, "cannot snapshot %s: %zu files could not be read, the first: %s; "
+                                             "no point created (--ignore-errors makes it anyway)%s",
+                                       arg_from, res.n_errors, res.errors[0], post_note);
         }
 
         cs_store_put_counters(store, &added);
@@ -385,7 +378,6 @@ int verb_snapshot(int argc, char **argv)
         /* A point made is made: a signal from here on has its usual effect. */
         restore_signals(&caught);
         if (r < 0) {
-                ingest_result_free(&res);
                 if (r == -EEXIST)
                         return log_error_errno(r, "label '%s' is already taken in timeline '%s'%s", arg_label,
                                                timeline, post_note);
@@ -400,7 +392,6 @@ int verb_snapshot(int argc, char **argv)
         /* --ignore-errors: the point is made, and says what it lacks. */
         for (size_t i = 0; i < res.n_errors; i++)
                 log_error("%s", res.errors[i]);
-        ingest_result_free(&res);
         if (post_r < 0)
                 return log_error_errno(post_r, "--post command %s (point %s was created)", post_why, point.name);
         return 0;
